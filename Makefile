@@ -1,0 +1,100 @@
+# Developer entry points. `make help` lists the targets.
+
+CARGO ?= cargo
+FIXTURES := test/fixtures
+OUT := $(FIXTURES)/out
+RUST_FIXTURES := hello echo files exit trap spin sleep grow
+WAT_SRCS := $(wildcard $(FIXTURES)/wat/*.wat)
+WASIP1 := $(RUST_FIXTURES:%=$(OUT)/wasip1/%.wasm)
+WASIP2 := $(RUST_FIXTURES:%=$(OUT)/wasip2/%.wasm)
+WAT := $(WAT_SRCS:$(FIXTURES)/wat/%.wat=$(OUT)/wat/%.wasm) \
+       $(WAT_SRCS:$(FIXTURES)/wat/%.wat=$(OUT)/wat/%.wat)
+RUST_SRCS := $(FIXTURES)/rust/Cargo.toml $(wildcard $(FIXTURES)/rust/src/bin/*.rs)
+FIXTURE_TARGET := $(FIXTURES)/rust/target
+
+.PHONY: help deps build install demo test test-unit lint fixtures images test-e2e clean-fixtures
+
+help:
+	@echo "make demo       run a hello wasm image on a private containerd through the shim"
+	@echo "make test       install what the tests need, then run unit and end-to-end tests"
+	@echo "make install    build release binaries and copy them into $(PREFIX)/bin"
+	@echo "make lint       cargo fmt --check and clippy -D warnings"
+	@echo "make deps       install system packages, wasm targets and containerd versions"
+	@echo "make fixtures   build the wasm fixtures into $(OUT)/{wasip1,wasip2,wat}"
+	@echo "make images     build OCI image tarballs of the fixtures into $(OUT)/images"
+	@echo "make test-e2e   run the end-to-end tests against every containerd version"
+
+PREFIX ?= /usr/local
+SHIMS := containerd-shim-wasmtime-v1
+
+deps:
+	test/install-deps.sh
+
+build:
+	$(CARGO) build $(addprefix -p ,$(SHIMS))
+
+install:
+	$(CARGO) build --release $(addprefix -p ,$(SHIMS))
+	install -d $(PREFIX)/bin
+	install -m 0755 $(SHIMS:%=target/release/%) $(PREFIX)/bin/
+
+demo: deps fixtures build
+	test/demo.sh
+
+test: deps
+	$(MAKE) test-unit
+	$(MAKE) test-e2e
+
+test-unit:
+	$(CARGO) test --workspace --exclude wasishim-e2e
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fixtures: $(WASIP1) $(WASIP2) $(WAT)
+
+# One cargo invocation per target builds every binary; the copies depend on it.
+$(FIXTURE_TARGET)/wasm32-wasip1/release/.built: $(RUST_SRCS)
+	$(CARGO) build --release --manifest-path $(FIXTURES)/rust/Cargo.toml --target-dir $(FIXTURE_TARGET) --target wasm32-wasip1
+	touch $@
+
+$(FIXTURE_TARGET)/wasm32-wasip2/release/.built: $(RUST_SRCS)
+	$(CARGO) build --release --manifest-path $(FIXTURES)/rust/Cargo.toml --target-dir $(FIXTURE_TARGET) --target wasm32-wasip2
+	touch $@
+
+$(OUT)/wasip1/%.wasm: $(FIXTURE_TARGET)/wasm32-wasip1/release/.built
+	@mkdir -p $(@D)
+	cp $(FIXTURE_TARGET)/wasm32-wasip1/release/$*.wasm $@
+
+$(OUT)/wasip2/%.wasm: $(FIXTURE_TARGET)/wasm32-wasip2/release/.built
+	@mkdir -p $(@D)
+	cp $(FIXTURE_TARGET)/wasm32-wasip2/release/$*.wasm $@
+
+$(OUT)/wat/%.wasm: $(FIXTURES)/wat/%.wat
+	@mkdir -p $(@D)
+	wat2wasm $< -o $@
+
+$(OUT)/wat/%.wat: $(FIXTURES)/wat/%.wat
+	@mkdir -p $(@D)
+	cp $< $@
+
+# One image per fixture: $(OUT)/images/<kind>-<name>.tar, named
+# docker.io/library/wasishim-<kind>-<name>:test, the wasm at /app.wasm.
+# (The e2e tests build the images they need themselves.)
+images: fixtures
+	$(CARGO) build -q -p wasishim-image
+	@mkdir -p $(OUT)/images
+	@set -e; for f in $(WASIP1) $(WASIP2) $(filter %.wasm,$(WAT)); do \
+		kind=$$(basename $$(dirname $$f)); name=$$(basename $$f .wasm); \
+		$(CARGO) run -q -p wasishim-image -- \
+			--name docker.io/library/wasishim-$$kind-$$name:test \
+			--wasm $$f --out $(OUT)/images/$$kind-$$name.tar; \
+	done
+
+test-e2e: fixtures
+	$(CARGO) build -p containerd-shim-wasmtime-v1
+	$(CARGO) test -p wasishim-e2e -- --test-threads=1
+
+clean-fixtures:
+	rm -rf $(OUT) $(FIXTURE_TARGET)

@@ -1,0 +1,34 @@
+//! wasishim-engine: turns an OCI bundle into a running WASI guest.
+//!
+//! The flow is `WorkloadSpec::from_bundle` (read and validate config.json) ->
+//! `WasmEngine::prepare` (resolve the entrypoint, compile, link, open stdio) ->
+//! `Workload::start` (run the guest on its own thread) -> `ExitStatus` handed to
+//! the caller's callback. Nothing here knows about containerd or ttrpc.
+//!
+//! ```no_run
+//! # use std::path::Path;
+//! # use wasishim_engine::{Stdio, WasmEngine, WorkloadSpec};
+//! let engine = WasmEngine::new()?; // once per process
+//! let spec = WorkloadSpec::from_bundle(Path::new("/run/containerd/.../c1"))?;
+//! let workload = engine.prepare(spec, Stdio::default())?; // task Create
+//! let handle = workload.start(|status| println!("exited with {}", status.code))?; // task Start
+//! handle.kill(15)?; // task Kill (SIGTERM)
+//! # anyhow::Ok(())
+//! ```
+
+mod compile;
+mod engine;
+mod entrypoint;
+mod limits;
+mod rootfs;
+mod run;
+mod signal;
+mod spec;
+mod stdio;
+mod wasi;
+
+pub use engine::WasmEngine;
+pub use entrypoint::Entrypoint;
+pub use run::{ExitStatus, Workload, WorkloadHandle};
+pub use spec::{Mount, WorkloadSpec};
+pub use stdio::Stdio;

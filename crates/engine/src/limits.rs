@@ -1,0 +1,121 @@
+//! Resource limits of one guest store, and its memory accounting.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use wasmtime::ResourceLimiter;
+
+/// Caps that keep a runaway guest from exhausting the shim. A typical
+/// component has a few dozen core instances, tables and memories.
+const MAX_INSTANCES: usize = 1_000;
+const MAX_TABLES: usize = 1_000;
+const MAX_MEMORIES: usize = 100;
+/// 8 MiB of host memory per table at one pointer per element.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// Enforces the container's memory limit over the sum of all linear
+/// memories of a store (the OCI limit is per container, not per memory), and
+/// keeps that sum readable from other threads.
+///
+/// Growing past the limit makes `memory.grow` return -1, as the wasm spec
+/// expects of a failed allocation, so guests with an allocator can react;
+/// an initial memory beyond the limit fails instantiation.
+pub(crate) struct GuestLimiter {
+    limit: Option<u64>,
+    /// Bytes of linear memory currently granted to the store.
+    used: Arc<AtomicU64>,
+    /// The last grant, taken back if the growth then fails.
+    last_grant: u64,
+}
+
+impl GuestLimiter {
+    pub(crate) fn new(limit: Option<u64>, used: Arc<AtomicU64>) -> GuestLimiter {
+        GuestLimiter {
+            limit,
+            used,
+            last_grant: 0,
+        }
+    }
+}
+
+impl ResourceLimiter for GuestLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        let grow = desired.saturating_sub(current) as u64;
+        let used = self.used.load(Ordering::Relaxed);
+        let after = used.saturating_add(grow);
+        if self.limit.is_some_and(|limit| after > limit) {
+            return Ok(false);
+        }
+        // Only this store's thread writes, so load-then-store does not race.
+        self.used.store(after, Ordering::Relaxed);
+        self.last_grant = grow;
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        log::debug!("guest memory growth failed after it was allowed: {error}");
+        let used = self.used.load(Ordering::Relaxed);
+        self.used
+            .store(used.saturating_sub(self.last_grant), Ordering::Relaxed);
+        self.last_grant = 0;
+        Ok(())
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS && maximum.is_none_or(|max| desired <= max))
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: usize = 64 * 1024;
+
+    #[test]
+    fn limit_applies_to_the_sum_of_memories() {
+        let used = Arc::new(AtomicU64::new(0));
+        let mut l = GuestLimiter::new(Some(4 * PAGE as u64), used.clone());
+        assert!(matches!(l.memory_growing(0, 2 * PAGE, None), Ok(true)));
+        assert!(matches!(l.memory_growing(0, 2 * PAGE, None), Ok(true)));
+        assert!(matches!(
+            l.memory_growing(2 * PAGE, 3 * PAGE, None),
+            Ok(false)
+        ));
+        assert_eq!(used.load(Ordering::Relaxed), 4 * PAGE as u64);
+    }
+
+    #[test]
+    fn failed_growth_is_taken_back() {
+        let used = Arc::new(AtomicU64::new(0));
+        let mut l = GuestLimiter::new(None, used.clone());
+        assert!(matches!(l.memory_growing(0, PAGE, None), Ok(true)));
+        assert!(matches!(l.memory_growing(PAGE, 3 * PAGE, None), Ok(true)));
+        let _ = l.memory_grow_failed(wasmtime::format_err!("mmap failed"));
+        assert_eq!(used.load(Ordering::Relaxed), PAGE as u64);
+    }
+}

@@ -1,0 +1,382 @@
+//! Running a prepared guest, ending it, and its exit status.
+//!
+//! Each guest runs on its own OS thread with a single-threaded tokio runtime.
+//! The store yields to that runtime at every epoch tick (10 ms), which is
+//! where a kill is noticed: the guest's future is dropped, which ends it
+//! whether it is computing or waiting in a WASI call.
+use std::fs::File;
+use std::future::Future;
+use std::io::Write;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{Context, Result};
+use tokio::sync::Notify;
+use wasmtime::component::{self, ComponentExportIndex, ResourceTable};
+use wasmtime::{Engine, InstancePre, Store, Trap, Val, WasmBacktrace};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
+
+use crate::compile::ModuleEntry;
+use crate::limits::GuestLimiter;
+use crate::signal::{self, SignalAction};
+use crate::stdio::GuestStdin;
+
+/// Exit code of a guest that trapped or failed in the host, like a process
+/// killed by SIGABRT.
+const TRAP_EXIT_CODE: u32 = 134;
+
+/// How a guest ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Returned normally -> 0; proc_exit(n) / wasi:cli/exit -> n (low 8 bits,
+    /// as for a process); `wasi:cli/run` returned an error -> 1; trap -> 134;
+    /// ended by signal N -> 128+N.
+    pub code: u32,
+    /// When the guest ended and its stdout/stderr were closed.
+    pub exited_at: SystemTime,
+}
+
+/// Store data of a core module guest (WASI preview 1).
+pub(crate) struct ModuleState {
+    pub(crate) wasi: WasiP1Ctx,
+    limiter: GuestLimiter,
+}
+
+/// Store data of a component guest (WASI 0.2).
+pub(crate) struct ComponentState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: GuestLimiter,
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The linked code and WASI context of a guest, one variant per kind.
+pub(crate) enum Guest {
+    Module {
+        pre: InstancePre<ModuleState>,
+        wasi: WasiP1Ctx,
+        entry: ModuleEntry,
+    },
+    Component {
+        pre: component::InstancePre<ComponentState>,
+        wasi: WasiCtx,
+        entry: ComponentExportIndex,
+    },
+}
+
+/// A compiled, linked guest with its stdio open, ready to start.
+///
+/// Made by [`WasmEngine::prepare`](crate::WasmEngine::prepare). Dropping it
+/// without starting closes its stdio; nothing ran.
+pub struct Workload {
+    pub(crate) engine: Engine,
+    /// Short name for threads and logs (the entrypoint's file stem).
+    pub(crate) name: String,
+    pub(crate) guest: Guest,
+    pub(crate) memory_limit: Option<u64>,
+    pub(crate) stdin: GuestStdin,
+    /// Read by a thread into `stdin` once started; `None` for a null stdin.
+    pub(crate) stdin_file: Option<File>,
+    /// A second handle on the guest's stderr, for the host's own messages
+    /// (traps) after the guest's handles are closed.
+    pub(crate) stderr: Option<File>,
+}
+
+impl Workload {
+    /// Starts the guest on its own thread and returns at once. `on_exit` runs once,
+    /// on that thread, after the guest ended and its output was flushed.
+    ///
+    /// Costs two threads (the guest's and a stdin reader if there is a stdin);
+    /// instantiation happens on the guest's thread, so its failures (e.g. an
+    /// initial memory above the memory limit) come back as exit code 134 with
+    /// the reason on the container's stderr, not as an error here.
+    ///
+    /// # Errors
+    ///
+    /// Fails only if a thread cannot be created; then `on_exit` is never called.
+    pub fn start(
+        self,
+        on_exit: impl FnOnce(ExitStatus) + Send + 'static,
+    ) -> Result<WorkloadHandle> {
+        let Workload {
+            engine,
+            name,
+            guest,
+            memory_limit,
+            stdin,
+            stdin_file,
+            stderr,
+        } = self;
+        let control = Arc::new(Control {
+            signal: AtomicI32::new(0),
+            kill: Notify::new(),
+            memory: Arc::new(AtomicU64::new(0)),
+            stdin,
+        });
+        if let Some(file) = stdin_file {
+            control
+                .stdin
+                .spawn_reader(file, &name)
+                .context("cannot start a thread to read the container's stdin")?;
+        }
+        let thread_control = control.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("wasm-{name}"))
+            .spawn(move || {
+                let code = run_guest(engine, guest, memory_limit, &name, &thread_control, stderr);
+                thread_control.stdin.close();
+                on_exit(ExitStatus {
+                    code,
+                    exited_at: SystemTime::now(),
+                });
+            });
+        if let Err(e) = spawned {
+            control.stdin.close();
+            return Err(e).context("cannot start a thread to run the guest");
+        }
+        Ok(WorkloadHandle { control })
+    }
+}
+
+/// State shared by a running guest and its handles.
+struct Control {
+    /// The first terminating signal received, 0 if none.
+    signal: AtomicI32,
+    kill: Notify,
+    /// Bytes of linear memory, kept by the store's limiter.
+    memory: Arc<AtomicU64>,
+    stdin: GuestStdin,
+}
+
+impl Control {
+    /// Resolves with the signal once a terminating signal was received.
+    async fn killed(&self) -> i32 {
+        loop {
+            let signal = self.signal.load(Ordering::SeqCst);
+            if signal != 0 {
+                return signal;
+            }
+            self.kill.notified().await;
+        }
+    }
+}
+
+/// Controls a started guest. Cheap to clone; outlives the guest harmlessly.
+#[derive(Clone)]
+pub struct WorkloadHandle {
+    control: Arc<Control>,
+}
+
+impl WorkloadHandle {
+    /// Delivers `signal`: SIGKILL, SIGTERM, SIGINT (and other terminating signals)
+    /// end the guest promptly with 128+signal, even inside a tight loop; signal 0
+    /// and ignored-by-default signals (SIGCHLD, SIGWINCH, SIGURG, SIGCONT) do
+    /// nothing.
+    ///
+    /// The guest ends within one epoch tick (about 10 ms) when it is running
+    /// wasm code or waiting in an asynchronous WASI call. A guest blocked
+    /// writing to a stdout nobody reads ends only when that write returns.
+    /// Only the first terminating signal counts; after the guest ended, signals
+    /// do nothing. Does not wait for the guest to end: `on_exit` tells.
+    ///
+    /// # Errors
+    ///
+    /// Fails for stop signals (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU), which a
+    /// guest cannot honour, and for numbers outside 0..=64.
+    pub fn kill(&self, signal: i32) -> Result<()> {
+        if signal::action(signal)? == SignalAction::Terminate
+            && self
+                .control
+                .signal
+                .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            // Stores a permit if the guest is not waiting yet, so an early kill is not lost.
+            self.control.kill.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Closes the guest's stdin: further reads see end of file, including a
+    /// read already waiting. Idempotent.
+    pub fn close_stdin(&self) {
+        self.control.stdin.close();
+    }
+
+    /// Bytes of linear memory the guest has now (all its memories together).
+    /// A relaxed atomic read; stays at its last value after the guest ended.
+    pub fn memory_bytes(&self) -> u64 {
+        self.control.memory.load(Ordering::Relaxed)
+    }
+}
+
+/// How the guest's run ended, before it is turned into an exit code.
+enum Ended {
+    Returned(u32),
+    Killed(i32),
+    /// Trap or host error; the message for the container's stderr.
+    Failed(String),
+}
+
+/// Runs the guest to its end and returns its exit code. Never panics: a
+/// panic in wasmtime or a host function becomes exit code 134.
+fn run_guest(
+    engine: Engine,
+    guest: Guest,
+    memory_limit: Option<u64>,
+    name: &str,
+    control: &Control,
+    mut stderr: Option<File>,
+) -> u32 {
+    let ended = catch_unwind(AssertUnwindSafe(|| {
+        run_on_runtime(&engine, guest, memory_limit, control)
+    }));
+    let message = match ended {
+        Ok(Ended::Returned(code)) => return code,
+        Ok(Ended::Killed(signal)) => return 128 + signal.unsigned_abs(),
+        Ok(Ended::Failed(message)) => message,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            format!("wasm host panic (a bug in the shim, please report it): {what}")
+        }
+    };
+    log::error!("guest {name} failed: {message}");
+    if let Some(stderr) = stderr.as_mut() {
+        // Best effort: the reader may be gone, and the exit code says it anyway.
+        let _ = writeln!(stderr, "{message}");
+    }
+    TRAP_EXIT_CODE
+}
+
+fn run_on_runtime(
+    engine: &Engine,
+    guest: Guest,
+    memory_limit: Option<u64>,
+    control: &Control,
+) -> Ended {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return Ended::Failed(format!("cannot start the guest's runtime: {e}")),
+    };
+    let limiter = GuestLimiter::new(memory_limit, control.memory.clone());
+    let ended = match guest {
+        Guest::Module { pre, wasi, entry } => {
+            let mut store = Store::new(engine, ModuleState { wasi, limiter });
+            store.limiter(|s| &mut s.limiter);
+            yield_on_epoch(&mut store);
+            rt.block_on(race(run_module(&mut store, &pre, &entry), control))
+        }
+        Guest::Component { pre, wasi, entry } => {
+            let state = ComponentState {
+                wasi,
+                table: ResourceTable::new(),
+                limiter,
+            };
+            let mut store = Store::new(engine, state);
+            store.limiter(|s| &mut s.limiter);
+            yield_on_epoch(&mut store);
+            rt.block_on(race(run_component(&mut store, &pre, &entry), control))
+        }
+    };
+    // The store (and with it the guest's stdout/stderr) is dropped by now.
+    // Blocking WASI work still in flight must not hold up the exit.
+    rt.shutdown_background();
+    ended
+}
+
+fn yield_on_epoch<T>(store: &mut Store<T>) {
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_async_yield_and_update(1);
+}
+
+/// Runs `guest` until it ends or a terminating signal arrives, whichever is first.
+async fn race(guest: impl Future<Output = wasmtime::Result<u32>>, control: &Control) -> Ended {
+    tokio::select! {
+        biased;
+        signal = control.killed() => Ended::Killed(signal),
+        result = guest => match result {
+            Ok(code) => Ended::Returned(code),
+            Err(e) => ended_by(e),
+        },
+    }
+}
+
+/// Maps a guest error to how it ended: an exit request or a failure.
+fn ended_by(e: wasmtime::Error) -> Ended {
+    if let Some(exit) = e.downcast_ref::<I32Exit>() {
+        // Like a process: only the low 8 bits of an exit status survive.
+        return Ended::Returned((exit.0 & 0xff) as u32);
+    }
+    // `Trap` displays as "wasm trap: <what>".
+    let mut message = match (e.downcast_ref::<Trap>(), e.downcast_ref::<WasmBacktrace>()) {
+        (Some(trap), _) => trap.to_string(),
+        // The backtrace is the outermost context; say what failed first.
+        (None, Some(_)) => format!("wasm error: {}", e.root_cause()),
+        (None, None) => format!("wasm error: {e:#}"),
+    };
+    if let Some(bt) = e.downcast_ref::<WasmBacktrace>() {
+        let bt = bt.to_string();
+        message.push('\n');
+        message.push_str(bt.strip_prefix("error while executing at ").unwrap_or(&bt));
+    }
+    Ended::Failed(message)
+}
+
+async fn run_module(
+    store: &mut Store<ModuleState>,
+    pre: &InstancePre<ModuleState>,
+    entry: &ModuleEntry,
+) -> wasmtime::Result<u32> {
+    let instance = pre.instantiate_async(&mut *store).await?;
+    if entry.initialize {
+        let init = instance.get_typed_func::<(), ()>(&mut *store, "_initialize")?;
+        init.call_async(&mut *store, ()).await?;
+    }
+    let func = instance
+        .get_func(&mut *store, &entry.export)
+        .ok_or_else(|| wasmtime::format_err!("export '{}' is missing", entry.export))?;
+    // Placeholders only: the call overwrites them, results are not used.
+    let mut results: Vec<Val> = func
+        .ty(&*store)
+        .results()
+        .map(|ty| Val::default_for_ty(&ty).unwrap_or(Val::I32(0)))
+        .collect();
+    func.call_async(&mut *store, &[], &mut results).await?;
+    Ok(0)
+}
+
+async fn run_component(
+    store: &mut Store<ComponentState>,
+    pre: &component::InstancePre<ComponentState>,
+    entry: &ComponentExportIndex,
+) -> wasmtime::Result<u32> {
+    let instance = pre.instantiate_async(&mut *store).await?;
+    let func = instance
+        .get_func(&mut *store, entry)
+        .ok_or_else(|| wasmtime::format_err!("the entrypoint export is missing"))?;
+    let mut results = vec![component::Val::Bool(false); func.ty(&*store).results().len()];
+    func.call_async(&mut *store, &[], &mut results).await?;
+    // `wasi:cli/run.run` returns `result`; its error case means exit code 1.
+    Ok(match results.as_slice() {
+        [component::Val::Result(Err(_))] => 1,
+        _ => 0,
+    })
+}

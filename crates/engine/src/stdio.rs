@@ -1,0 +1,347 @@
+//! The stdin/stdout/stderr paths containerd hands to the shim, and opening them.
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use tokio::io::{AsyncRead, ReadBuf};
+use wasmtime_wasi::cli::{IsTerminal, StdinStream};
+
+/// Paths of the container's stdio (FIFOs or files); `None` or empty means /dev/null.
+///
+/// Opened by [`WasmEngine::prepare`](crate::WasmEngine::prepare): stdout and
+/// stderr for blocking writes (output is never dropped, a guest waits for a
+/// slow reader), stdin for reading without waiting for a writer to appear.
+/// Files must exist; they are appended to, never created.
+#[derive(Debug, Clone, Default)]
+pub struct Stdio {
+    /// Read by the guest as fd 0 (`wasi:cli/stdin`).
+    pub stdin: Option<PathBuf>,
+    /// Written by the guest as fd 1 (`wasi:cli/stdout`).
+    pub stdout: Option<PathBuf>,
+    /// Written by the guest as fd 2 (`wasi:cli/stderr`), and by the engine
+    /// with the reason when a guest traps.
+    pub stderr: Option<PathBuf>,
+}
+
+/// The opened files behind a [`Stdio`]; `None` is a null stream.
+pub(crate) struct OpenStdio {
+    pub(crate) stdin: Option<File>,
+    pub(crate) stdout: Option<File>,
+    pub(crate) stderr: Option<File>,
+}
+
+impl Stdio {
+    /// Opens all three, so that a bad path fails task creation instead of the
+    /// guest's first write.
+    pub(crate) fn open(&self) -> Result<OpenStdio> {
+        Ok(OpenStdio {
+            stdin: given(&self.stdin).map(open_input).transpose()?,
+            stdout: given(&self.stdout)
+                .map(|p| open_output(p, "stdout"))
+                .transpose()?,
+            stderr: given(&self.stderr)
+                .map(|p| open_output(p, "stderr"))
+                .transpose()?,
+        })
+    }
+}
+
+fn given(path: &Option<PathBuf>) -> Option<&Path> {
+    path.as_deref().filter(|p| !p.as_os_str().is_empty())
+}
+
+/// Opens stdout/stderr for writing. A FIFO is opened read-write, as runc's
+/// shim does: the shim then always counts as a reader, so the open never
+/// waits and a guest's write never fails with EPIPE after the client that
+/// read the output (a detached `ctr run -d`) went away. A regular file is
+/// appended to.
+fn open_output(path: &Path, which: &str) -> Result<File> {
+    use std::os::unix::fs::FileTypeExt;
+    let is_fifo = std::fs::metadata(path)
+        .map(|m| m.file_type().is_fifo())
+        .unwrap_or(false);
+    let mut options = OpenOptions::new();
+    if is_fifo {
+        options.read(true).write(true);
+    } else {
+        options.append(true);
+    }
+    let file = options
+        .open(path)
+        .with_context(|| format!("cannot open the container's {which} {}", path.display()))?;
+    // Blocking writes: the guest waits for a slow reader instead of losing output.
+    set_blocking(&file)
+        .with_context(|| format!("cannot set up the container's {which} {}", path.display()))?;
+    Ok(file)
+}
+
+/// Opens stdin for reading without waiting for a writer to appear.
+fn open_input(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .with_context(|| format!("cannot open the container's stdin {}", path.display()))?;
+    set_blocking(&file)
+        .with_context(|| format!("cannot set up the container's stdin {}", path.display()))?;
+    Ok(file)
+}
+
+fn set_blocking(file: &File) -> nix::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(file.as_raw_fd(), FcntlArg::F_GETFL)?);
+    fcntl(
+        file.as_raw_fd(),
+        FcntlArg::F_SETFL(flags.difference(OFlag::O_NONBLOCK)),
+    )?;
+    Ok(())
+}
+
+/// How much stdin is read ahead of the guest.
+const STDIN_BUFFER: usize = 64 * 1024;
+/// How often the stdin reader thread checks whether stdin was closed while it
+/// waits for input.
+const STDIN_POLL: u16 = 100;
+
+/// The guest's stdin: a buffer filled by a reader thread, which
+/// [`GuestStdin::close`] can end at any time (containerd's CloseIO, or the
+/// guest ending) even while the reader waits on an idle FIFO.
+#[derive(Clone)]
+pub(crate) struct GuestStdin {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when the buffer has room again, or on close.
+    room: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    buf: VecDeque<u8>,
+    /// The writer went away or reading failed: end of file after `buf`.
+    eof: bool,
+    /// Closed by the host: end of file now, buffered bytes are dropped.
+    closed: bool,
+    /// Guest-side readers waiting for bytes.
+    wakers: Vec<Waker>,
+}
+
+impl GuestStdin {
+    pub(crate) fn new() -> GuestStdin {
+        GuestStdin {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                room: Condvar::new(),
+            }),
+        }
+    }
+
+    /// Starts the thread that reads `file` into the buffer. It ends at end of
+    /// file, on a read error, or within [`STDIN_POLL`] ms of [`Self::close`].
+    pub(crate) fn spawn_reader(&self, file: File, name: &str) -> io::Result<()> {
+        let shared = self.shared.clone();
+        std::thread::Builder::new()
+            .name(format!("stdin-{name}"))
+            .spawn(move || read_into(file, &shared))
+            .map(|_| ())
+    }
+
+    /// Ends stdin: pending and future reads see end of file.
+    pub(crate) fn close(&self) {
+        let mut state = self.shared.lock();
+        state.closed = true;
+        state.buf.clear();
+        for w in state.wakers.drain(..) {
+            w.wake();
+        }
+        self.shared.room.notify_all();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves plain bytes and flags behind,
+        // which are still consistent, so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn read_into(mut file: File, shared: &Shared) {
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        {
+            let mut state = shared.lock();
+            while state.buf.len() >= STDIN_BUFFER && !state.closed {
+                state = shared
+                    .room
+                    .wait_timeout(state, Duration::from_millis(STDIN_POLL.into()))
+                    .map(|(s, _)| s)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            if state.closed {
+                return;
+            }
+        }
+        // Wait for data (or the writer hanging up) with a timeout, so that a
+        // close is noticed even if no writer ever shows up. For a FIFO opened
+        // non-blocking, the kernel reports no hang-up before a first writer,
+        // so this does not mistake "no writer yet" for end of file.
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(STDIN_POLL)) {
+            Ok(0) | Err(Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                log::warn!("polling the container's stdin failed, closing it: {e}");
+                shared.lock().eof = true;
+                wake(shared);
+                return;
+            }
+        }
+        let read = file.read(&mut chunk);
+        let mut state = shared.lock();
+        match read {
+            Ok(0) => state.eof = true,
+            Ok(n) => state.buf.extend(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::warn!("reading the container's stdin failed, closing it: {e}");
+                state.eof = true;
+            }
+        }
+        let done = state.eof;
+        for w in state.wakers.drain(..) {
+            w.wake();
+        }
+        drop(state);
+        if done {
+            return;
+        }
+    }
+}
+
+fn wake(shared: &Shared) {
+    for w in shared.lock().wakers.drain(..) {
+        w.wake();
+    }
+}
+
+impl AsyncRead for GuestStdin {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut state = self.shared.lock();
+        if !state.buf.is_empty() {
+            let n = out.remaining().min(state.buf.len());
+            let (a, b) = state.buf.as_slices();
+            let from_a = n.min(a.len());
+            out.put_slice(&a[..from_a]);
+            out.put_slice(&b[..n - from_a]);
+            state.buf.drain(..n);
+            self.shared.room.notify_all();
+            return Poll::Ready(Ok(()));
+        }
+        if state.eof || state.closed {
+            return Poll::Ready(Ok(()));
+        }
+        if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            state.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl IsTerminal for GuestStdin {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdinStream for GuestStdin {
+    fn async_stream(&self) -> Box<dyn AsyncRead + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => panic!("no tokio runtime: {e}"),
+        }
+    }
+
+    #[test]
+    fn reads_a_file_to_the_end() {
+        let path = std::env::temp_dir().join(format!("wasishim-stdin-{}", std::process::id()));
+        if let Err(e) = std::fs::write(&path, b"hello stdin") {
+            panic!("cannot write {}: {e}", path.display());
+        }
+        let file = match open_input(&path) {
+            Ok(f) => f,
+            Err(e) => panic!("{e:#}"),
+        };
+        let stdin = GuestStdin::new();
+        if let Err(e) = stdin.spawn_reader(file, "test") {
+            panic!("{e}");
+        }
+        let mut got = String::new();
+        let mut reader = stdin.clone();
+        let read = runtime().block_on(reader.read_to_string(&mut got));
+        assert!(read.is_ok(), "{read:?}");
+        assert_eq!(got, "hello stdin");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn close_ends_a_read_waiting_on_a_silent_fifo() {
+        let path = std::env::temp_dir().join(format!("wasishim-stdin-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        if let Err(e) = nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU) {
+            panic!("mkfifo: {e}");
+        }
+        // No writer ever opens the FIFO: reads must wait, not see end of file.
+        let file = match open_input(&path) {
+            Ok(f) => f,
+            Err(e) => panic!("{e:#}"),
+        };
+        let stdin = GuestStdin::new();
+        if let Err(e) = stdin.spawn_reader(file, "test") {
+            panic!("{e}");
+        }
+        let closer = stdin.clone();
+        let rt = runtime();
+        let got = rt.block_on(async move {
+            let mut reader = stdin.clone();
+            let mut buf = Vec::new();
+            let early =
+                tokio::time::timeout(Duration::from_millis(300), reader.read_to_end(&mut buf))
+                    .await;
+            assert!(early.is_err(), "read ended without a writer: {early:?}");
+            closer.close();
+            tokio::time::timeout(Duration::from_secs(1), reader.read_to_end(&mut buf)).await
+        });
+        assert!(matches!(got, Ok(Ok(0))), "{got:?}");
+        let _ = std::fs::remove_file(&path);
+    }
+}

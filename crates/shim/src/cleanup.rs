@@ -1,0 +1,40 @@
+//! The `delete` subcommand: containerd's cleanup after a shim that died.
+//!
+//! The guest lived inside the dead shim, so it is gone too; what remains on
+//! the host is the rootfs mount and possibly the socket file. The reply tells
+//! containerd the task ended by SIGKILL.
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::SystemTime;
+
+use anyhow::Result;
+use containerd_shim_protos::api::DeleteResponse;
+use containerd_shim_protos::protobuf::Message;
+
+use crate::events::timestamp;
+use crate::{rootfs, server};
+
+/// Exit status reported for a task whose shim was killed.
+const KILLED: u32 = 128 + 9;
+
+/// Cleans up after the task in `bundle` and returns the encoded DeleteResponse.
+pub fn delete(bundle: &Path) -> Result<Vec<u8>> {
+    if let Err(err) = rootfs::unmount(bundle) {
+        log::warn!("{err:#}");
+    }
+    if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+        let path = address.trim().trim_start_matches("unix://").to_string();
+        // A live server still hosts other containers of the pod: keep its socket.
+        if UnixStream::connect(&path).is_err() {
+            server::remove_socket(&path);
+        }
+    }
+    let response = DeleteResponse {
+        pid: 0,
+        exit_status: KILLED,
+        exited_at: Some(timestamp(SystemTime::now())).into(),
+        ..Default::default()
+    };
+    Ok(response.write_to_bytes()?)
+}

@@ -1,0 +1,93 @@
+//! The shim binary's command line: what containerd runs and why.
+//!
+//! - `-v`: print the version.
+//! - `-info`: describe the runtime (containerd 2.x asks before first use).
+//! - `start`: find or launch the server, print its address.
+//! - `delete`: clean up after a dead server, print a DeleteResponse.
+//! - no action, with `-socket`: be the server.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::types::introspection::RuntimeInfo;
+
+use crate::server::{serve_inherited, ServeOptions};
+use crate::{cleanup, launch, Runtime};
+
+/// Runs the shim binary for `runtime` and returns the process exit code.
+pub fn main(runtime: Runtime) -> i32 {
+    match run(runtime) {
+        Ok(()) => 0,
+        Err(err) => {
+            log::error!("{err:#}");
+            eprintln!("{}: {err:#}", runtime.binary);
+            1
+        }
+    }
+}
+
+fn run(runtime: Runtime) -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flags = containerd_shim::parse(&args).map_err(|err| anyhow::anyhow!("{err}"))?;
+    if flags.version {
+        println!("{}:", runtime.binary);
+        println!("  Runtime: {}", runtime.name);
+        println!("  Version: {}", env!("CARGO_PKG_VERSION"));
+        println!("  Engine: wasmtime 48");
+        return Ok(());
+    }
+    if flags.info {
+        let info = RuntimeInfo {
+            name: runtime.name.to_string(),
+            ..Default::default()
+        };
+        let mut stdout = std::io::stdout();
+        stdout.write_all(&info.write_to_bytes()?)?;
+        stdout.flush()?;
+        return Ok(());
+    }
+    let bundle = if flags.bundle.is_empty() {
+        std::env::current_dir().context("cannot read the bundle directory")?
+    } else {
+        PathBuf::from(&flags.bundle)
+    };
+    match flags.action.as_str() {
+        "start" => {
+            let reply = launch::start(&flags, &bundle)?;
+            let mut stdout = std::io::stdout();
+            stdout.write_all(reply.as_bytes())?;
+            stdout.flush()?;
+            Ok(())
+        }
+        "delete" => {
+            let reply = cleanup::delete(&bundle)?;
+            let mut stdout = std::io::stdout();
+            stdout.write_all(&reply)?;
+            stdout.flush()?;
+            Ok(())
+        }
+        "" if !flags.socket.is_empty() => {
+            // Logs go to the `log` FIFO containerd opened in the bundle.
+            if let Err(err) =
+                containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
+            {
+                eprintln!("cannot open the shim log: {err}");
+            }
+            let runtime_threads = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime_threads.block_on(serve_inherited(ServeOptions {
+                runtime,
+                namespace: flags.namespace.clone(),
+                socket_address: flags.socket.clone(),
+                ttrpc_address: std::env::var("TTRPC_ADDRESS").ok(),
+            }))
+        }
+        other => anyhow::bail!(
+            "unknown action '{other}': expected start or delete (this binary is run by containerd)"
+        ),
+    }
+}

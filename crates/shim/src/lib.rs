@@ -1,0 +1,34 @@
+//! wasishim-shim: the containerd task service that hosts wasishim-engine guests.
+//!
+//! A containerd request arrives at [`service::TaskService`], which moves the
+//! container through its [`lifecycle`] and publishes [`events`]; the engine builds
+//! and runs the guest; the exit status flows back through the same service.
+//! The binaries differ only in how they host that service ([`server`]).
+
+pub mod cleanup;
+pub mod cli;
+pub mod events;
+pub mod launch;
+pub mod lifecycle;
+pub mod negotiation;
+pub mod rootfs;
+pub mod server;
+pub mod service;
+
+/// Identity of one shim binary: the runtime name containerd knows it by.
+#[derive(Debug, Clone, Copy)]
+pub struct Runtime {
+    /// e.g. `io.containerd.wasmtime.v1`.
+    pub name: &'static str,
+    /// e.g. `containerd-shim-wasmtime-v1`.
+    pub binary: &'static str,
+}
+
+/// The per-pod shim.
+pub const PER_POD: Runtime = Runtime {
+    name: "io.containerd.wasmtime.v1",
+    binary: "containerd-shim-wasmtime-v1",
+};
+
+/// Annotation CRI sets on every container of a pod, the sandbox included.
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";

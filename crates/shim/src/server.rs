@@ -1,0 +1,105 @@
+//! Hosting the task service on a ttrpc socket until containerd is done with it.
+//!
+//! The per-pod binary serves one pod on the socket its `start` bound and passed
+//! down as file descriptor 3; it exits when the last task is gone.
+
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use containerd_shim_protos::shim_async::{create_task, Task};
+use containerd_shim_protos::ttrpc::r#async::transport::Listener;
+use containerd_shim_protos::ttrpc::r#async::Server;
+use wasishim_engine::WasmEngine;
+
+use crate::events::EventPublisher;
+use crate::negotiation::{TASK_SERVICE_V2, TASK_SERVICE_V3};
+use crate::service::TaskService;
+use crate::Runtime;
+
+/// File descriptor on which `start` hands the bound listener to the server.
+pub const LISTENER_FD: i32 = 3;
+
+/// Where the server listens and for whom.
+pub struct ServeOptions {
+    pub runtime: Runtime,
+    pub namespace: String,
+    /// `unix:///run/containerd/s/<hash>`: removed when the server exits.
+    pub socket_address: String,
+    /// containerd's ttrpc address, for events.
+    pub ttrpc_address: Option<String>,
+}
+
+/// Serves the task service on the inherited listener until the service asks
+/// to shut down, then removes the socket.
+pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
+    // SAFETY: `start` put a bound, listening unix socket at this descriptor and
+    // nothing else in this process owns it.
+    let listener = unsafe { UnixListener::from_raw_fd(LISTENER_FD) };
+    listener
+        .set_nonblocking(true)
+        .context("cannot use the inherited shim socket")?;
+    let listener = Listener::try_from(listener).context("cannot serve the shim socket")?;
+
+    let engine = WasmEngine::new().context("cannot create the wasmtime engine")?;
+    let events =
+        EventPublisher::connect(options.ttrpc_address.as_deref(), &options.namespace).await;
+    let shutdown = Arc::new(tokio::sync::Notify::new());
+    let service: Arc<dyn Task + Send + Sync> = Arc::new(TaskService::new(
+        options.runtime,
+        engine,
+        events,
+        shutdown.clone(),
+    ));
+
+    let mut server = Server::new()
+        .add_listener(listener)
+        .register_service(task_services(service));
+    server
+        .start()
+        .await
+        .context("cannot start the ttrpc server")?;
+    log::info!(
+        "serving {} on {}",
+        options.runtime.name,
+        options.socket_address
+    );
+
+    shutdown.notified().await;
+    log::info!("no tasks left: shutting down");
+    // Give the reply that triggered the shutdown a moment to reach containerd.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    if let Err(err) = server.shutdown().await {
+        log::warn!("ttrpc server shutdown: {err}");
+    }
+    remove_socket(&options.socket_address);
+    Ok(())
+}
+
+/// The task service under both API names: containerd 1.x calls
+/// `containerd.task.v2.Task`, 2.x `containerd.task.v3.Task`; the messages are
+/// the same.
+pub fn task_services(
+    service: Arc<dyn Task + Send + Sync>,
+) -> std::collections::HashMap<String, containerd_shim_protos::ttrpc::r#async::Service> {
+    let mut services = create_task(service.clone());
+    let v2 = create_task(service)
+        .into_values()
+        .next()
+        .map(|s| (TASK_SERVICE_V2.to_string(), s));
+    services.extend(v2);
+    debug_assert!(services.contains_key(TASK_SERVICE_V3));
+    services
+}
+
+/// Removes the socket file behind `address` (`unix://path`), if it is one.
+pub fn remove_socket(address: &str) {
+    let path = Path::new(address.strip_prefix("unix://").unwrap_or(address));
+    if let Err(err) = std::fs::remove_file(path) {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            log::warn!("cannot remove shim socket {}: {err}", path.display());
+        }
+    }
+}

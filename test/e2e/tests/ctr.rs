@@ -1,0 +1,670 @@
+//! End-to-end scenarios: `ctr` against a private containerd of each
+//! supported version, running WASI programs with the wasmtime shim.
+//!
+//! Arguments after the container ID replace the whole `process.args`, as
+//! with any `ctr run`, so they start with the entrypoint (`/app.wasm`).
+//!
+//! Every scenario is one function taking the instance; `scenarios!` makes a
+//! `#[test]` of it per containerd version (`v1_6::hello_wasip1`, ...). Each
+//! test starts its own containerd (well under a second) and ends with
+//! [`PrivateContainerd::assert_no_leaks`].
+//!
+//! Needs root, the containerd versions (`test/containerd/install.sh`), the
+//! fixtures (built on demand with `make fixtures`) and the shim built into
+//! `target/debug` (`cargo build -p containerd-shim-wasmtime-v1`).
+//!
+//! Not covered here: a config.json that is not valid JSON, since `ctr`
+//! parses `--config` itself and refuses it before containerd sees it; the
+//! engine's unit tests cover that case. A valid JSON spec without
+//! `process.args` does reach the shim and is tested.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use wasishim_e2e::{
+    exit_code, fixture, fixture_image, image_name, output_text, Image, PrivateContainerd,
+};
+
+/// How quickly a killed guest must be reported stopped.
+const KILL_DEADLINE: Duration = Duration::from_secs(1);
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Imports the fixture `rel` as image `name`.
+fn import(cd: &PrivateContainerd, name: &str, rel: &str) -> String {
+    cd.import(&fixture_image(name, rel).unwrap()).unwrap()
+}
+
+/// Runs `image` to completion and asserts its exit code; returns the output.
+fn run_expect(
+    cd: &PrivateContainerd,
+    flags: &[&str],
+    image: &str,
+    id: &str,
+    args: &[&str],
+    code: i32,
+) -> std::process::Output {
+    let out = cd.run_rm(flags, image, id, args);
+    assert_eq!(
+        exit_code(&out.status),
+        code,
+        "ctr run {id}:\n{}",
+        output_text(&out)
+    );
+    out
+}
+
+/// Stops and removes a task that may still run, then its container.
+fn remove(cd: &PrivateContainerd, id: &str) {
+    if cd.task_status(id).unwrap().is_some_and(|s| s != "STOPPED") {
+        let _ = cd.ctr(["task", "kill", "-s", "SIGKILL", id]);
+        cd.wait_task_status(id, "STOPPED", Duration::from_secs(10))
+            .unwrap();
+    }
+    if cd.task_status(id).unwrap().is_some() {
+        cd.task_delete(id).unwrap();
+    }
+    let out = cd.ctr(["containers", "rm", id]);
+    assert!(
+        out.status.success(),
+        "ctr containers rm {id}:\n{}",
+        output_text(&out)
+    );
+}
+
+/// After a refused workload: containerd still serves and runs a good one,
+/// nothing is left of the refused container.
+fn assert_still_serves(cd: &PrivateContainerd, refused_id: &str) {
+    let out = cd.ctr(["version"]);
+    assert!(out.status.success(), "ctr version:\n{}", output_text(&out));
+    let hello = import(cd, "hello-after", "wasip1/hello.wasm");
+    let out = run_expect(cd, &[], &hello, "hello-after", &[], 0);
+    assert!(
+        stdout(&out).contains("hello from wasm"),
+        "{}",
+        output_text(&out)
+    );
+    let containers = cd.containers().unwrap();
+    assert!(
+        !containers.iter().any(|c| c == refused_id),
+        "container {refused_id} left behind: {containers:?}"
+    );
+}
+
+/// `ctr run --rm` of `image` must fail with `needle` in its output.
+fn assert_refused(cd: &PrivateContainerd, image: &str, id: &str, needle: &str) {
+    let out = cd.run_rm(&[], image, id, &[]);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{id} was not refused:\n{text}");
+    assert!(
+        text.contains(needle),
+        "{id}: expected '{needle}' in:\n{text}"
+    );
+    assert_still_serves(cd, id);
+}
+
+// ---------------------------------------------------------------- output
+
+fn hello_wasip1(cd: &PrivateContainerd) {
+    let image = import(cd, "hello", "wasip1/hello.wasm");
+    let out = run_expect(cd, &[], &image, "hello-p1", &[], 0);
+    assert_eq!(stdout(&out), "hello from wasm\n", "{}", output_text(&out));
+}
+
+fn hello_wasip2(cd: &PrivateContainerd) {
+    let image = import(cd, "hello-p2", "wasip2/hello.wasm");
+    let out = run_expect(cd, &[], &image, "hello-p2", &[], 0);
+    assert_eq!(stdout(&out), "hello from wasm\n", "{}", output_text(&out));
+}
+
+fn hello_wat(cd: &PrivateContainerd) {
+    let image = import(cd, "hello-wat", "wat/hello.wasm");
+    let out = run_expect(cd, &[], &image, "hello-wat", &[], 0);
+    assert_eq!(stdout(&out), "hello from wat\n", "{}", output_text(&out));
+}
+
+/// Arguments, environment (image and `--env`) and `--cwd`, for a core
+/// module and a component.
+fn args_env_cwd(cd: &PrivateContainerd) {
+    for (kind, rel) in [("p1", "wasip1/echo.wasm"), ("p2", "wasip2/echo.wasm")] {
+        let name = format!("echo-{kind}");
+        let image = Image::new(&image_name(&name))
+            .wasm(fs::read(fixture(rel)).unwrap())
+            .env("FROM_IMAGE", "yes")
+            .dir("/work");
+        let image = cd.import(&image).unwrap();
+        let id = format!("echo-{kind}");
+        let out = run_expect(
+            cd,
+            &["--env", "FOO=bar baz", "--cwd", "/work"],
+            &image,
+            &id,
+            &["/app.wasm", "one", "two words"],
+            0,
+        );
+        let text = stdout(&out);
+        let lines: Vec<&str> = text.lines().collect();
+        for want in [
+            "arg[0]=/app.wasm",
+            "arg[1]=one",
+            "arg[2]=two words",
+            "env FOO=bar baz",
+            "env FROM_IMAGE=yes",
+        ] {
+            assert!(
+                lines.contains(&want),
+                "{kind}: no '{want}' in:\n{}",
+                output_text(&out)
+            );
+        }
+        assert!(
+            lines.contains(&"cwd=/work") || lines.contains(&"env PWD=/work"),
+            "{kind}: working directory not /work:\n{}",
+            output_text(&out)
+        );
+        assert!(
+            !lines.iter().any(|l| l.starts_with("env CONTAINERD_")),
+            "{kind}: the shim's own environment leaked into the guest:\n{text}"
+        );
+    }
+}
+
+/// Standard input reaches the guest and ends with end of file.
+fn stdin(cd: &PrivateContainerd) {
+    let image = import(cd, "echo-stdin", "wasip1/echo.wasm");
+    let out = cd.run_rm_stdin(
+        &[],
+        &image,
+        "echo-stdin",
+        &["/app.wasm", "--stdin"],
+        b"line one\nline two\n",
+    );
+    assert_eq!(exit_code(&out.status), 0, "{}", output_text(&out));
+    assert!(
+        stdout(&out).contains("stdin=line one\nline two\n"),
+        "{}",
+        output_text(&out)
+    );
+}
+
+// ---------------------------------------------------------------- mounts
+
+fn ro_mount(cd: &PrivateContainerd) {
+    let host = tempfile::tempdir().unwrap();
+    fs::write(host.path().join("in.txt"), "from the host\n").unwrap();
+    let image = import(cd, "files", "wasip1/files.wasm");
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:ro",
+        host.path().display()
+    );
+
+    let out = run_expect(
+        cd,
+        &["--mount", &mount],
+        &image,
+        "ro-read",
+        &["/app.wasm", "read", "/data/in.txt"],
+        0,
+    );
+    assert_eq!(stdout(&out), "from the host\n", "{}", output_text(&out));
+
+    let out = run_expect(
+        cd,
+        &["--mount", &mount],
+        &image,
+        "ro-write",
+        &["/app.wasm", "write", "/data/out.txt", "nope"],
+        1,
+    );
+    assert!(
+        stderr(&out).contains("cannot write /data/out.txt"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(
+        !host.path().join("out.txt").exists(),
+        "a read-only mount was written"
+    );
+}
+
+fn rw_mount(cd: &PrivateContainerd) {
+    let host = tempfile::tempdir().unwrap();
+    let image = import(cd, "files", "wasip2/files.wasm");
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:rw",
+        host.path().display()
+    );
+    let out = run_expect(
+        cd,
+        &["--mount", &mount],
+        &image,
+        "rw-write",
+        &["/app.wasm", "write", "/data/out.txt", "written by wasm"],
+        0,
+    );
+    assert!(
+        stdout(&out).contains("wrote /data/out.txt"),
+        "{}",
+        output_text(&out)
+    );
+    assert_eq!(
+        fs::read_to_string(host.path().join("out.txt")).unwrap(),
+        "written by wasm"
+    );
+}
+
+// ---------------------------------------------------------------- exits
+
+fn exit_codes(cd: &PrivateContainerd) {
+    let p1 = import(cd, "exit", "wasip1/exit.wasm");
+    let p2 = import(cd, "exit-p2", "wasip2/exit.wasm");
+    let wat = import(cd, "exit3", "wat/exit3.wasm");
+    run_expect(cd, &[], &p1, "exit0", &["/app.wasm", "0"], 0);
+    run_expect(cd, &[], &p1, "exit3", &["/app.wasm", "3"], 3);
+    // A component's wasi:cli/exit carries only ok/err: Rust's
+    // std::process::exit(3) on wasip2 reports err, which is exit code 1.
+    run_expect(cd, &[], &p2, "exit0-p2", &["/app.wasm", "0"], 0);
+    run_expect(cd, &[], &p2, "exit3-p2", &["/app.wasm", "3"], 1);
+    run_expect(cd, &[], &wat, "exit3-wat", &[], 3);
+}
+
+fn trap(cd: &PrivateContainerd) {
+    for (name, rel) in [
+        ("trap", "wasip1/trap.wasm"),
+        ("trap-p2", "wasip2/trap.wasm"),
+        ("trap-wat", "wat/trap.wasm"),
+    ] {
+        let image = import(cd, name, rel);
+        let out = run_expect(cd, &[], &image, name, &[], 134);
+        assert!(
+            stderr(&out).contains("wasm trap"),
+            "{name}:\n{}",
+            output_text(&out)
+        );
+    }
+}
+
+// ---------------------------------------------------------------- memory
+
+/// `--memory-limit` caps the guest's linear memory: allocation fails inside
+/// the guest (which reports it and exits 0) instead of the host running out.
+fn memory_limit(cd: &PrivateContainerd) {
+    const LIMIT_MIB: u64 = 64;
+    let limit = (LIMIT_MIB << 20).to_string();
+    let flags = ["--memory-limit", limit.as_str()];
+
+    let image = import(cd, "grow", "wasip1/grow.wasm");
+    let out = run_expect(cd, &flags, &image, "grow-p1", &[], 0);
+    let text = stdout(&out);
+    let mib: u64 = text
+        .trim()
+        .strip_prefix("allocation refused after ")
+        .and_then(|rest| rest.strip_suffix(" MiB"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected output:\n{}", output_text(&out)));
+    assert!(
+        (1..LIMIT_MIB).contains(&mib),
+        "got {mib} MiB under a {LIMIT_MIB} MiB limit"
+    );
+
+    let image = import(cd, "grow-wat", "wat/grow.wasm");
+    let out = run_expect(cd, &flags, &image, "grow-wat", &[], 0);
+    let text = stdout(&out);
+    let pages: u64 = text
+        .trim()
+        .strip_prefix("grew ")
+        .and_then(|rest| rest.strip_suffix(" pages"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected output:\n{}", output_text(&out)));
+    // 64 KiB pages; the module starts with one.
+    assert!(
+        pages < LIMIT_MIB * 16,
+        "grew {pages} pages under a {LIMIT_MIB} MiB limit"
+    );
+}
+
+// ---------------------------------------------------------------- signals
+
+/// `ctr task kill` (SIGTERM) ends a guest spinning in wasm code: stopped
+/// within a second, exit code 143.
+fn kill_term_spinning(cd: &PrivateContainerd) {
+    for (name, rel) in [("spin", "wasip1/spin.wasm"), ("loop-wat", "wat/loop.wasm")] {
+        let image = import(cd, name, rel);
+        cd.run_detached(&[], &image, name, &[]).unwrap();
+        cd.wait_task_status(name, "RUNNING", Duration::from_secs(10))
+            .unwrap();
+        let start = Instant::now();
+        let out = cd.ctr(["task", "kill", name]);
+        assert!(out.status.success(), "{}", output_text(&out));
+        cd.wait_task_status(name, "STOPPED", Duration::from_secs(10))
+            .unwrap();
+        let took = start.elapsed();
+        assert!(
+            took <= KILL_DEADLINE,
+            "{name} took {took:?} to stop after SIGTERM"
+        );
+        assert_eq!(cd.task_delete(name).unwrap(), 143);
+        remove(cd, name);
+    }
+}
+
+fn kill_sigkill(cd: &PrivateContainerd) {
+    let image = import(cd, "spin-p2", "wasip2/spin.wasm");
+    cd.run_detached(&[], &image, "spin-p2", &[]).unwrap();
+    cd.wait_task_status("spin-p2", "RUNNING", Duration::from_secs(10))
+        .unwrap();
+    let start = Instant::now();
+    let out = cd.ctr(["task", "kill", "-s", "SIGKILL", "spin-p2"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    cd.wait_task_status("spin-p2", "STOPPED", Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        start.elapsed() <= KILL_DEADLINE,
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(cd.task_delete("spin-p2").unwrap(), 137);
+    remove(cd, "spin-p2");
+}
+
+/// A sleeping guest is RUNNING with a pid, and a foreground `ctr run` of it
+/// exits with the signal's code when killed.
+fn sleeper_running(cd: &PrivateContainerd) {
+    let image = import(cd, "sleep", "wasip1/sleep.wasm");
+    cd.run_detached(&[], &image, "sleeper", &["/app.wasm", "3600"])
+        .unwrap();
+    cd.wait_task_status("sleeper", "RUNNING", Duration::from_secs(10))
+        .unwrap();
+    let tasks = cd.tasks().unwrap();
+    let (_, pid, _) = tasks.iter().find(|(id, _, _)| id == "sleeper").unwrap();
+    assert!(pid.parse::<u32>().is_ok_and(|p| p > 0), "task pid {pid}");
+    let out = cd.ctr(["task", "kill", "sleeper"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    cd.wait_task_status("sleeper", "STOPPED", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(cd.task_delete("sleeper").unwrap(), 143);
+    remove(cd, "sleeper");
+
+    // Foreground: ctr run exits with the task's code.
+    cd.note_container("sleeper-fg");
+    let child = cd
+        .spawn_ctr([
+            "run",
+            "--rm",
+            "--runtime",
+            wasishim_e2e::RUNTIME,
+            &image,
+            "sleeper-fg",
+            "/app.wasm",
+            "3600",
+        ])
+        .unwrap();
+    cd.wait_task_status("sleeper-fg", "RUNNING", Duration::from_secs(10))
+        .unwrap();
+    let out = cd.ctr(["task", "kill", "-s", "SIGKILL", "sleeper-fg"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(exit_code(&out.status), 137, "{}", output_text(&out));
+    assert!(stdout(&out).contains("sleeping"), "{}", output_text(&out));
+}
+
+/// A guest that ends by itself while detached (`ctr run -d`, nobody reads
+/// its output): STOPPED with exit code 0. Writing its output must not fail
+/// just because ctr went away.
+fn sleeper_finishes(cd: &PrivateContainerd) {
+    let image = import(cd, "sleep", "wasip2/sleep.wasm");
+    cd.run_detached(&[], &image, "short", &["/app.wasm", "1"])
+        .unwrap();
+    cd.wait_task_status("short", "STOPPED", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(cd.task_delete("short").unwrap(), 0);
+    remove(cd, "short");
+}
+
+// ---------------------------------------------------------------- failures
+
+/// containerd restarts while a guest sleeps; afterwards the task is still
+/// listed, killable and deletable.
+fn containerd_restart(cd: &PrivateContainerd) {
+    let image = import(cd, "sleep", "wasip1/sleep.wasm");
+    cd.run_detached(&[], &image, "survivor", &["/app.wasm", "3600"])
+        .unwrap();
+    cd.wait_task_status("survivor", "RUNNING", Duration::from_secs(10))
+        .unwrap();
+    let shims = cd.shim_pids();
+    assert!(!shims.is_empty(), "no shim process found for this instance");
+
+    cd.restart().unwrap();
+    cd.wait_task_status("survivor", "RUNNING", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        cd.shim_pids(),
+        shims,
+        "the shim was replaced across the restart"
+    );
+
+    let out = cd.ctr(["task", "kill", "-s", "SIGKILL", "survivor"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    cd.wait_task_status("survivor", "STOPPED", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(cd.task_delete("survivor").unwrap(), 137);
+    remove(cd, "survivor");
+}
+
+/// The shim is SIGKILLed under a running guest; containerd notices, and
+/// `ctr task delete` / `ctr containers rm` clean up everything.
+fn shim_killed(cd: &PrivateContainerd) {
+    let image = import(cd, "sleep", "wasip1/sleep.wasm");
+    cd.run_detached(&[], &image, "orphan", &["/app.wasm", "3600"])
+        .unwrap();
+    cd.wait_task_status("orphan", "RUNNING", Duration::from_secs(10))
+        .unwrap();
+    let shims = cd.shim_pids();
+    assert!(!shims.is_empty(), "no shim process found for this instance");
+    for pid in &shims {
+        kill(Pid::from_raw(*pid), Signal::SIGKILL).unwrap();
+    }
+
+    // containerd sees the connection drop and marks the task stopped (or
+    // forgets it); either way delete must leave nothing behind.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cd.task_status("orphan").unwrap().as_deref() {
+            None | Some("STOPPED") | Some("UNKNOWN") => break,
+            Some(other) if Instant::now() > deadline => {
+                panic!("task still {other} 10 s after its shim was killed")
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    if cd.task_status("orphan").unwrap().is_some() {
+        let out = cd.ctr(["task", "delete", "orphan"]);
+        if !out.status.success() {
+            let out = cd.ctr(["task", "delete", "--force", "orphan"]);
+            assert!(
+                out.status.success() || stderr(&out).contains("not found"),
+                "{}",
+                output_text(&out)
+            );
+        }
+    }
+    let out = cd.ctr(["containers", "rm", "orphan"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(cd.containers().unwrap().is_empty());
+    assert_still_serves(cd, "orphan");
+}
+
+// ---------------------------------------------------------------- bad input
+
+fn corrupt_wasm(cd: &PrivateContainerd) {
+    let image =
+        Image::new(&image_name("corrupt")).wasm(b"\0asm\x01\0\0\0\x01\xff\xff\xff\xff".to_vec());
+    let image = cd.import(&image).unwrap();
+    assert_refused(cd, &image, "corrupt", "not valid WebAssembly");
+}
+
+fn missing_entrypoint(cd: &PrivateContainerd) {
+    let image = Image::new(&image_name("empty")).file("/README", "no wasm here\n", 0o644);
+    let image = cd.import(&image).unwrap();
+    assert_refused(
+        cd,
+        &image,
+        "missing",
+        "entrypoint /app.wasm not found in the image's rootfs",
+    );
+}
+
+fn elf_entrypoint(cd: &PrivateContainerd) {
+    let elf = fs::read("/bin/true").unwrap();
+    let image = Image::new(&image_name("elf")).file("/app.wasm", elf, 0o755);
+    let image = cd.import(&image).unwrap();
+    assert_refused(
+        cd,
+        &image,
+        "elf",
+        "entrypoint /app.wasm is not a WebAssembly module or component",
+    );
+}
+
+fn text_entrypoint(cd: &PrivateContainerd) {
+    let image = Image::new(&image_name("text")).file("/app.wasm", "#!/bin/sh\necho hi\n", 0o755);
+    let image = cd.import(&image).unwrap();
+    assert_refused(
+        cd,
+        &image,
+        "text",
+        "entrypoint /app.wasm is not a WebAssembly module or component",
+    );
+}
+
+fn unknown_export(cd: &PrivateContainerd) {
+    let image = fixture_image("nope", "wasip1/hello.wasm")
+        .unwrap()
+        .entrypoint(["/app.wasm#nope"]);
+    let image = cd.import(&image).unwrap();
+    assert_refused(cd, &image, "nope", "has no export named 'nope'");
+}
+
+fn terminal_refused(cd: &PrivateContainerd) {
+    let image = import(cd, "hello", "wasip1/hello.wasm");
+    cd.note_container("tty");
+    let out = cd
+        .ctr_tty([
+            "run",
+            "--rm",
+            "-t",
+            "--runtime",
+            wasishim_e2e::RUNTIME,
+            &image,
+            "tty",
+        ])
+        .unwrap();
+    let text = output_text(&out);
+    assert!(!out.status.success(), "-t was not refused:\n{text}");
+    assert!(
+        text.contains("terminal (tty) is not supported by io.containerd.wasmtime.v1"),
+        "{text}"
+    );
+    assert_still_serves(cd, "tty");
+}
+
+/// A spec given with `ctr run --config` that has no `process.args`.
+fn config_without_args(cd: &PrivateContainerd) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    fs::write(
+        &config,
+        r#"{"ociVersion":"1.0.2",
+            "process":{"user":{"uid":0,"gid":0},"args":[],"cwd":"/","env":[]},
+            "root":{"path":"rootfs"},
+            "linux":{}}"#,
+    )
+    .unwrap();
+    cd.note_container("noargs");
+    let out = cd.ctr([
+        "run",
+        "--rm",
+        "--runtime",
+        wasishim_e2e::RUNTIME,
+        "--config",
+        config.to_str().unwrap(),
+        "noargs",
+    ]);
+    let text = output_text(&out);
+    assert!(
+        !out.status.success(),
+        "a spec without args was accepted:\n{text}"
+    );
+    assert!(text.contains("process.args"), "{text}");
+    assert_still_serves(cd, "noargs");
+}
+
+/// An entrypoint climbing out with `..` resolves inside the rootfs (where
+/// there is no /bin/true), never to the host's file.
+fn entrypoint_outside_rootfs(cd: &PrivateContainerd) {
+    let image = fixture_image("escape", "wasip1/hello.wasm")
+        .unwrap()
+        .entrypoint(["/../../../../bin/true"]);
+    let image = cd.import(&image).unwrap();
+    let out = cd.run_rm(&[], &image, "escape", &[]);
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(Path::new("/bin/true").exists());
+    assert_still_serves(cd, "escape");
+}
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        mod v1_6 {
+            $(#[test] fn $name() { super::run("1.6.20", super::$name) })*
+        }
+        mod v1_7 {
+            $(#[test] fn $name() { super::run("1.7.24", super::$name) })*
+        }
+        mod v2_1 {
+            $(#[test] fn $name() { super::run("2.1.9", super::$name) })*
+        }
+    };
+}
+
+/// Starts containerd `version`, runs `scenario` on it and checks for leaks.
+fn run(version: &str, scenario: fn(&PrivateContainerd)) {
+    let cd = PrivateContainerd::start(version).unwrap();
+    scenario(&cd);
+    cd.assert_no_leaks();
+}
+
+scenarios!(
+    hello_wasip1,
+    hello_wasip2,
+    hello_wat,
+    args_env_cwd,
+    stdin,
+    ro_mount,
+    rw_mount,
+    exit_codes,
+    trap,
+    memory_limit,
+    kill_term_spinning,
+    kill_sigkill,
+    sleeper_running,
+    sleeper_finishes,
+    containerd_restart,
+    shim_killed,
+    corrupt_wasm,
+    missing_entrypoint,
+    elf_entrypoint,
+    text_entrypoint,
+    unknown_export,
+    terminal_refused,
+    config_without_args,
+    entrypoint_outside_rootfs,
+);

@@ -1,0 +1,122 @@
+//! `wasishim-image`: writes an OCI image layout tarball of a WASI program
+//! for `ctr images import`.
+//!
+//! ```text
+//! wasishim-image --name docker.io/library/hello:latest --wasm hello.wasm --out hello.tar
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use wasishim_image::{parse_env, Image};
+
+const USAGE: &str = "\
+usage: wasishim-image --name NAME --out IMAGE.tar [options]
+
+  --name NAME            image name, e.g. docker.io/library/hello:latest
+  --out FILE             where to write the OCI image layout tarball
+  --wasm FILE            the program, put at the wasm path (mode 0755)
+  --wasm-path PATH       where the program goes in the image (default /app.wasm)
+  --file HOST:PATH       add HOST file at PATH (keeps HOST's mode); repeatable;
+                         replaces the program if PATH is the wasm path
+  --dir PATH             add an empty directory; repeatable
+  --entrypoint ARG       config Entrypoint (default: the wasm path); repeatable
+  --cmd ARG              config Cmd; repeatable
+  --env K=V              config Env; repeatable
+  --workdir DIR          config WorkingDir
+";
+
+fn main() -> ExitCode {
+    match run(std::env::args().skip(1).collect()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wasishim-image: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Vec<String>) -> Result<()> {
+    let mut name = None;
+    let mut out: Option<PathBuf> = None;
+    let mut wasm = None;
+    let mut wasm_path = None;
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    let mut entrypoint = Vec::new();
+    let mut cmd = Vec::new();
+    let mut env = Vec::new();
+    let mut workdir = None;
+
+    let mut it = args.into_iter();
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            print!("{USAGE}");
+            return Ok(());
+        }
+        let value = it
+            .next()
+            .with_context(|| format!("{flag} needs a value\n\n{USAGE}"))?;
+        match flag.as_str() {
+            "--name" => name = Some(value),
+            "--out" => out = Some(PathBuf::from(value)),
+            "--wasm" => wasm = Some(PathBuf::from(value)),
+            "--wasm-path" => wasm_path = Some(value),
+            "--file" => files.push(value),
+            "--dir" => dirs.push(value),
+            "--entrypoint" => entrypoint.push(value),
+            "--cmd" => cmd.push(value),
+            "--env" => env.push(value),
+            "--workdir" => workdir = Some(value),
+            other => bail!("unknown option {other}\n\n{USAGE}"),
+        }
+    }
+    let name = name.with_context(|| format!("--name is required\n\n{USAGE}"))?;
+    let out = out.with_context(|| format!("--out is required\n\n{USAGE}"))?;
+
+    let mut image = Image::new(&name);
+    if let Some(p) = wasm_path {
+        image = image.wasm_path(&p);
+    }
+    if let Some(w) = wasm {
+        let bytes = std::fs::read(&w).with_context(|| format!("reading --wasm {}", w.display()))?;
+        image = image.wasm(bytes);
+    }
+    for f in files {
+        let (host, dst) = f
+            .split_once(':')
+            .with_context(|| format!("--file takes HOSTPATH:/image/path, got '{f}'"))?;
+        let bytes = std::fs::read(host).with_context(|| format!("reading --file {host}"))?;
+        let mode = file_mode(host)?;
+        image = image.file(dst, bytes, mode);
+    }
+    for d in dirs {
+        image = image.dir(&d);
+    }
+    if !entrypoint.is_empty() {
+        image = image.entrypoint(entrypoint);
+    }
+    image = image.cmd(cmd);
+    for kv in &env {
+        let (k, v) = parse_env(kv)?;
+        image = image.env(k, v);
+    }
+    if let Some(w) = workdir {
+        image = image.workdir(&w);
+    }
+    let written = image.write_to(&out)?;
+    println!(
+        "{} {} {}",
+        image.name(),
+        written.manifest_digest,
+        out.display()
+    );
+    Ok(())
+}
+
+fn file_mode(path: &str) -> Result<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading --file {path}"))?;
+    Ok(meta.permissions().mode() & 0o7777)
+}

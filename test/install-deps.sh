@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Install everything the fixtures and end-to-end tests need on a fresh
+# Debian 12 machine. Idempotent, and quick when everything is present.
+#
+#   test/install-deps.sh
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+log() { echo "install-deps.sh: $*" >&2; }
+
+apt_pkgs=(containerd runc wabt clang lld wasi-libc containernetworking-plugins skopeo)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+        missing+=("$p")
+    fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+if command -v rustup >/dev/null; then
+    installed=$(rustup target list --installed)
+    for t in wasm32-wasip1 wasm32-wasip2; do
+        if ! grep -qx "$t" <<<"$installed"; then
+            log "rustup target add $t"
+            rustup target add "$t"
+        fi
+    done
+else
+    log "rustup not found: install the wasm32-wasip1 and wasm32-wasip2 targets by hand"
+fi
+
+for v in 1.6.20 1.7.24 2.1.9; do
+    "$repo/test/containerd/install.sh" "$v" >/dev/null
+done
+log "done"
