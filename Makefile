@@ -3,7 +3,7 @@
 CARGO ?= cargo
 FIXTURES := test/fixtures
 OUT := $(FIXTURES)/out
-RUST_FIXTURES := hello echo files exit trap spin sleep grow
+RUST_FIXTURES := hello echo files exit trap spin sleep grow tcp-echo
 WAT_SRCS := $(wildcard $(FIXTURES)/wat/*.wat)
 WASIP1 := $(RUST_FIXTURES:%=$(OUT)/wasip1/%.wasm)
 WASIP2 := $(RUST_FIXTURES:%=$(OUT)/wasip2/%.wasm)
@@ -93,7 +93,7 @@ images: fixtures
 	done
 
 test-e2e: fixtures
-	$(CARGO) build -p containerd-shim-wasmtime-v1
+	$(CARGO) build -p containerd-shim-wasmtime-v1 -p wasishim-cni-static
 	$(CARGO) test -p wasishim-e2e -- --test-threads=1
 
 clean-fixtures:

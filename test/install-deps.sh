@@ -8,7 +8,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 log() { echo "install-deps.sh: $*" >&2; }
 
-apt_pkgs=(containerd runc wabt clang lld wasi-libc containernetworking-plugins skopeo)
+# protobuf-compiler: protoc, which the k8s-cri crate (CRI tests) needs to build.
+apt_pkgs=(containerd runc wabt clang lld wasi-libc containernetworking-plugins skopeo protobuf-compiler)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then

@@ -2,6 +2,7 @@
 //!
 //! Every error here is about the user's image, so each one names the
 //! entrypoint and says what was found instead of what was expected.
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use anyhow::{bail, Result};
@@ -9,32 +10,84 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, ComponentExportIndex};
 use wasmtime::{CodeBuilder, CodeHint, Engine, ExternType, Module};
 
-/// A compiled guest.
+/// A compiled guest. Cheap to clone (wasmtime shares the code).
+#[derive(Clone)]
 pub(crate) enum Code {
     Module(Module),
     Component(Component),
 }
 
-/// Compiles `bytes` (wasm binary or WAT text) read from the entrypoint
-/// `shown` (its guest path, for messages). Module or component is decided by
-/// the binary header, never by the file name.
+impl Code {
+    /// The code as wasmtime's native artifact, for the compiled-code cache.
+    pub(crate) fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        match self {
+            Code::Module(module) => module.serialize(),
+            Code::Component(component) => component.serialize(),
+        }
+    }
+}
+
+/// Whether a wasm binary is a core module or a component.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Module,
+    Component,
+}
+
+/// Turns the entrypoint's bytes into a wasm binary (converting WAT text) and
+/// tells module from component by the binary header, never by the file name.
+/// Cheap for a binary (borrowed as is); WAT costs a parse.
 ///
-/// Blocking; costs a full Cranelift compilation.
-pub(crate) fn compile(engine: &Engine, bytes: &[u8], shown: &str) -> Result<Code> {
+/// # Errors
+///
+/// Fails, naming the entrypoint `shown` (its guest path), if the bytes are
+/// neither wasm nor WAT (saying what they are), or are invalid WAT.
+pub(crate) fn binary<'a>(
+    engine: &Engine,
+    bytes: &'a [u8],
+    shown: &str,
+) -> Result<(Cow<'a, [u8]>, Kind)> {
+    if bytes.starts_with(b"\x7fELF") && Engine::detect_precompiled(bytes).is_some() {
+        bail!("entrypoint {shown} is not a WebAssembly module or component (found wasmtime precompiled native code, which is never loaded from an image because it cannot be verified: ship the .wasm file instead)");
+    }
     let is_binary = bytes.starts_with(b"\0asm");
     if !is_binary {
         if let Some(found) = not_wasm(bytes) {
             bail!("entrypoint {shown} is not a WebAssembly module or component (found {found})");
         }
     }
+    let binary = match wat::parse_bytes(bytes) {
+        Ok(binary) => binary,
+        Err(e) => bail!("entrypoint {shown} is not valid WebAssembly text: {e:#}"),
+    };
     let mut builder = CodeBuilder::new(engine);
-    if let Err(e) = builder.wasm_binary_or_text(bytes, None) {
-        bail!("entrypoint {shown} is not valid WebAssembly text: {e:#}");
-    }
-    let compiled = match builder.hint() {
-        Some(CodeHint::Component) => builder.compile_component().map(Code::Component),
+    let hint = match builder.wasm_binary(&*binary, None) {
+        Ok(builder) => builder.hint(),
+        Err(_) => None,
+    };
+    let kind = match hint {
+        Some(CodeHint::Component) => Kind::Component,
         // Unknown versions go to the module parser, whose error names them.
-        Some(CodeHint::Module) | None => builder.compile_module().map(Code::Module),
+        Some(CodeHint::Module) | None => Kind::Module,
+    };
+    Ok((binary, kind))
+}
+
+/// Compiles the wasm `binary` (from [`binary`]) of the entrypoint `shown`.
+///
+/// Blocking; costs a full Cranelift compilation.
+///
+/// # Errors
+///
+/// Fails if the binary is not valid WebAssembly, with wasmtime's reason.
+pub(crate) fn compile(engine: &Engine, binary: &[u8], kind: Kind, shown: &str) -> Result<Code> {
+    let mut builder = CodeBuilder::new(engine);
+    if let Err(e) = builder.wasm_binary(binary, None) {
+        bail!("entrypoint {shown} cannot be compiled: {e:#}");
+    }
+    let compiled = match kind {
+        Kind::Component => builder.compile_component().map(Code::Component),
+        Kind::Module => builder.compile_module().map(Code::Module),
     };
     compiled.map_err(|e| anyhow::anyhow!("entrypoint {shown} is not valid WebAssembly: {e:#}"))
 }

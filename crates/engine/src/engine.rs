@@ -1,15 +1,18 @@
 //! The one `wasmtime::Engine` of a shim process, and preparing guests with it.
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nix::fcntl::OFlag;
 use wasmtime::component;
-use wasmtime::{Config, Engine, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, PoolingAllocationConfig};
 
+use crate::cache::{self, CacheStats, CodeCache};
 use crate::compile::{self, Code};
 use crate::rootfs::{self, ResolveError};
 use crate::run::{ComponentState, Guest, ModuleState};
@@ -20,33 +23,169 @@ use crate::{wasi, Stdio, Workload, WorkloadSpec};
 /// yields, and so how late a kill can take effect.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Environment variable: directory of the compiled-code cache (see
+/// [`WasmEngineBuilder::from_env`]).
+pub const CACHE_DIR_ENV: &str = "WASISHIM_CACHE_DIR";
+/// Environment variable: size cap of the compiled-code cache in bytes.
+pub const CACHE_MAX_BYTES_ENV: &str = "WASISHIM_CACHE_MAX_BYTES";
+
 /// One per process, shared by all containers (cheap to clone).
 ///
-/// Holds the `wasmtime::Engine` (compiler settings and code memory) and a
-/// thread that advances its epoch every 10 ms, which lets every guest be
-/// interrupted. The thread ends once the last clone is dropped.
+/// Holds the `wasmtime::Engine` (compiler settings and code memory), the
+/// compiled-code cache, and a thread that advances the engine's epoch every
+/// 10 ms, which lets every guest be interrupted. The thread ends once the
+/// last clone is dropped.
 #[derive(Clone)]
 pub struct WasmEngine {
     engine: Engine,
+    cache: Arc<CodeCache>,
+    pooling: bool,
 }
 
-impl WasmEngine {
-    /// Creates the engine: epoch interruption on, component model on, the
-    /// default wasm features. Guests run with wasmtime's async support, which
-    /// needs no engine setting since wasmtime 48.
+/// Configures a [`WasmEngine`]: where compiled code is cached, how large
+/// that cache may grow, and whether instances come from a pool. Made by [`WasmEngine::builder`]; nothing happens
+/// until [`build`](WasmEngineBuilder::build).
+///
+/// ```no_run
+/// # use wasishim_engine::WasmEngine;
+/// let engine = WasmEngine::builder()
+///     .cache_dir(Some("/var/lib/wasishim/cache".into()))
+///     .cache_max_bytes(512 << 20)
+///     .build()?;
+/// # anyhow::Ok(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct WasmEngineBuilder {
+    cache_dir: Option<PathBuf>,
+    cache_max_bytes: u64,
+    pooling: bool,
+}
+
+impl Default for WasmEngineBuilder {
+    fn default() -> WasmEngineBuilder {
+        WasmEngineBuilder {
+            cache_dir: Some(PathBuf::from(cache::DEFAULT_DIR)),
+            cache_max_bytes: cache::DEFAULT_MAX_BYTES,
+            pooling: POOLING_BY_DEFAULT,
+        }
+    }
+}
+
+impl WasmEngineBuilder {
+    /// Where compiled guests are stored so that the next shim on the node
+    /// loads them instead of compiling (default `/var/lib/wasishim/cache`).
+    /// `None` turns the disk cache off; guests are still compiled only once
+    /// per process.
     ///
-    /// Costs one thread. Create one per process and clone it.
+    /// The directory is created with mode 0700. It must be an absolute path
+    /// belonging to the shim's user and not writable by others: the native
+    /// code in it is run as is. If it is not, or cannot be created,
+    /// [`build`](Self::build) logs a warning and the disk cache is off.
+    pub fn cache_dir(mut self, dir: Option<PathBuf>) -> WasmEngineBuilder {
+        self.cache_dir = dir;
+        self
+    }
+
+    /// Size cap of the cache directory's artifacts (default 1 GiB). After
+    /// storing an artifact, the least recently used others are removed until
+    /// the total fits; the one just stored is always kept.
+    pub fn cache_max_bytes(mut self, bytes: u64) -> WasmEngineBuilder {
+        self.cache_max_bytes = bytes;
+        self
+    }
+
+    /// Whether instances, memories, tables and async stacks come from
+    /// wasmtime's pooling allocator (reserved once, reused) instead of being
+    /// mapped per instance. See [`POOLING_BY_DEFAULT`] for the default and
+    /// the pool's limits. If the pool cannot be reserved (e.g. a `ulimit -v`),
+    /// [`build`](Self::build) logs it and allocates on demand.
+    pub fn pooling(mut self, on: bool) -> WasmEngineBuilder {
+        self.pooling = on;
+        self
+    }
+
+    /// Applies the environment: `WASISHIM_CACHE_DIR` (an absolute path, or
+    /// empty to turn the disk cache off) and `WASISHIM_CACHE_MAX_BYTES` (a
+    /// number of bytes). Unset variables leave the setting as it is.
+    ///
+    /// # Errors
+    ///
+    /// Fails if a variable is set to something unusable, saying which.
+    pub fn from_env(self) -> Result<WasmEngineBuilder> {
+        self.apply_env(
+            std::env::var_os(CACHE_DIR_ENV),
+            std::env::var_os(CACHE_MAX_BYTES_ENV),
+        )
+    }
+
+    fn apply_env(
+        mut self,
+        dir: Option<OsString>,
+        max_bytes: Option<OsString>,
+    ) -> Result<WasmEngineBuilder> {
+        if let Some(dir) = dir {
+            if dir.is_empty() {
+                self.cache_dir = None;
+            } else {
+                let dir = PathBuf::from(dir);
+                if !dir.is_absolute() {
+                    bail!(
+                        "{CACHE_DIR_ENV}={} is not an absolute path: give a path starting with /, or set it empty to turn the compiled-code cache off",
+                        dir.display()
+                    );
+                }
+                self.cache_dir = Some(dir);
+            }
+        }
+        if let Some(max) = max_bytes {
+            let Some(max) = max.to_str().and_then(|m| m.trim().parse::<u64>().ok()) else {
+                bail!(
+                    "{CACHE_MAX_BYTES_ENV}={} is not a number of bytes: give e.g. 1073741824 for 1 GiB, or unset it",
+                    max.to_string_lossy()
+                );
+            };
+            self.cache_max_bytes = max;
+        }
+        Ok(self)
+    }
+
+    /// Creates the engine: epoch interruption on, component model on, the
+    /// default wasm features, copy-on-write memory images. Guests run with
+    /// wasmtime's async support, which needs no engine setting since
+    /// wasmtime 48.
+    ///
+    /// Costs one thread, and creating the cache directory if needed. Create
+    /// one engine per process and clone it.
     ///
     /// # Errors
     ///
     /// Fails if wasmtime rejects its configuration for this host, or the
-    /// epoch thread cannot be started.
-    pub fn new() -> Result<WasmEngine> {
+    /// epoch thread cannot be started. A cache directory that cannot be used
+    /// is not an error (see [`cache_dir`](Self::cache_dir)).
+    pub fn build(self) -> Result<WasmEngine> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
-        let engine =
-            Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot set up wasmtime: {e:#}"))?;
+        config.memory_init_cow(true);
+        let pooled = if self.pooling {
+            let mut pooled = config.clone();
+            pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool()));
+            match Engine::new(&pooled) {
+                Ok(engine) => Some(engine),
+                Err(e) => {
+                    log::warn!("cannot reserve wasmtime's instance pool ({e:#}): allocating instances on demand instead");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let pooling = pooled.is_some();
+        let engine = match pooled {
+            Some(engine) => engine,
+            None => Engine::new(&config)
+                .map_err(|e| anyhow::anyhow!("cannot set up wasmtime: {e:#}"))?,
+        };
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("wasm-epoch".to_string())
@@ -58,7 +197,105 @@ impl WasmEngine {
                 }
             })
             .context("cannot start the wasm epoch thread")?;
-        Ok(WasmEngine { engine })
+        let cache = CodeCache::new(&engine, self.cache_dir.as_deref(), self.cache_max_bytes);
+        Ok(WasmEngine {
+            engine,
+            cache: Arc::new(cache),
+            pooling,
+        })
+    }
+}
+
+/// Whether [`WasmEngine::new`] and [`WasmEngine::builder`] use the pooling
+/// allocator.
+pub const POOLING_BY_DEFAULT: bool = true;
+
+/// The pooling allocator's limits: per process, 1000 concurrent linear
+/// memories, tables, core and component instances and async stacks; per
+/// memory up to 4 GiB (wasmtime's default reservation and guard pages); per
+/// module as many memories and tables, and table elements, as the store
+/// limiter allows (see limits.rs), so a guest that runs with on-demand
+/// allocation runs in the pool too. Reserves about 4 TiB of address space
+/// (no memory) when the engine is created.
+fn pool() -> PoolingAllocationConfig {
+    /// Instances, memories, tables and stacks per process.
+    const TOTAL: u32 = 1_000;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_memories(TOTAL)
+        .total_tables(TOTAL)
+        .total_core_instances(TOTAL)
+        .total_component_instances(TOTAL)
+        .total_stacks(TOTAL)
+        .max_memory_size(4 << 30)
+        // As limits.rs: 100 memories, 1000 tables of up to 2^20 elements.
+        .max_memories_per_module(100)
+        .max_tables_per_module(1_000)
+        .table_elements(1 << 20)
+        // Only checked, not reserved: large enough for modules with
+        // hundreds of thousands of functions.
+        .max_core_instance_size(64 << 20)
+        .max_component_instance_size(64 << 20);
+    pool
+}
+
+/// A guest linked against WASI, kept with its compiled code so that later
+/// prepares of the same guest skip linking.
+#[derive(Clone)]
+pub(crate) enum Linked {
+    Module(wasmtime::InstancePre<ModuleState>),
+    Component(component::InstancePre<ComponentState>),
+}
+
+impl WasmEngine {
+    /// Creates the engine with the settings of the environment
+    /// (`WASISHIM_CACHE_DIR`, `WASISHIM_CACHE_MAX_BYTES`, see
+    /// [`WasmEngineBuilder::from_env`]) over the defaults: compiled code
+    /// cached in `/var/lib/wasishim/cache`, up to 1 GiB.
+    ///
+    /// Costs one thread. Create one per process and clone it.
+    ///
+    /// # Errors
+    ///
+    /// Fails if an environment variable is unusable, if wasmtime rejects its
+    /// configuration for this host, or if the epoch thread cannot be started.
+    pub fn new() -> Result<WasmEngine> {
+        WasmEngine::builder().from_env()?.build()
+    }
+
+    /// The defaults, to change before [`WasmEngineBuilder::build`]. Does not
+    /// read the environment (see [`WasmEngineBuilder::from_env`]).
+    pub fn builder() -> WasmEngineBuilder {
+        WasmEngineBuilder::default()
+    }
+
+    /// Creates the engine with its compiled code cached in `dir` (`None`:
+    /// not on disk), ignoring the environment. Same as
+    /// `WasmEngine::builder().cache_dir(dir).build()`.
+    ///
+    /// # Errors
+    ///
+    /// As [`WasmEngineBuilder::build`].
+    pub fn with_cache_dir(dir: Option<PathBuf>) -> Result<WasmEngine> {
+        WasmEngine::builder().cache_dir(dir).build()
+    }
+
+    /// The directory compiled code is stored in, `None` if the disk cache is
+    /// off (not configured, or unusable: see [`WasmEngineBuilder::cache_dir`]).
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache.dir()
+    }
+
+    /// Whether instances come from the pooling allocator: it was asked for
+    /// ([`WasmEngineBuilder::pooling`]) and its pool could be reserved.
+    pub fn pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// How the guests prepared so far got their code: compiled, loaded from
+    /// the cache directory, or found in memory. Counts only successful
+    /// loads and compilations; three relaxed atomic reads.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
     }
 
     /// Resolves the entrypoint, compiles and links the guest and opens its stdio.
@@ -68,14 +305,18 @@ impl WasmEngine {
     /// 1. resolves the entrypoint inside the rootfs, following symlinks as a
     ///    chroot would and refusing any path that leaves the rootfs;
     /// 2. compiles it as a module or component (decided by its header; WAT
-    ///    text is accepted too);
+    ///    text is accepted too), or takes its code from the cache;
     /// 3. checks that the export to call exists (`_start`, `wasi:cli/run`, or
     ///    the `#name` of the entrypoint) and links it against WASI (preview 1
     ///    for modules, 0.2 for components), so unknown imports fail here;
     /// 4. opens stdio and the preopened directories.
     ///
-    /// Costs a full compilation of the guest (no cache yet): from milliseconds
-    /// to seconds for large guests.
+    /// Costs reading and hashing the entrypoint (SHA-256, about 1 ms per MB)
+    /// and then, for a guest this process prepared recently, microseconds:
+    /// its linked code is kept in memory. Otherwise the code is loaded from
+    /// the cache directory (a hash of the artifact and an mmap: milliseconds),
+    /// or compiled and stored there (milliseconds to seconds for large
+    /// guests). Concurrent prepares of one guest compile it once.
     ///
     /// # Errors
     ///
@@ -84,44 +325,52 @@ impl WasmEngine {
     /// /app.wasm is not a WebAssembly module or component (found an ELF
     /// executable)", "entrypoint /app.wasm has no export named 'foo'
     /// (exports: _start)", or "cannot open the container's stdout ...".
+    /// Cache failures are logged, never returned.
     pub fn prepare(&self, spec: WorkloadSpec, stdio: Stdio) -> Result<Workload> {
         let shown = spec.entrypoint.path.as_str();
         let export = spec.entrypoint.export.as_deref();
         let bytes = read_entrypoint(&spec.rootfs, shown)?;
-        let code = compile::compile(&self.engine, &bytes, shown)?;
+        let (binary, kind) = compile::binary(&self.engine, &bytes, shown)?;
+        let compiled = self.cache.get(&self.engine, &binary, kind, || {
+            compile::compile(&self.engine, &binary, kind, shown)
+        })?;
+        drop(binary);
         drop(bytes);
 
-        enum Linked {
+        enum Ready {
             Module(wasmtime::InstancePre<ModuleState>, compile::ModuleEntry),
             Component(
                 component::InstancePre<ComponentState>,
                 component::ComponentExportIndex,
             ),
         }
-        let linked = match code {
+        let ready = match &compiled.code {
             Code::Module(module) => {
-                let entry = compile::module_entry(&module, shown, export)?;
-                let mut linker = Linker::new(&self.engine);
-                wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut ModuleState| {
-                    &mut s.wasi
-                })
-                .map_err(|e| anyhow::anyhow!("cannot set up WASI preview 1: {e:#}"))?;
-                let pre = linker
-                    .instantiate_pre(&module)
-                    .map_err(|e| link_error(shown, "WASI preview 1 (wasi_snapshot_preview1)", e))?;
-                Linked::Module(pre, entry)
+                let entry = compile::module_entry(module, shown, export)?;
+                let pre = match compiled.linked.get() {
+                    Some(Linked::Module(pre)) => pre.clone(),
+                    _ => {
+                        let pre = self.link_module(module, shown)?;
+                        let _ = compiled.linked.set(Linked::Module(pre.clone()));
+                        pre
+                    }
+                };
+                Ready::Module(pre, entry)
             }
             Code::Component(c) => {
-                let entry = compile::component_entry(&self.engine, &c, shown, export)?;
-                let mut linker = component::Linker::new(&self.engine);
-                wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-                    .map_err(|e| anyhow::anyhow!("cannot set up WASI 0.2: {e:#}"))?;
-                let pre = linker
-                    .instantiate_pre(&c)
-                    .map_err(|e| link_error(shown, "WASI 0.2 (wasi:cli/command)", e))?;
-                Linked::Component(pre, entry)
+                let entry = compile::component_entry(&self.engine, c, shown, export)?;
+                let pre = match compiled.linked.get() {
+                    Some(Linked::Component(pre)) => pre.clone(),
+                    _ => {
+                        let pre = self.link_component(c, shown)?;
+                        let _ = compiled.linked.set(Linked::Component(pre.clone()));
+                        pre
+                    }
+                };
+                Ready::Component(pre, entry)
             }
         };
+        drop(compiled);
 
         let opened = stdio.open()?;
         let stderr = opened
@@ -133,13 +382,13 @@ impl WasmEngine {
         let stdin = GuestStdin::new();
         let guest_stdin = opened.stdin.as_ref().map(|_| stdin.clone());
         let mut ctx = wasi::context(&spec, guest_stdin, opened.stdout, opened.stderr)?;
-        let guest = match linked {
-            Linked::Module(pre, entry) => Guest::Module {
+        let guest = match ready {
+            Ready::Module(pre, entry) => Guest::Module {
                 pre,
                 wasi: ctx.build_p1(),
                 entry,
             },
-            Linked::Component(pre, entry) => Guest::Component {
+            Ready::Component(pre, entry) => Guest::Component {
                 pre,
                 wasi: ctx.build(),
                 entry,
@@ -150,10 +399,41 @@ impl WasmEngine {
             name: short_name(shown),
             guest,
             memory_limit: spec.memory_limit,
+            network: spec.network.clone(),
             stdin,
             stdin_file: opened.stdin,
             stderr,
+            before_run: None,
         })
+    }
+
+    /// Links a module against WASI preview 1. Linking depends only on the
+    /// module, so its result is shared by every container of the module.
+    fn link_module(
+        &self,
+        module: &wasmtime::Module,
+        shown: &str,
+    ) -> Result<wasmtime::InstancePre<ModuleState>> {
+        let mut linker = Linker::new(&self.engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut ModuleState| &mut s.wasi)
+            .map_err(|e| anyhow::anyhow!("cannot set up WASI preview 1: {e:#}"))?;
+        linker
+            .instantiate_pre(module)
+            .map_err(|e| link_error(shown, "WASI preview 1 (wasi_snapshot_preview1)", e))
+    }
+
+    /// Links a component against WASI 0.2, like [`Self::link_module`].
+    fn link_component(
+        &self,
+        c: &component::Component,
+        shown: &str,
+    ) -> Result<component::InstancePre<ComponentState>> {
+        let mut linker = component::Linker::new(&self.engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("cannot set up WASI 0.2: {e:#}"))?;
+        linker
+            .instantiate_pre(c)
+            .map_err(|e| link_error(shown, "WASI 0.2 (wasi:cli/command)", e))
     }
 }
 
@@ -217,4 +497,35 @@ fn short_name(shown: &str) -> String {
         .and_then(|s| s.to_str())
         .unwrap_or("guest");
     stem.chars().take(10).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply(dir: Option<&str>, max: Option<&str>) -> Result<WasmEngineBuilder> {
+        WasmEngineBuilder::default().apply_env(dir.map(OsString::from), max.map(OsString::from))
+    }
+
+    #[test]
+    fn environment_configures_the_cache() {
+        let Ok(b) = apply(None, None) else {
+            panic!("no variables set")
+        };
+        assert_eq!(b.cache_dir.as_deref(), Some(Path::new(cache::DEFAULT_DIR)));
+        assert_eq!(b.cache_max_bytes, 1 << 30);
+        let Ok(b) = apply(Some("/tmp/c"), Some(" 4096 ")) else {
+            panic!("valid variables refused")
+        };
+        assert_eq!(b.cache_dir.as_deref(), Some(Path::new("/tmp/c")));
+        assert_eq!(b.cache_max_bytes, 4096);
+        let Ok(b) = apply(Some(""), None) else {
+            panic!("empty dir refused")
+        };
+        assert_eq!(b.cache_dir, None);
+        let e = apply(Some("cache"), None).err().map(|e| e.to_string());
+        assert_eq!(e, Some("WASISHIM_CACHE_DIR=cache is not an absolute path: give a path starting with /, or set it empty to turn the compiled-code cache off".to_string()));
+        let e = apply(None, Some("1G")).err().map(|e| e.to_string());
+        assert_eq!(e, Some("WASISHIM_CACHE_MAX_BYTES=1G is not a number of bytes: give e.g. 1073741824 for 1 GiB, or unset it".to_string()));
+    }
 }

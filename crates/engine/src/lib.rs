@@ -16,6 +16,7 @@
 //! # anyhow::Ok(())
 //! ```
 
+mod cache;
 mod compile;
 mod engine;
 mod entrypoint;
@@ -27,8 +28,11 @@ mod spec;
 mod stdio;
 mod wasi;
 
-pub use engine::WasmEngine;
+pub use cache::CacheStats;
+pub use engine::{
+    WasmEngine, WasmEngineBuilder, CACHE_DIR_ENV, CACHE_MAX_BYTES_ENV, POOLING_BY_DEFAULT,
+};
 pub use entrypoint::Entrypoint;
 pub use run::{ExitStatus, Workload, WorkloadHandle};
-pub use spec::{Mount, WorkloadSpec};
+pub use spec::{Mount, NetworkNamespace, WorkloadSpec};
 pub use stdio::Stdio;

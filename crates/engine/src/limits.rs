@@ -1,5 +1,5 @@
 //! Resource limits of one guest store, and its memory accounting.
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use wasmtime::ResourceLimiter;
@@ -25,14 +25,22 @@ pub(crate) struct GuestLimiter {
     used: Arc<AtomicU64>,
     /// The last grant, taken back if the growth then fails.
     last_grant: u64,
+    /// Set once a growth was refused because of the memory limit: a guest
+    /// that then fails ran out of memory (reported as OOM-killed).
+    limit_hit: Arc<AtomicBool>,
 }
 
 impl GuestLimiter {
-    pub(crate) fn new(limit: Option<u64>, used: Arc<AtomicU64>) -> GuestLimiter {
+    pub(crate) fn new(
+        limit: Option<u64>,
+        used: Arc<AtomicU64>,
+        limit_hit: Arc<AtomicBool>,
+    ) -> GuestLimiter {
         GuestLimiter {
             limit,
             used,
             last_grant: 0,
+            limit_hit,
         }
     }
 }
@@ -51,6 +59,7 @@ impl ResourceLimiter for GuestLimiter {
         let used = self.used.load(Ordering::Relaxed);
         let after = used.saturating_add(grow);
         if self.limit.is_some_and(|limit| after > limit) {
+            self.limit_hit.store(true, Ordering::Relaxed);
             return Ok(false);
         }
         // Only this store's thread writes, so load-then-store does not race.
@@ -99,7 +108,7 @@ mod tests {
     #[test]
     fn limit_applies_to_the_sum_of_memories() {
         let used = Arc::new(AtomicU64::new(0));
-        let mut l = GuestLimiter::new(Some(4 * PAGE as u64), used.clone());
+        let mut l = GuestLimiter::new(Some(4 * PAGE as u64), used.clone(), Arc::default());
         assert!(matches!(l.memory_growing(0, 2 * PAGE, None), Ok(true)));
         assert!(matches!(l.memory_growing(0, 2 * PAGE, None), Ok(true)));
         assert!(matches!(
@@ -110,9 +119,19 @@ mod tests {
     }
 
     #[test]
+    fn refusal_by_the_limit_is_remembered() {
+        let hit = Arc::new(AtomicBool::new(false));
+        let mut l = GuestLimiter::new(Some(PAGE as u64), Arc::default(), hit.clone());
+        assert!(matches!(l.memory_growing(0, PAGE, Some(PAGE)), Ok(true)));
+        assert!(!hit.load(Ordering::Relaxed));
+        assert!(matches!(l.memory_growing(PAGE, 2 * PAGE, None), Ok(false)));
+        assert!(hit.load(Ordering::Relaxed));
+    }
+
+    #[test]
     fn failed_growth_is_taken_back() {
         let used = Arc::new(AtomicU64::new(0));
-        let mut l = GuestLimiter::new(None, used.clone());
+        let mut l = GuestLimiter::new(None, used.clone(), Arc::default());
         assert!(matches!(l.memory_growing(0, PAGE, None), Ok(true)));
         assert!(matches!(l.memory_growing(PAGE, 3 * PAGE, None), Ok(true)));
         let _ = l.memory_grow_failed(wasmtime::format_err!("mmap failed"));

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::future::Future;
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -23,6 +23,7 @@ use crate::compile::ModuleEntry;
 use crate::limits::GuestLimiter;
 use crate::signal::{self, SignalAction};
 use crate::stdio::GuestStdin;
+use crate::NetworkNamespace;
 
 /// Exit code of a guest that trapped or failed in the host, like a process
 /// killed by SIGABRT.
@@ -37,7 +38,25 @@ pub struct ExitStatus {
     pub code: u32,
     /// When the guest ended and its stdout/stderr were closed.
     pub exited_at: SystemTime,
+    /// The guest failed after its memory limit refused it memory: reported
+    /// like the kernel's OOM killer would, with code 137.
+    pub oom_killed: bool,
 }
+
+impl ExitStatus {
+    /// An ordinary exit with `code`, now.
+    pub fn now(code: u32) -> ExitStatus {
+        ExitStatus {
+            code,
+            exited_at: SystemTime::now(),
+            oom_killed: false,
+        }
+    }
+}
+
+/// Exit code of a guest that ran out of memory under its limit, like a
+/// process the OOM killer ended with SIGKILL.
+const OOM_EXIT_CODE: u32 = 128 + 9;
 
 /// Store data of a core module guest (WASI preview 1).
 pub(crate) struct ModuleState {
@@ -85,15 +104,25 @@ pub struct Workload {
     pub(crate) name: String,
     pub(crate) guest: Guest,
     pub(crate) memory_limit: Option<u64>,
+    pub(crate) network: NetworkNamespace,
     pub(crate) stdin: GuestStdin,
     /// Read by a thread into `stdin` once started; `None` for a null stdin.
     pub(crate) stdin_file: Option<File>,
     /// A second handle on the guest's stderr, for the host's own messages
     /// (traps) after the guest's handles are closed.
     pub(crate) stderr: Option<File>,
+    /// Runs on the guest's thread before the guest does (see [`Workload::before_run`]).
+    pub(crate) before_run: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Workload {
+    /// Sets `hook` to run on the guest's own thread right before the guest
+    /// starts, e.g. to move that thread into a cgroup. Replaces an earlier hook.
+    pub fn before_run(mut self, hook: impl FnOnce() + Send + 'static) -> Workload {
+        self.before_run = Some(Box::new(hook));
+        self
+    }
+
     /// Starts the guest on its own thread and returns at once. `on_exit` runs once,
     /// on that thread, after the guest ended and its output was flushed.
     ///
@@ -114,14 +143,18 @@ impl Workload {
             name,
             guest,
             memory_limit,
+            network,
             stdin,
             stdin_file,
             stderr,
+            before_run,
         } = self;
         let control = Arc::new(Control {
             signal: AtomicI32::new(0),
             kill: Notify::new(),
             memory: Arc::new(AtomicU64::new(0)),
+            limit_hit: Arc::new(AtomicBool::new(false)),
+            thread_id: AtomicI32::new(0),
             stdin,
         });
         if let Some(file) = stdin_file {
@@ -134,11 +167,26 @@ impl Workload {
         let spawned = std::thread::Builder::new()
             .name(format!("wasm-{name}"))
             .spawn(move || {
-                let code = run_guest(engine, guest, memory_limit, &name, &thread_control, stderr);
+                thread_control
+                    .thread_id
+                    .store(nix::unistd::gettid().as_raw(), Ordering::SeqCst);
+                if let Some(hook) = before_run {
+                    hook();
+                }
+                let (code, oom_killed) = run_guest(
+                    engine,
+                    guest,
+                    memory_limit,
+                    &network,
+                    &name,
+                    &thread_control,
+                    stderr,
+                );
                 thread_control.stdin.close();
                 on_exit(ExitStatus {
                     code,
                     exited_at: SystemTime::now(),
+                    oom_killed,
                 });
             });
         if let Err(e) = spawned {
@@ -156,6 +204,10 @@ struct Control {
     kill: Notify,
     /// Bytes of linear memory, kept by the store's limiter.
     memory: Arc<AtomicU64>,
+    /// Set by the limiter when the memory limit refused a growth.
+    limit_hit: Arc<AtomicBool>,
+    /// Linux thread id of the guest's thread, 0 until it runs.
+    thread_id: AtomicI32,
     stdin: GuestStdin,
 }
 
@@ -219,6 +271,13 @@ impl WorkloadHandle {
     pub fn memory_bytes(&self) -> u64 {
         self.control.memory.load(Ordering::Relaxed)
     }
+
+    /// Linux thread id of the thread running the guest (for cgroup placement
+    /// and CPU accounting), `None` until that thread has started. Stays set
+    /// after the guest ended; the id may then be reused by another thread.
+    pub fn thread_id(&self) -> Option<i32> {
+        Some(self.control.thread_id.load(Ordering::SeqCst)).filter(|&tid| tid > 0)
+    }
 }
 
 /// How the guest's run ended, before it is turned into an exit code.
@@ -229,22 +288,25 @@ enum Ended {
     Failed(String),
 }
 
-/// Runs the guest to its end and returns its exit code. Never panics: a
-/// panic in wasmtime or a host function becomes exit code 134.
+/// Runs the guest to its end and returns its exit code and whether it ran
+/// out of memory. Never panics: a panic in wasmtime or a host function
+/// becomes exit code 134.
 fn run_guest(
     engine: Engine,
     guest: Guest,
     memory_limit: Option<u64>,
+    network: &NetworkNamespace,
     name: &str,
     control: &Control,
     mut stderr: Option<File>,
-) -> u32 {
-    let ended = catch_unwind(AssertUnwindSafe(|| {
-        run_on_runtime(&engine, guest, memory_limit, control)
+) -> (u32, bool) {
+    let ended = catch_unwind(AssertUnwindSafe(|| match enter_network(network) {
+        Ok(()) => run_on_runtime(&engine, guest, memory_limit, control),
+        Err(message) => Ended::Failed(message),
     }));
-    let message = match ended {
-        Ok(Ended::Returned(code)) => return code,
-        Ok(Ended::Killed(signal)) => return 128 + signal.unsigned_abs(),
+    let mut message = match ended {
+        Ok(Ended::Returned(code)) => return (code, false),
+        Ok(Ended::Killed(signal)) => return (128 + signal.unsigned_abs(), false),
         Ok(Ended::Failed(message)) => message,
         Err(panic) => {
             let what = panic
@@ -255,12 +317,39 @@ fn run_guest(
             format!("wasm host panic (a bug in the shim, please report it): {what}")
         }
     };
+    let oom_killed = control.limit_hit.load(Ordering::Relaxed);
+    if oom_killed {
+        message = format!(
+            "out of memory: the guest failed after its memory limit of {} bytes refused it more\n{message}",
+            memory_limit.unwrap_or_default()
+        );
+    }
     log::error!("guest {name} failed: {message}");
     if let Some(stderr) = stderr.as_mut() {
         // Best effort: the reader may be gone, and the exit code says it anyway.
         let _ = writeln!(stderr, "{message}");
     }
-    TRAP_EXIT_CODE
+    if oom_killed {
+        (OOM_EXIT_CODE, true)
+    } else {
+        (TRAP_EXIT_CODE, false)
+    }
+}
+
+/// Moves the calling thread (the guest's) into its network namespace. Only
+/// this thread, and the threads it starts, change namespace: other guests in
+/// the same process keep theirs.
+fn enter_network(network: &NetworkNamespace) -> Result<(), String> {
+    use nix::sched::{setns, unshare, CloneFlags};
+    match network {
+        NetworkNamespace::Host => Ok(()),
+        NetworkNamespace::New => unshare(CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("cannot create a network namespace for the guest: {e}")),
+        NetworkNamespace::Join(path) => File::open(path)
+            .map_err(|e| e.to_string())
+            .and_then(|ns| setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()))
+            .map_err(|e| format!("cannot join the network namespace {}: {e}", path.display())),
+    }
 }
 
 fn run_on_runtime(
@@ -276,7 +365,11 @@ fn run_on_runtime(
         Ok(rt) => rt,
         Err(e) => return Ended::Failed(format!("cannot start the guest's runtime: {e}")),
     };
-    let limiter = GuestLimiter::new(memory_limit, control.memory.clone());
+    let limiter = GuestLimiter::new(
+        memory_limit,
+        control.memory.clone(),
+        control.limit_hit.clone(),
+    );
     let ended = match guest {
         Guest::Module { pre, wasi, entry } => {
             let mut store = Store::new(engine, ModuleState { wasi, limiter });

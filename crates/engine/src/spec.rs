@@ -39,6 +39,22 @@ pub struct WorkloadSpec {
     pub mounts: Vec<Mount>,
     /// `linux.resources.memory.limit` in bytes: cap on the guest's linear memories.
     pub memory_limit: Option<u64>,
+    /// The network namespace the guest's sockets live in.
+    pub network: NetworkNamespace,
+}
+
+/// Where a guest's sockets live, from the spec's `linux.namespaces`.
+///
+/// Joined (or created) by the guest's own thread before it runs, so guests
+/// of different pods in one process each see their own network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkNamespace {
+    /// No network namespace in the spec: the host's network (`--net-host`).
+    Host,
+    /// A network namespace without a path: a new, empty one, as runc makes.
+    New,
+    /// Join the namespace at this path (a CRI pod's, pinned by containerd).
+    Join(PathBuf),
 }
 
 impl WorkloadSpec {
@@ -137,6 +153,21 @@ impl WorkloadSpec {
             .and_then(|limit| u64::try_from(limit).ok())
             .filter(|&limit| limit > 0);
 
+        let network = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .and_then(|namespaces| {
+                namespaces
+                    .iter()
+                    .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+            })
+            .map(|n| match n.path() {
+                Some(path) if !path.as_os_str().is_empty() => NetworkNamespace::Join(path.clone()),
+                _ => NetworkNamespace::New,
+            })
+            .unwrap_or(NetworkNamespace::Host);
+
         Ok(WorkloadSpec {
             rootfs,
             readonly_rootfs,
@@ -146,6 +177,7 @@ impl WorkloadSpec {
             cwd,
             mounts,
             memory_limit,
+            network,
         })
     }
 }

@@ -5,7 +5,9 @@
 //! `wasi:cli/environment.initial-cwd` of components, and a preopen of that
 //! directory at `.`, which is what wasi-libc uses for relative paths.
 //!
-//! Network access is not granted: sockets are not part of the context.
+//! Sockets are granted as a runc container has them: TCP, UDP and name
+//! lookup, in whatever network namespace the guest's thread is in (see
+//! [`NetworkNamespace`](crate::NetworkNamespace)).
 use std::fs::File;
 use std::path::PathBuf;
 
@@ -37,6 +39,8 @@ pub(crate) fn context(
         b.env("PWD", &spec.cwd);
     }
     b.initial_cwd(&spec.cwd);
+    b.inherit_network();
+    b.allow_ip_name_lookup(true);
 
     match stdin {
         Some(stdin) => b.stdin(stdin),

@@ -289,12 +289,14 @@ fn memory_grow_beyond_the_limit_returns_minus_one() {
 }
 
 #[test]
-fn initial_memory_beyond_the_limit_fails_with_a_message() {
+fn initial_memory_beyond_the_limit_is_out_of_memory() {
     let mut b = Bundle::new(&["/hello.wat"]);
     b.file("hello.wat", HELLO);
     b.config(|c| c["linux"] = json!({"resources": {"memory": {"limit": 1000}}}));
-    assert_eq!(b.run(), 134);
+    // Like a process that cannot even start within its limit: OOM-killed.
+    assert_eq!(b.run(), 137);
     let stderr = b.stderr();
+    assert_contains(&stderr, "out of memory");
     assert_contains(&stderr, "wasm error:");
     assert_contains(&stderr, "memory");
 }
@@ -411,6 +413,43 @@ fn component_named_export_is_called() {
     let b = Bundle::new(&["/cmd.wat#hello"]);
     b.file("cmd.wat", component(1));
     assert_eq!(b.run(), 0);
+}
+
+/// Pooling (on by default) must not refuse what on-demand allocation runs:
+/// a 1 GiB memory growing to 2 GiB, two memories, and a table beyond
+/// wasmtime's default pool table size of 20000 elements.
+#[test]
+fn large_memories_and_tables_run_with_and_without_the_pool() {
+    let wat = r#"
+(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 16384)
+  (memory $second 1)
+  (table 100000 funcref)
+  (func (export "_start")
+    (if (i32.ne (memory.grow (i32.const 16384)) (i32.const 16384)) (then (call $exit (i32.const 1))))
+    (i32.store (i32.const 2147483640) (i32.const 7))
+    (if (i32.ne (memory.grow $second (i32.const 1)) (i32.const 1)) (then (call $exit (i32.const 2))))
+    (if (i32.ne (table.grow (ref.null func) (i32.const 100000)) (i32.const 100000)) (then (call $exit (i32.const 3))))
+    (call $exit (i32.load (i32.const 2147483640)))))
+"#;
+    assert!(common::engine().pooling(), "the pool could not be reserved");
+    let b = Bundle::new(&["/big.wat"]);
+    b.file("big.wat", wat);
+    assert_eq!(b.run(), 7);
+    let on_demand = check(
+        "engine",
+        wasishim_engine::WasmEngine::builder()
+            .cache_dir(None)
+            .pooling(false)
+            .build(),
+    );
+    assert!(!on_demand.pooling());
+    let workload = check("prepare", on_demand.prepare(b.spec(), b.stdio()));
+    assert_eq!(
+        common::start(workload).wait(Duration::from_secs(10)).code,
+        7
+    );
 }
 
 #[test]

@@ -8,22 +8,21 @@
 use std::time::SystemTime;
 
 use containerd_shim::publisher::RemotePublisher;
-use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskOOM, TaskStart};
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::MessageDyn;
 use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::context::Context;
 
-/// Publishes task events for one containerd namespace.
+/// Publishes task events, each in its container's containerd namespace.
 pub struct EventPublisher {
     remote: Option<RemotePublisher>,
-    namespace: String,
 }
 
 impl EventPublisher {
     /// Connects to containerd's ttrpc address. Without one (a shim started by
     /// hand) events are only logged.
-    pub async fn connect(ttrpc_address: Option<&str>, namespace: &str) -> EventPublisher {
+    pub async fn connect(ttrpc_address: Option<&str>) -> EventPublisher {
         let remote = match ttrpc_address {
             Some(address) => match RemotePublisher::new(address).await {
                 Ok(publisher) => Some(publisher),
@@ -36,34 +35,38 @@ impl EventPublisher {
             },
             None => None,
         };
-        EventPublisher {
-            remote,
-            namespace: namespace.to_string(),
-        }
+        EventPublisher { remote }
     }
 
-    pub async fn task_create(&self, container_id: &str, bundle: &str, pid: u32) {
+    pub async fn task_create(&self, namespace: &str, container_id: &str, bundle: &str, pid: u32) {
         let event = TaskCreate {
             container_id: container_id.to_string(),
             bundle: bundle.to_string(),
             pid,
             ..Default::default()
         };
-        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(event))
+        self.publish(namespace, topics::TASK_CREATE_EVENT_TOPIC, Box::new(event))
             .await;
     }
 
-    pub async fn task_start(&self, container_id: &str, pid: u32) {
+    pub async fn task_start(&self, namespace: &str, container_id: &str, pid: u32) {
         let event = TaskStart {
             container_id: container_id.to_string(),
             pid,
             ..Default::default()
         };
-        self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(event))
+        self.publish(namespace, topics::TASK_START_EVENT_TOPIC, Box::new(event))
             .await;
     }
 
-    pub async fn task_exit(&self, container_id: &str, pid: u32, code: u32, at: SystemTime) {
+    pub async fn task_exit(
+        &self,
+        namespace: &str,
+        container_id: &str,
+        pid: u32,
+        code: u32,
+        at: SystemTime,
+    ) {
         let event = TaskExit {
             container_id: container_id.to_string(),
             id: container_id.to_string(),
@@ -72,11 +75,29 @@ impl EventPublisher {
             exited_at: Some(timestamp(at)).into(),
             ..Default::default()
         };
-        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event))
+        self.publish(namespace, topics::TASK_EXIT_EVENT_TOPIC, Box::new(event))
             .await;
     }
 
-    pub async fn task_delete(&self, container_id: &str, pid: u32, code: u32, at: SystemTime) {
+    /// The guest ran out of memory under its limit; sent before its exit,
+    /// as the kernel's OOM notification precedes a killed process's exit.
+    pub async fn task_oom(&self, namespace: &str, container_id: &str) {
+        let event = TaskOOM {
+            container_id: container_id.to_string(),
+            ..Default::default()
+        };
+        self.publish(namespace, topics::TASK_OOM_EVENT_TOPIC, Box::new(event))
+            .await;
+    }
+
+    pub async fn task_delete(
+        &self,
+        namespace: &str,
+        container_id: &str,
+        pid: u32,
+        code: u32,
+        at: SystemTime,
+    ) {
         let event = TaskDelete {
             container_id: container_id.to_string(),
             id: container_id.to_string(),
@@ -85,15 +106,15 @@ impl EventPublisher {
             exited_at: Some(timestamp(at)).into(),
             ..Default::default()
         };
-        self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(event))
+        self.publish(namespace, topics::TASK_DELETE_EVENT_TOPIC, Box::new(event))
             .await;
     }
 
-    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        log::debug!("event {topic} in namespace {}", self.namespace);
+    async fn publish(&self, namespace: &str, topic: &str, event: Box<dyn MessageDyn>) {
+        log::debug!("event {topic} in namespace {namespace}");
         if let Some(remote) = &self.remote {
             if let Err(err) = remote
-                .publish(Context::default(), topic, &self.namespace, event)
+                .publish(Context::default(), topic, namespace, event)
                 .await
             {
                 log::warn!("dropped event {topic}: {err}");

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result};
 use containerd_shim::Flags;
 
-use crate::negotiation::{start_reply, MAX_SHIM_VERSION_ENV};
+use crate::negotiation::{caller_reply_form, start_reply};
 use crate::server::LISTENER_FD;
 use crate::SANDBOX_ID_ANNOTATION;
 
@@ -34,8 +34,7 @@ pub fn start(flags: &Flags, bundle: &Path) -> Result<String> {
     }
     std::fs::write(bundle.join("address"), &address)
         .with_context(|| format!("cannot write the address file in {}", bundle.display()))?;
-    let max_version = std::env::var(MAX_SHIM_VERSION_ENV).ok();
-    Ok(start_reply(&address, max_version.as_deref()))
+    Ok(start_reply(&address, caller_reply_form()))
 }
 
 /// The CRI sandbox id of the container in `bundle`, if it belongs to a pod.

@@ -5,15 +5,18 @@
 //! and runs the guest; the exit status flows back through the same service.
 //! The binaries differ only in how they host that service ([`server`]).
 
+pub mod cgroups;
 pub mod cleanup;
 pub mod cli;
 pub mod events;
 pub mod launch;
 pub mod lifecycle;
 pub mod negotiation;
+pub mod process;
 pub mod rootfs;
 pub mod server;
 pub mod service;
+pub mod stats;
 
 /// Identity of one shim binary: the runtime name containerd knows it by.
 #[derive(Debug, Clone, Copy)]

@@ -8,16 +8,18 @@
 
 use std::fmt;
 
-use wasishim_engine::{ExitStatus, Workload, WorkloadHandle};
+use wasishim_engine::ExitStatus;
+
+use crate::process::{Handle, Prepared};
 
 /// Where a container is in its life, with what that state owns.
 pub enum Lifecycle {
     /// Compiled and linked, stdio open, not started.
-    Created(Box<Workload>),
+    Created(Prepared),
     /// Between taking the workload out of `Created` and getting its handle.
     Starting,
     /// The guest runs on its own thread.
-    Running(WorkloadHandle),
+    Running(Handle),
     /// The guest ended (or was killed before it started).
     Stopped(ExitStatus),
 }
@@ -63,7 +65,7 @@ impl std::error::Error for IllegalTransition {}
 /// What `kill` decided.
 pub enum KillAction {
     /// Deliver the signal to the running guest.
-    Signal(WorkloadHandle),
+    Signal(Handle),
     /// The guest never started: it is now stopped with this status.
     StoppedBeforeStart(ExitStatus),
 }
@@ -87,9 +89,9 @@ impl Lifecycle {
     }
 
     /// created -> starting: hands out the workload to start.
-    pub fn begin_start(&mut self) -> Result<Workload, IllegalTransition> {
+    pub fn begin_start(&mut self) -> Result<Prepared, IllegalTransition> {
         match std::mem::replace(self, Lifecycle::Starting) {
-            Lifecycle::Created(workload) => Ok(*workload),
+            Lifecycle::Created(prepared) => Ok(prepared),
             other => {
                 // A second start while the first is under way is a start of a running task.
                 let status = match other {
@@ -106,7 +108,7 @@ impl Lifecycle {
     }
 
     /// starting -> running.
-    pub fn started(&mut self, handle: WorkloadHandle) {
+    pub fn started(&mut self, handle: Handle) {
         *self = Lifecycle::Running(handle);
     }
 
@@ -125,10 +127,7 @@ impl Lifecycle {
         match self {
             Lifecycle::Running(handle) => Ok(KillAction::Signal(handle.clone())),
             Lifecycle::Created(_) | Lifecycle::Starting => {
-                let status = ExitStatus {
-                    code: 128 + signal,
-                    exited_at: std::time::SystemTime::now(),
-                };
+                let status = ExitStatus::now(128 + signal);
                 *self = Lifecycle::Stopped(status);
                 Ok(KillAction::StoppedBeforeStart(status))
             }
@@ -158,10 +157,7 @@ mod tests {
     use super::*;
 
     fn exit(code: u32) -> ExitStatus {
-        ExitStatus {
-            code,
-            exited_at: std::time::SystemTime::now(),
-        }
+        ExitStatus::now(code)
     }
 
     #[test]

@@ -44,11 +44,11 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
     let listener = Listener::try_from(listener).context("cannot serve the shim socket")?;
 
     let engine = WasmEngine::new().context("cannot create the wasmtime engine")?;
-    let events =
-        EventPublisher::connect(options.ttrpc_address.as_deref(), &options.namespace).await;
+    let events = EventPublisher::connect(options.ttrpc_address.as_deref()).await;
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let service: Arc<dyn Task + Send + Sync> = Arc::new(TaskService::new(
         options.runtime,
+        &options.namespace,
         engine,
         events,
         shutdown.clone(),

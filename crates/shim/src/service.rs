@@ -5,7 +5,9 @@
 //! published in order. The service does not know how it is hosted.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -17,18 +19,20 @@ use containerd_shim_protos::api::{
     StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest,
     WaitRequest, WaitResponse,
 };
-use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::shim::CheckpointTaskRequest;
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim_protos::ttrpc::{self, Code};
+use containerd_shim_protos::types::mount::Mount;
 use containerd_shim_protos::types::task::{ProcessInfo, Status as ProtoStatus};
 use tokio::sync::{mpsc, watch, Mutex};
 use wasishim_engine::{ExitStatus, Stdio, WasmEngine, WorkloadSpec};
 
+use crate::cgroups::{self, Cgroup, Hierarchies, Limits};
 use crate::events::{timestamp, EventPublisher};
 use crate::lifecycle::{IllegalTransition, KillAction, Lifecycle, Status};
+use crate::process::{self, Prepared};
+use crate::stats::{self, Usage};
 use crate::{rootfs, Runtime};
 
 /// One container hosted by this shim.
@@ -38,9 +42,30 @@ struct Container {
     stdout: String,
     stderr: String,
     rootfs_mounted: bool,
+    /// The container's cgroup at `linux.cgroupsPath`, if the spec names one.
+    cgroup: Option<Arc<Cgroup>>,
+    /// `linux.resources.memory.limit`, reported with the stats (0: none).
+    memory_limit: u64,
     lifecycle: Lifecycle,
     /// Wakes `wait` requests once the container has stopped.
     exit_watch: watch::Sender<Option<ExitStatus>>,
+}
+
+/// containerd's ttrpc metadata key carrying the request's namespace.
+const NAMESPACE_METADATA: &str = "containerd-namespace-ttrpc";
+
+/// A task is named by its containerd namespace and id: one server may host
+/// containers of several namespaces with the same id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct TaskKey {
+    namespace: String,
+    id: String,
+}
+
+impl std::fmt::Display for TaskKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.id)
+    }
 }
 
 /// Why the hosting server should stop serving.
@@ -51,11 +76,14 @@ pub struct TaskService {
     runtime: Runtime,
     engine: WasmEngine,
     events: Arc<EventPublisher>,
-    containers: Arc<Mutex<HashMap<String, Container>>>,
-    exits: mpsc::UnboundedSender<(String, ExitStatus)>,
+    containers: Arc<Mutex<HashMap<TaskKey, Container>>>,
+    exits: mpsc::UnboundedSender<(TaskKey, ExitStatus)>,
     shutdown: ShutdownSignal,
     /// Guests run inside this process, so every task reports its pid.
     pid: u32,
+    hierarchies: Hierarchies,
+    /// Namespace of requests that carry none (the `-namespace` the shim was started with).
+    default_namespace: String,
 }
 
 impl TaskService {
@@ -64,6 +92,7 @@ impl TaskService {
     /// containerd asked for shutdown, or the last task was deleted.
     pub fn new(
         runtime: Runtime,
+        default_namespace: &str,
         engine: WasmEngine,
         events: EventPublisher,
         shutdown: ShutdownSignal,
@@ -77,6 +106,8 @@ impl TaskService {
             exits,
             shutdown,
             pid: std::process::id(),
+            hierarchies: Hierarchies::detect(),
+            default_namespace: default_namespace.to_string(),
         };
         tokio::spawn(record_exits(
             exit_rx,
@@ -85,6 +116,19 @@ impl TaskService {
             service.pid,
         ));
         service
+    }
+
+    fn key(&self, ctx: &TtrpcContext, id: &str) -> TaskKey {
+        let namespace = ctx
+            .metadata
+            .get(NAMESPACE_METADATA)
+            .and_then(|values| values.first())
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or(&self.default_namespace);
+        TaskKey {
+            namespace: namespace.clone(),
+            id: id.to_string(),
+        }
     }
 
     fn unsupported(&self, what: &str) -> ttrpc::Error {
@@ -103,7 +147,7 @@ impl TaskService {
     }
 
     /// The host may exit once nothing is left to serve.
-    fn shutdown_if_idle(&self, containers: &HashMap<String, Container>) {
+    fn shutdown_if_idle(&self, containers: &HashMap<TaskKey, Container>) {
         if containers.is_empty() {
             self.shutdown.notify_one();
         }
@@ -129,24 +173,126 @@ fn illegal(id: &str, err: IllegalTransition) -> ttrpc::Error {
 /// Records each guest exit once, wakes waiters and publishes /tasks/exit,
 /// in the order the exits happened.
 async fn record_exits(
-    mut exit_rx: mpsc::UnboundedReceiver<(String, ExitStatus)>,
-    containers: Arc<Mutex<HashMap<String, Container>>>,
+    mut exit_rx: mpsc::UnboundedReceiver<(TaskKey, ExitStatus)>,
+    containers: Arc<Mutex<HashMap<TaskKey, Container>>>,
     events: Arc<EventPublisher>,
     pid: u32,
 ) {
-    while let Some((id, status)) = exit_rx.recv().await {
+    while let Some((key, status)) = exit_rx.recv().await {
         let mut containers = containers.lock().await;
-        let Some(container) = containers.get_mut(&id) else {
+        let Some(container) = containers.get_mut(&key) else {
             continue;
         };
         if container.lifecycle.exited(status) {
-            log::info!("task {id} exited with status {}", status.code);
+            log::info!("task {key} exited with status {}", status.code);
             container.exit_watch.send_replace(Some(status));
+            if status.oom_killed {
+                events.task_oom(&key.namespace, &key.id).await;
+            }
             events
-                .task_exit(&id, pid, status.code, status.exited_at)
+                .task_exit(&key.namespace, &key.id, pid, status.code, status.exited_at)
                 .await;
         }
     }
+}
+
+/// A container made ready by `create`.
+struct Built {
+    prepared: Prepared,
+    rootfs_mounted: bool,
+    cgroup: Option<Arc<Cgroup>>,
+    memory_limit: u64,
+}
+
+/// Everything `create` does that blocks: cgroup, rootfs mount, compiling.
+/// Undoes what it did when a later step fails.
+fn build(
+    bundle: &Path,
+    mounts: &[Mount],
+    engine: &WasmEngine,
+    stdio: Stdio,
+    hierarchies: &Hierarchies,
+    pid: u32,
+) -> anyhow::Result<Built> {
+    // The shim reads only what the engine does not own: the container's kind
+    // and its cgroup. An unreadable spec is reported by the engine below.
+    let spec: serde_json::Value = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    let sandbox = process::is_sandbox(&spec);
+    let memory_limit = spec["linux"]["resources"]["memory"]["limit"]
+        .as_i64()
+        .and_then(|l| u64::try_from(l).ok())
+        .unwrap_or(0);
+    let cgroup = match spec["linux"]["cgroupsPath"]
+        .as_str()
+        .filter(|p| !p.is_empty())
+    {
+        None => None,
+        Some(path) => {
+            let relative = cgroups::relative_path(path)?;
+            let cgroup = if sandbox {
+                Cgroup::for_sandbox(hierarchies, &relative, pid)
+            } else {
+                Cgroup::for_container(hierarchies, &relative, &Limits::from_spec(&spec))
+            };
+            Some(Arc::new(cgroup.with_context(|| {
+                format!("cannot set up the container's cgroup {path}")
+            })?))
+        }
+    };
+    let undo_cgroup = |cgroup: &Option<Arc<Cgroup>>| {
+        if let Some(cgroup) = cgroup {
+            cgroup.remove();
+        }
+    };
+    if sandbox {
+        // The pod sandbox runs nothing, so its rootfs is not even mounted.
+        return Ok(Built {
+            prepared: Prepared::Sandbox,
+            rootfs_mounted: false,
+            cgroup,
+            memory_limit,
+        });
+    }
+    let rootfs_mounted = match rootfs::mount(bundle, mounts) {
+        Ok(mounted) => mounted,
+        Err(err) => {
+            undo_cgroup(&cgroup);
+            return Err(err);
+        }
+    };
+    let workload = WorkloadSpec::from_bundle(bundle).and_then(|spec| engine.prepare(spec, stdio));
+    let workload = match workload {
+        Ok(workload) => workload,
+        Err(err) => {
+            if rootfs_mounted {
+                if let Err(unmount_err) = rootfs::unmount(bundle) {
+                    log::warn!("{unmount_err:#}");
+                }
+            }
+            undo_cgroup(&cgroup);
+            return Err(err);
+        }
+    };
+    let workload = match &cgroup {
+        Some(cgroup) => {
+            let cgroup = cgroup.clone();
+            workload.before_run(move || {
+                if let Err(err) = cgroup.add_thread(nix::unistd::gettid().as_raw()) {
+                    log::warn!("guest thread not placed in its cgroup: {err:#}");
+                }
+            })
+        }
+        None => workload,
+    };
+    Ok(Built {
+        prepared: Prepared::Guest(Box::new(workload)),
+        rootfs_mounted,
+        cgroup,
+        memory_limit,
+    })
 }
 
 fn stdio_path(path: &str) -> Option<PathBuf> {
@@ -157,7 +303,7 @@ fn stdio_path(path: &str) -> Option<PathBuf> {
 impl Task for TaskService {
     async fn create(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: CreateTaskRequest,
     ) -> ttrpc::Result<CreateTaskResponse> {
         let id = req.id.clone();
@@ -174,7 +320,8 @@ impl Task for TaskService {
         if !req.checkpoint.is_empty() {
             return Err(self.unsupported("restoring from a checkpoint"));
         }
-        if self.containers.lock().await.contains_key(&id) {
+        let key = self.key(ctx, &id);
+        if self.containers.lock().await.contains_key(&key) {
             return Err(error(
                 Code::ALREADY_EXISTS,
                 format!("task {id} already exists"),
@@ -183,6 +330,8 @@ impl Task for TaskService {
 
         let bundle = PathBuf::from(&req.bundle);
         let engine = self.engine.clone();
+        let hierarchies = self.hierarchies.clone();
+        let pid = self.pid;
         let stdio = Stdio {
             stdin: stdio_path(&req.stdin),
             stdout: stdio_path(&req.stdout),
@@ -190,27 +339,14 @@ impl Task for TaskService {
         };
         let mounts = req.rootfs.to_vec();
         let build_bundle = bundle.clone();
-        // Mounting and compiling block; keep them off the request executor.
+        // Mounting, cgroups and compiling block; keep them off the request executor.
         let built = tokio::task::spawn_blocking(move || {
-            let mounted = rootfs::mount(&build_bundle, &mounts)?;
-            let workload = WorkloadSpec::from_bundle(&build_bundle)
-                .and_then(|spec| engine.prepare(spec, stdio));
-            match workload {
-                Ok(workload) => Ok((workload, mounted)),
-                Err(err) => {
-                    if mounted {
-                        if let Err(unmount_err) = rootfs::unmount(&build_bundle) {
-                            log::warn!("{unmount_err:#}");
-                        }
-                    }
-                    Err(err)
-                }
-            }
+            build(&build_bundle, &mounts, &engine, stdio, &hierarchies, pid)
         })
         .await
         .map_err(|err| error(Code::INTERNAL, format!("create task {id}: {err}")))?;
 
-        let (workload, rootfs_mounted) = built.map_err(|err| {
+        let built = built.map_err(|err| {
             log::error!("create task {id}: {err:#}");
             error(Code::INVALID_ARGUMENT, format!("{err:#}"))
         })?;
@@ -221,49 +357,51 @@ impl Task for TaskService {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
-            rootfs_mounted,
-            lifecycle: Lifecycle::Created(Box::new(workload)),
+            rootfs_mounted: built.rootfs_mounted,
+            cgroup: built.cgroup,
+            memory_limit: built.memory_limit,
+            lifecycle: Lifecycle::Created(built.prepared),
             exit_watch,
         };
         let mut containers = self.containers.lock().await;
-        containers.insert(id.clone(), container);
-        self.events.task_create(&id, &req.bundle, self.pid).await;
+        containers.insert(key.clone(), container);
+        self.events
+            .task_create(&key.namespace, &id, &req.bundle, self.pid)
+            .await;
         Ok(CreateTaskResponse {
             pid: self.pid,
             ..Default::default()
         })
     }
 
-    async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
+    async fn start(&self, ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
         self.no_exec(&req.exec_id)?;
         let id = req.id;
+        let key = self.key(ctx, &id);
         let mut containers = self.containers.lock().await;
-        let container = containers.get_mut(&id).ok_or_else(|| not_found(&id))?;
-        let workload = container
+        let container = containers.get_mut(&key).ok_or_else(|| not_found(&id))?;
+        let prepared = container
             .lifecycle
             .begin_start()
             .map_err(|err| illegal(&id, err))?;
         let exits = self.exits.clone();
-        let exit_id = id.clone();
-        let started = workload.start(move |status| {
+        let exit_key = key.clone();
+        let started = prepared.start(move |status| {
             // The receiver lives as long as the service; nothing to do if it is gone.
-            let _ = exits.send((exit_id, status));
+            let _ = exits.send((exit_key, status));
         });
         match started {
             Ok(handle) => {
                 container.lifecycle.started(handle);
                 log::info!("started task {id}");
-                self.events.task_start(&id, self.pid).await;
+                self.events.task_start(&key.namespace, &id, self.pid).await;
                 Ok(StartResponse {
                     pid: self.pid,
                     ..Default::default()
                 })
             }
             Err(err) => {
-                let status = ExitStatus {
-                    code: 128,
-                    exited_at: SystemTime::now(),
-                };
+                let status = ExitStatus::now(128);
                 container.lifecycle.exited(status);
                 container.exit_watch.send_replace(Some(status));
                 Err(error(
@@ -274,10 +412,12 @@ impl Task for TaskService {
         }
     }
 
-    async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
+    async fn state(&self, ctx: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
         self.no_exec(&req.exec_id)?;
         let containers = self.containers.lock().await;
-        let container = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        let container = containers
+            .get(&self.key(ctx, &req.id))
+            .ok_or_else(|| not_found(&req.id))?;
         let status = match container.lifecycle.status() {
             Status::Created => ProtoStatus::CREATED,
             Status::Running => ProtoStatus::RUNNING,
@@ -300,11 +440,12 @@ impl Task for TaskService {
         Ok(resp)
     }
 
-    async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
+    async fn kill(&self, ctx: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
         self.no_exec(&req.exec_id)?;
         let id = req.id;
+        let key = self.key(ctx, &id);
         let mut containers = self.containers.lock().await;
-        let container = containers.get_mut(&id).ok_or_else(|| not_found(&id))?;
+        let container = containers.get_mut(&key).ok_or_else(|| not_found(&id))?;
         log::info!("kill task {id} with signal {}", req.signal);
         match container
             .lifecycle
@@ -312,33 +453,32 @@ impl Task for TaskService {
             .map_err(|err| illegal(&id, err))?
         {
             KillAction::Signal(handle) => handle
-                .kill(req.signal as i32)
+                .kill(req.signal)
                 .map_err(|err| error(Code::INVALID_ARGUMENT, format!("kill task {id}: {err:#}")))?,
             KillAction::StoppedBeforeStart(status) => {
                 container.exit_watch.send_replace(Some(status));
                 self.events
-                    .task_exit(&id, self.pid, status.code, status.exited_at)
+                    .task_exit(&key.namespace, &id, self.pid, status.code, status.exited_at)
                     .await;
             }
         }
         Ok(Empty::new())
     }
 
-    async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
+    async fn wait(&self, ctx: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
         self.no_exec(&req.exec_id)?;
         let mut exit_rx = {
             let containers = self.containers.lock().await;
-            let container = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+            let container = containers
+                .get(&self.key(ctx, &req.id))
+                .ok_or_else(|| not_found(&req.id))?;
             container.exit_watch.subscribe()
         };
         let status = exit_rx
             .wait_for(|status| status.is_some())
             .await
             .map_err(|_| error(Code::NOT_FOUND, format!("task {} was deleted", req.id)))?
-            .unwrap_or(ExitStatus {
-                code: 0,
-                exited_at: SystemTime::now(),
-            });
+            .unwrap_or(ExitStatus::now(0));
         Ok(WaitResponse {
             exit_status: status.code,
             exited_at: Some(timestamp(status.exited_at)).into(),
@@ -348,31 +488,37 @@ impl Task for TaskService {
 
     async fn delete(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: DeleteRequest,
     ) -> ttrpc::Result<DeleteResponse> {
         self.no_exec(&req.exec_id)?;
         let id = req.id;
+        let key = self.key(ctx, &id);
         let mut containers = self.containers.lock().await;
-        let container = containers.get(&id).ok_or_else(|| not_found(&id))?;
+        let container = containers.get(&key).ok_or_else(|| not_found(&id))?;
         let exit = container
             .lifecycle
             .check_delete()
             .map_err(|err| illegal(&id, err))?;
-        if container.rootfs_mounted {
-            let bundle = container.bundle.clone();
-            tokio::task::spawn_blocking(move || rootfs::unmount(&bundle))
-                .await
-                .map_err(|err| error(Code::INTERNAL, format!("delete task {id}: {err}")))?
-                .map_err(|err| error(Code::INTERNAL, format!("delete task {id}: {err:#}")))?;
-        }
-        containers.remove(&id);
+        let unmount = container.rootfs_mounted.then(|| container.bundle.clone());
+        let cgroup = container.cgroup.clone();
+        // Unmounting and removing cgroups block; keep them off the request executor.
+        tokio::task::spawn_blocking(move || {
+            if let Some(cgroup) = cgroup {
+                cgroup.remove();
+            }
+            unmount.map(|bundle| rootfs::unmount(&bundle)).transpose()
+        })
+        .await
+        .map_err(|err| error(Code::INTERNAL, format!("delete task {id}: {err}")))?
+        .map_err(|err| error(Code::INTERNAL, format!("delete task {id}: {err:#}")))?;
+        containers.remove(&key);
         log::info!("deleted task {id}");
         let (code, exited_at) = exit
             .map(|exit| (exit.code, exit.exited_at))
             .unwrap_or((0, SystemTime::now()));
         self.events
-            .task_delete(&id, self.pid, code, exited_at)
+            .task_delete(&key.namespace, &id, self.pid, code, exited_at)
             .await;
         self.shutdown_if_idle(&containers);
         Ok(DeleteResponse {
@@ -383,9 +529,9 @@ impl Task for TaskService {
         })
     }
 
-    async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
+    async fn pids(&self, ctx: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
         let containers = self.containers.lock().await;
-        if !containers.contains_key(&req.id) {
+        if !containers.contains_key(&self.key(ctx, &req.id)) {
             return Err(not_found(&req.id));
         }
         Ok(PidsResponse {
@@ -397,34 +543,38 @@ impl Task for TaskService {
         })
     }
 
-    async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> ttrpc::Result<Empty> {
+    async fn close_io(&self, ctx: &TtrpcContext, req: CloseIORequest) -> ttrpc::Result<Empty> {
         self.no_exec(&req.exec_id)?;
         let containers = self.containers.lock().await;
-        let container = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        let container = containers
+            .get(&self.key(ctx, &req.id))
+            .ok_or_else(|| not_found(&req.id))?;
         if let Lifecycle::Running(handle) = &container.lifecycle {
             handle.close_stdin();
         }
         Ok(Empty::new())
     }
 
-    async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
+    async fn stats(&self, ctx: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
         let containers = self.containers.lock().await;
-        if !containers.contains_key(&req.id) {
-            return Err(not_found(&req.id));
-        }
-        // Until cgroup accounting lands, report an empty cgroup v1 metrics set
-        // so clients that decode it (ctr task metrics) get a valid answer.
-        let metrics = containerd_shim_protos::cgroups::metrics::Metrics::new();
-        let value = metrics
-            .write_to_bytes()
+        let container = containers
+            .get(&self.key(ctx, &req.id))
+            .ok_or_else(|| not_found(&req.id))?;
+        let usage = match &container.lifecycle {
+            Lifecycle::Running(handle) => Usage {
+                cpu_nanos: handle.thread_id().map(stats::thread_cpu_nanos).unwrap_or(0),
+                memory_bytes: handle.memory_bytes(),
+                memory_limit: container.memory_limit,
+            },
+            _ => Usage {
+                memory_limit: container.memory_limit,
+                ..Usage::default()
+            },
+        };
+        let stats = stats::encode(usage)
             .map_err(|err| error(Code::INTERNAL, format!("stats for {}: {err}", req.id)))?;
         Ok(StatsResponse {
-            stats: Some(Any {
-                type_url: "io.containerd.cgroups.v1.Metrics".to_string(),
-                value,
-                ..Default::default()
-            })
-            .into(),
+            stats: Some(stats).into(),
             ..Default::default()
         })
     }

@@ -430,6 +430,86 @@ fn sleeper_finishes(cd: &PrivateContainerd) {
     remove(cd, "short");
 }
 
+// ---------------------------------------------------------------- shim process and events
+
+/// Containers carrying the same CRI sandbox id share one shim process; it
+/// outlives the first container's deletion and exits with the last.
+/// ctr 1.6 has no `--annotation`, so 1.6 is covered by the CRI tests instead.
+fn pod_shares_one_shim(cd: &PrivateContainerd) {
+    if cd.version().starts_with("1.6") {
+        return;
+    }
+    let image = import(cd, "sleep", "wasip1/sleep.wasm");
+    let pod = ["--annotation", "io.kubernetes.cri.sandbox-id=pod-a"];
+    for id in ["pod-a-one", "pod-a-two"] {
+        cd.run_detached(&pod, &image, id, &["/app.wasm", "3600"])
+            .unwrap();
+        cd.wait_task_status(id, "RUNNING", Duration::from_secs(10))
+            .unwrap();
+    }
+    let shims = cd.shim_pids();
+    assert_eq!(shims.len(), 1, "one shim per pod, found {shims:?}");
+
+    remove(cd, "pod-a-one");
+    assert_eq!(
+        cd.shim_pids(),
+        shims,
+        "the pod's shim exited with tasks left"
+    );
+    assert_eq!(
+        cd.task_status("pod-a-two").unwrap().as_deref(),
+        Some("RUNNING")
+    );
+
+    remove(cd, "pod-a-two");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cd.shim_pids().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "shim still running after its last task was deleted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// /tasks/create, /tasks/start, /tasks/exit and /tasks/delete reach
+/// containerd, in order, with the task's pid and exit status.
+fn task_events(cd: &PrivateContainerd) {
+    let image = import(cd, "exit", "wasip1/exit.wasm");
+    let mut events = cd.spawn_ctr(["events"]).unwrap();
+    // `ctr events` subscribes asynchronously; give it a moment before the run.
+    std::thread::sleep(Duration::from_millis(300));
+    run_expect(cd, &[], &image, "evented", &["/app.wasm", "3"], 3);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = events.kill();
+    let out = events.wait_with_output().unwrap();
+    let text = stdout(&out);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("evented") && l.contains("/tasks/"))
+        .collect();
+    let topics: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
+        .collect();
+    assert_eq!(
+        topics,
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exit",
+            "/tasks/delete"
+        ],
+        "events:\n{text}"
+    );
+    let exit = lines.iter().find(|l| l.contains("/tasks/exit")).unwrap();
+    assert!(exit.contains("\"exit_status\":3"), "{exit}");
+    assert!(exit.contains("\"pid\":"), "no pid in {exit}");
+    assert!(exit.contains("\"exited_at\":"), "no timestamp in {exit}");
+    let delete = lines.iter().find(|l| l.contains("/tasks/delete")).unwrap();
+    assert!(delete.contains("\"exit_status\":3"), "{delete}");
+}
+
 // ---------------------------------------------------------------- failures
 
 /// containerd restarts while a guest sleeps; afterwards the task is still
@@ -659,6 +739,8 @@ scenarios!(
     sleeper_finishes,
     containerd_restart,
     shim_killed,
+    pod_shares_one_shim,
+    task_events,
     corrupt_wasm,
     missing_entrypoint,
     elf_entrypoint,

@@ -11,9 +11,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use wasishim_engine::{ExitStatus, Stdio, WasmEngine, Workload, WorkloadHandle, WorkloadSpec};
 
+/// The engine shared by a test binary. Its disk cache is off so that tests
+/// never write to the node's cache directory; tests/cache.rs covers it.
 pub fn engine() -> &'static WasmEngine {
     static ENGINE: OnceLock<WasmEngine> = OnceLock::new();
-    ENGINE.get_or_init(|| match WasmEngine::new() {
+    ENGINE.get_or_init(|| match WasmEngine::with_cache_dir(None) {
         Ok(e) => e,
         Err(e) => panic!("WasmEngine::new failed: {e:#}"),
     })

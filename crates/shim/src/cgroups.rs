@@ -1,0 +1,380 @@
+//! cgroup placement and CPU limits for a container at `linux.cgroupsPath`.
+//!
+//! Guests are threads of the shim, not processes, so placement follows what
+//! the kernel allows per thread:
+//! - a pod sandbox moves the whole shim process into its cgroup (every
+//!   hierarchy), so the pod's memory and CPU are accounted where kubelet
+//!   looks, and the pod cgroup's limits apply to all its guests;
+//! - a container's guest thread joins the container's cgroup in the cgroup v1
+//!   hierarchies that account per thread (cpu, cpuacct, pids), where
+//!   `linux.resources.cpu` (quota, period, shares) and `pids.limit` apply.
+//!   The memory limit is enforced by the engine on the guest's linear memory:
+//!   cgroup v1 charges a thread's memory to its process, not its cgroup.
+//! - on a cgroup v2 host only the process placement applies (threads can only
+//!   join "threaded" cgroups, which kubelet does not make).
+//!
+//! The cgroup filesystem root is a parameter, so the decisions are tested on a
+//! plain directory without a kernel.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// Per-thread v1 controllers a guest thread joins.
+const THREAD_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "pids"];
+/// v1 controllers the sandbox moves the process into.
+const PROCESS_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "pids", "memory"];
+
+/// Where the cgroup hierarchies are mounted.
+#[derive(Debug, Clone)]
+pub struct Hierarchies {
+    /// cgroup v1: (controllers of the mount, mount point).
+    pub v1: Vec<(Vec<String>, PathBuf)>,
+    /// The cgroup v2 mount when it is the only (unified) hierarchy.
+    pub v2: Option<PathBuf>,
+}
+
+impl Hierarchies {
+    /// Reads the mounts of this process. A host with v1 controllers is
+    /// treated as v1 (hybrid hosts keep the v2 mount controller-less).
+    pub fn detect() -> Hierarchies {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        Hierarchies::from_mountinfo(&mountinfo)
+    }
+
+    pub fn from_mountinfo(mountinfo: &str) -> Hierarchies {
+        let mut v1 = Vec::new();
+        let mut v2 = None;
+        for line in mountinfo.lines() {
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mount_point = left.split_whitespace().nth(4).unwrap_or_default();
+            let mut right = right.split_whitespace();
+            let fs_type = right.next().unwrap_or_default();
+            let super_options = right.nth(1).unwrap_or_default();
+            match fs_type {
+                "cgroup" => {
+                    let controllers = super_options
+                        .split(',')
+                        .filter(|o| {
+                            PROCESS_CONTROLLERS.contains(o) || THREAD_CONTROLLERS.contains(o)
+                        })
+                        .map(str::to_string)
+                        .collect::<Vec<_>>();
+                    if !controllers.is_empty() {
+                        v1.push((controllers, PathBuf::from(mount_point)));
+                    }
+                }
+                "cgroup2" => v2 = Some(PathBuf::from(mount_point)),
+                _ => {}
+            }
+        }
+        if !v1.is_empty() {
+            v2 = None;
+        }
+        Hierarchies { v1, v2 }
+    }
+
+    fn v1_dirs(&self, wanted: &[&str]) -> Vec<PathBuf> {
+        self.v1
+            .iter()
+            .filter(|(controllers, _)| controllers.iter().any(|c| wanted.contains(&c.as_str())))
+            .map(|(_, mount)| mount.clone())
+            .collect()
+    }
+}
+
+/// `linux.cgroupsPath` -> a path below each hierarchy's root. Accepts the
+/// cgroupfs form (`/kubepods/pod1/abc`) and the systemd form
+/// (`kubepods-pod1.slice:cri-containerd:abc`).
+pub fn relative_path(cgroups_path: &str) -> Result<PathBuf> {
+    let parts: Vec<&str> = cgroups_path.split(':').collect();
+    let path = match parts.as_slice() {
+        [path] => PathBuf::from(path.trim_start_matches('/')),
+        [slice, prefix, name] => {
+            let mut path = expand_slice(if slice.is_empty() {
+                "system.slice"
+            } else {
+                slice
+            })?;
+            let unit = if prefix.is_empty() {
+                format!("{name}.scope")
+            } else {
+                format!("{prefix}-{name}.scope")
+            };
+            path.push(unit);
+            path
+        }
+        _ => bail!(
+            "invalid linux.cgroupsPath '{cgroups_path}': expected a path or slice:prefix:name"
+        ),
+    };
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        bail!("invalid linux.cgroupsPath '{cgroups_path}': '..' is not allowed");
+    }
+    Ok(path)
+}
+
+/// `a-b-c.slice` -> `a.slice/a-b.slice/a-b-c.slice`, as systemd nests slices.
+fn expand_slice(slice: &str) -> Result<PathBuf> {
+    let Some(stem) = slice.strip_suffix(".slice") else {
+        bail!("invalid systemd slice '{slice}': it must end in .slice");
+    };
+    if stem == "-" || stem.is_empty() {
+        return Ok(PathBuf::new());
+    }
+    let mut path = PathBuf::new();
+    let mut prefix = String::new();
+    for part in stem.split('-') {
+        if part.is_empty() {
+            bail!("invalid systemd slice '{slice}'");
+        }
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        path.push(format!("{prefix}.slice"));
+    }
+    Ok(path)
+}
+
+/// CPU and pids limits from `linux.resources`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub cpu_quota: Option<i64>,
+    pub cpu_period: Option<u64>,
+    pub cpu_shares: Option<u64>,
+    pub pids_limit: Option<i64>,
+}
+
+impl Limits {
+    pub fn from_spec(spec: &serde_json::Value) -> Limits {
+        let resources = &spec["linux"]["resources"];
+        Limits {
+            cpu_quota: resources["cpu"]["quota"].as_i64().filter(|&q| q > 0),
+            cpu_period: resources["cpu"]["period"].as_u64().filter(|&p| p > 0),
+            cpu_shares: resources["cpu"]["shares"].as_u64().filter(|&s| s > 0),
+            pids_limit: resources["pids"]["limit"].as_i64().filter(|&l| l > 0),
+        }
+    }
+}
+
+/// The cgroup directories made for one container; removed by [`Cgroup::remove`].
+#[derive(Debug)]
+pub struct Cgroup {
+    /// (hierarchy mount, directory) pairs, in creation order.
+    dirs: Vec<(PathBuf, PathBuf)>,
+    /// A sandbox holds the shim process; a container only its guest thread.
+    holds_process: bool,
+}
+
+impl Cgroup {
+    /// Makes the cgroup of a pod sandbox and moves this process into it.
+    pub fn for_sandbox(hierarchies: &Hierarchies, path: &Path, pid: u32) -> Result<Cgroup> {
+        let roots = match &hierarchies.v2 {
+            Some(root) => vec![root.clone()],
+            None => hierarchies.v1_dirs(PROCESS_CONTROLLERS),
+        };
+        let cgroup = Cgroup::make(roots, path, true)?;
+        for (_, dir) in &cgroup.dirs {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(cgroup)
+    }
+
+    /// Makes the cgroup of a container and applies its CPU and pids limits;
+    /// the guest thread joins it with [`Cgroup::add_thread`]. On a v2 host
+    /// there is nothing to make (see the module docs).
+    pub fn for_container(
+        hierarchies: &Hierarchies,
+        path: &Path,
+        limits: &Limits,
+    ) -> Result<Cgroup> {
+        if hierarchies.v2.is_some() {
+            return Ok(Cgroup {
+                dirs: Vec::new(),
+                holds_process: false,
+            });
+        }
+        let cgroup = Cgroup::make(hierarchies.v1_dirs(THREAD_CONTROLLERS), path, false)?;
+        for (_, dir) in &cgroup.dirs {
+            let settings = [
+                (
+                    "cpu.cfs_period_us",
+                    limits.cpu_period.map(|v| v.to_string()),
+                ),
+                ("cpu.cfs_quota_us", limits.cpu_quota.map(|v| v.to_string())),
+                ("cpu.shares", limits.cpu_shares.map(|v| v.to_string())),
+                ("pids.max", limits.pids_limit.map(|v| v.to_string())),
+            ];
+            for (file, value) in settings {
+                if let Some(value) = value {
+                    if dir.join(file).exists() {
+                        write(&dir.join(file), &value)?;
+                    }
+                }
+            }
+        }
+        Ok(cgroup)
+    }
+
+    fn make(roots: Vec<PathBuf>, path: &Path, holds_process: bool) -> Result<Cgroup> {
+        let mut cgroup = Cgroup {
+            dirs: Vec::new(),
+            holds_process,
+        };
+        for root in roots {
+            let dir = root.join(path);
+            if cgroup.dirs.iter().any(|(_, d)| d == &dir) {
+                continue;
+            }
+            fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create cgroup {}", dir.display()))?;
+            cgroup.dirs.push((root, dir));
+        }
+        Ok(cgroup)
+    }
+
+    /// Moves a guest thread into the container's cgroup.
+    pub fn add_thread(&self, tid: i32) -> Result<()> {
+        for (_, dir) in &self.dirs {
+            write(&dir.join("tasks"), &tid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Removes the directories (the container's threads have ended). A
+    /// sandbox first moves the shim process back to the hierarchy's root.
+    pub fn remove(&self) {
+        for (root, dir) in self.dirs.iter().rev() {
+            if self.holds_process {
+                let _ = write(&root.join("cgroup.procs"), &std::process::id().to_string());
+            }
+            if let Err(err) = remove_dir_when_empty(dir) {
+                log::warn!("cannot remove cgroup {}: {err}", dir.display());
+            }
+        }
+    }
+}
+
+/// Removes a cgroup directory. A guest's thread reports its exit just before
+/// it ends, so the cgroup may be busy for a moment after the exit was seen.
+fn remove_dir_when_empty(dir: &Path) -> std::io::Result<()> {
+    const EBUSY: i32 = 16;
+    let mut attempts = 0;
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) if err.raw_os_error() == Some(EBUSY) && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+fn write(file: &Path, value: &str) -> Result<()> {
+    fs::write(file, value).with_context(|| format!("cannot write {value} to {}", file.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroupfs_paths_are_relative_to_each_root() {
+        assert_eq!(
+            relative_path("/kubepods/besteffort/pod1/abc").unwrap(),
+            PathBuf::from("kubepods/besteffort/pod1/abc")
+        );
+        assert!(relative_path("/kubepods/../../etc").is_err());
+    }
+
+    #[test]
+    fn systemd_paths_nest_slices() {
+        assert_eq!(
+            relative_path("kubepods-besteffort-pod1.slice:cri-containerd:abc").unwrap(),
+            PathBuf::from(
+                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-abc.scope"
+            )
+        );
+        assert_eq!(
+            relative_path(":cri-containerd:abc").unwrap(),
+            PathBuf::from("system.slice/cri-containerd-abc.scope")
+        );
+        assert!(relative_path("bad:x:y").is_err());
+        assert!(relative_path("a:b").is_err());
+    }
+
+    #[test]
+    fn hybrid_host_is_treated_as_v1() {
+        let mountinfo = "\
+30 25 0:26 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+31 25 0:27 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+32 25 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+33 25 0:29 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd";
+        let h = Hierarchies::from_mountinfo(mountinfo);
+        assert_eq!(h.v2, None);
+        assert_eq!(h.v1.len(), 2);
+        assert_eq!(
+            h.v1_dirs(THREAD_CONTROLLERS),
+            vec![PathBuf::from("/sys/fs/cgroup/cpu")]
+        );
+    }
+
+    #[test]
+    fn unified_host_is_v2() {
+        let h = Hierarchies::from_mountinfo("30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw");
+        assert_eq!(h.v2, Some(PathBuf::from("/sys/fs/cgroup")));
+    }
+
+    #[test]
+    fn container_cgroup_gets_limits_and_is_removed() {
+        let root = std::env::temp_dir().join(format!("wasishim-cg-{}", std::process::id()));
+        let cpu = root.join("cpu");
+        fs::create_dir_all(cpu.join("pod/c1")).unwrap();
+        // What the kernel would offer in a fresh cgroup.
+        fs::write(cpu.join("pod/c1/cpu.cfs_quota_us"), "-1").unwrap();
+        let h = Hierarchies {
+            v1: vec![(vec!["cpu".into()], cpu.clone())],
+            v2: None,
+        };
+        let limits = Limits {
+            cpu_quota: Some(50_000),
+            ..Limits::default()
+        };
+        let cg = Cgroup::for_container(&h, Path::new("pod/c1"), &limits).unwrap();
+        assert_eq!(
+            fs::read_to_string(cpu.join("pod/c1/cpu.cfs_quota_us")).unwrap(),
+            "50000"
+        );
+        fs::remove_file(cpu.join("pod/c1/cpu.cfs_quota_us")).unwrap();
+        cg.remove();
+        assert!(!cpu.join("pod/c1").exists());
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn limits_come_from_the_spec() {
+        let spec = serde_json::json!({"linux": {"resources": {
+            "cpu": {"quota": 20000, "period": 100000, "shares": 2},
+            "pids": {"limit": 0}
+        }}});
+        assert_eq!(
+            Limits::from_spec(&spec),
+            Limits {
+                cpu_quota: Some(20000),
+                cpu_period: Some(100000),
+                cpu_shares: Some(2),
+                pids_limit: None
+            }
+        );
+    }
+}
