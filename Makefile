@@ -30,8 +30,10 @@ SHIMS := containerd-shim-wasmtime-v1
 deps:
 	test/install-deps.sh
 
+# Every build goes through the whole workspace with all targets, so features
+# unify the same way each time and nothing is compiled twice.
 build:
-	$(CARGO) build $(addprefix -p ,$(SHIMS))
+	$(CARGO) build --workspace --all-targets
 
 install:
 	$(CARGO) build --release $(addprefix -p ,$(SHIMS))
@@ -41,11 +43,12 @@ install:
 demo: deps fixtures build
 	test/demo.sh
 
-test: deps
-	$(MAKE) test-unit
-	$(MAKE) test-e2e
+# Unit tests, then the end-to-end suites (ctr and CRI, on containerd 1.6.20,
+# 1.7.24 and 2.1.9), one test at a time: each starts its own containerd.
+test: deps fixtures build
+	$(CARGO) test --workspace -- --test-threads=1
 
-test-unit:
+test-unit: build
 	$(CARGO) test --workspace --exclude wasishim-e2e
 
 lint:
@@ -92,8 +95,7 @@ images: fixtures
 			--wasm $$f --out $(OUT)/images/$$kind-$$name.tar; \
 	done
 
-test-e2e: fixtures
-	$(CARGO) build -p containerd-shim-wasmtime-v1 -p wasishim-cni-static
+test-e2e: fixtures build
 	$(CARGO) test -p wasishim-e2e -- --test-threads=1
 
 clean-fixtures:

@@ -40,6 +40,8 @@ pub(crate) fn context(
     }
     b.initial_cwd(&spec.cwd);
     b.inherit_network();
+    b.allow_tcp(true);
+    b.allow_udp(true);
     b.allow_ip_name_lookup(true);
 
     match stdin {

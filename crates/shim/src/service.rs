@@ -26,7 +26,7 @@ use containerd_shim_protos::ttrpc::{self, Code};
 use containerd_shim_protos::types::mount::Mount;
 use containerd_shim_protos::types::task::{ProcessInfo, Status as ProtoStatus};
 use tokio::sync::{mpsc, watch, Mutex};
-use wasishim_engine::{ExitStatus, Stdio, WasmEngine, WorkloadSpec};
+use wasishim_engine::{ExitStatus, NetworkNamespace, Stdio, WasmEngine, WorkloadSpec};
 
 use crate::cgroups::{self, Cgroup, Hierarchies, Limits};
 use crate::events::{timestamp, EventPublisher};
@@ -46,6 +46,8 @@ struct Container {
     cgroup: Option<Arc<Cgroup>>,
     /// `linux.resources.memory.limit`, reported with the stats (0: none).
     memory_limit: u64,
+    /// The sandbox id, when this container is a pod sandbox.
+    sandbox_of: Option<String>,
     lifecycle: Lifecycle,
     /// Wakes `wait` requests once the container has stopped.
     exit_watch: watch::Sender<Option<ExitStatus>>,
@@ -84,6 +86,53 @@ pub struct TaskService {
     hierarchies: Hierarchies,
     /// Namespace of requests that carry none (the `-namespace` the shim was started with).
     default_namespace: String,
+    pod_networks: PodNetworks,
+}
+
+/// The network namespace of each pod sandbox this server hosts, by
+/// (containerd namespace, sandbox id).
+///
+/// CRI points a pod's containers at the sandbox's network through
+/// `/proc/<sandbox pid>/ns/net`. The sandbox "process" is this server, whose
+/// own network is the host's, so that path is mapped back to the network
+/// namespace the sandbox was created with.
+#[derive(Clone, Default)]
+struct PodNetworks(Arc<std::sync::Mutex<HashMap<(String, String), PathBuf>>>);
+
+impl PodNetworks {
+    fn insert(&self, namespace: &str, sandbox_id: &str, netns: PathBuf) {
+        if let Ok(mut map) = self.0.lock() {
+            map.insert((namespace.to_string(), sandbox_id.to_string()), netns);
+        }
+    }
+
+    fn remove(&self, namespace: &str, sandbox_id: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(&(namespace.to_string(), sandbox_id.to_string()));
+        }
+    }
+
+    fn get(&self, namespace: &str, sandbox_id: &str) -> Option<PathBuf> {
+        let map = self.0.lock().ok()?;
+        map.get(&(namespace.to_string(), sandbox_id.to_string()))
+            .cloned()
+    }
+}
+
+/// The network namespace path a spec names, if any.
+fn spec_netns(spec: &serde_json::Value) -> Option<PathBuf> {
+    spec["linux"]["namespaces"]
+        .as_array()?
+        .iter()
+        .find(|ns| ns["type"] == "network")?["path"]
+        .as_str()
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Whether `path` is this process's own network namespace (`/proc/<pid>/ns/net`).
+fn is_own_netns(path: &Path, pid: u32) -> bool {
+    path == Path::new(&format!("/proc/{pid}/ns/net"))
 }
 
 impl TaskService {
@@ -108,6 +157,7 @@ impl TaskService {
             pid: std::process::id(),
             hierarchies: Hierarchies::detect(),
             default_namespace: default_namespace.to_string(),
+            pod_networks: PodNetworks::default(),
         };
         tokio::spawn(record_exits(
             exit_rx,
@@ -199,6 +249,8 @@ async fn record_exits(
 /// A container made ready by `create`.
 struct Built {
     prepared: Prepared,
+    /// The sandbox id, when this container is a pod sandbox.
+    sandbox_of: Option<String>,
     rootfs_mounted: bool,
     cgroup: Option<Arc<Cgroup>>,
     memory_limit: u64,
@@ -206,14 +258,22 @@ struct Built {
 
 /// Everything `create` does that blocks: cgroup, rootfs mount, compiling.
 /// Undoes what it did when a later step fails.
+/// Where `build` runs and what it may consult.
+struct BuildContext {
+    engine: WasmEngine,
+    hierarchies: Hierarchies,
+    pod_networks: PodNetworks,
+    pid: u32,
+    key: TaskKey,
+}
+
 fn build(
     bundle: &Path,
     mounts: &[Mount],
-    engine: &WasmEngine,
     stdio: Stdio,
-    hierarchies: &Hierarchies,
-    pid: u32,
+    cx: &BuildContext,
 ) -> anyhow::Result<Built> {
+    let (engine, hierarchies, pid) = (&cx.engine, &cx.hierarchies, cx.pid);
     // The shim reads only what the engine does not own: the container's kind
     // and its cgroup. An unreadable spec is reported by the engine below.
     let spec: serde_json::Value = std::fs::read(bundle.join("config.json"))
@@ -247,10 +307,19 @@ fn build(
             cgroup.remove();
         }
     };
+    let sandbox_id = spec["annotations"][crate::SANDBOX_ID_ANNOTATION]
+        .as_str()
+        .unwrap_or(&cx.key.id)
+        .to_string();
     if sandbox {
+        if let Some(netns) = spec_netns(&spec) {
+            cx.pod_networks
+                .insert(&cx.key.namespace, &sandbox_id, netns);
+        }
         // The pod sandbox runs nothing, so its rootfs is not even mounted.
         return Ok(Built {
             prepared: Prepared::Sandbox,
+            sandbox_of: Some(sandbox_id),
             rootfs_mounted: false,
             cgroup,
             memory_limit,
@@ -263,7 +332,9 @@ fn build(
             return Err(err);
         }
     };
-    let workload = WorkloadSpec::from_bundle(bundle).and_then(|spec| engine.prepare(spec, stdio));
+    let workload = WorkloadSpec::from_bundle(bundle)
+        .and_then(|spec| join_pod_network(spec, cx, &sandbox_id))
+        .and_then(|spec| engine.prepare(spec, stdio));
     let workload = match workload {
         Ok(workload) => workload,
         Err(err) => {
@@ -289,10 +360,32 @@ fn build(
     };
     Ok(Built {
         prepared: Prepared::Guest(Box::new(workload)),
+        sandbox_of: None,
         rootfs_mounted,
         cgroup,
         memory_limit,
     })
+}
+
+/// Points a pod container that names the sandbox's `/proc/<pid>/ns/net` at
+/// the pod's real network namespace (see [`PodNetworks`]).
+fn join_pod_network(
+    mut spec: WorkloadSpec,
+    cx: &BuildContext,
+    sandbox_id: &str,
+) -> anyhow::Result<WorkloadSpec> {
+    if let NetworkNamespace::Join(path) = &spec.network {
+        if is_own_netns(path, cx.pid) {
+            let Some(netns) = cx.pod_networks.get(&cx.key.namespace, sandbox_id) else {
+                anyhow::bail!(
+                    "container {} joins the network of pod sandbox {sandbox_id}, which this shim does not host",
+                    cx.key.id
+                );
+            };
+            spec.network = NetworkNamespace::Join(netns);
+        }
+    }
+    Ok(spec)
 }
 
 fn stdio_path(path: &str) -> Option<PathBuf> {
@@ -329,9 +422,13 @@ impl Task for TaskService {
         }
 
         let bundle = PathBuf::from(&req.bundle);
-        let engine = self.engine.clone();
-        let hierarchies = self.hierarchies.clone();
-        let pid = self.pid;
+        let cx = BuildContext {
+            engine: self.engine.clone(),
+            hierarchies: self.hierarchies.clone(),
+            pod_networks: self.pod_networks.clone(),
+            pid: self.pid,
+            key: key.clone(),
+        };
         let stdio = Stdio {
             stdin: stdio_path(&req.stdin),
             stdout: stdio_path(&req.stdout),
@@ -340,11 +437,9 @@ impl Task for TaskService {
         let mounts = req.rootfs.to_vec();
         let build_bundle = bundle.clone();
         // Mounting, cgroups and compiling block; keep them off the request executor.
-        let built = tokio::task::spawn_blocking(move || {
-            build(&build_bundle, &mounts, &engine, stdio, &hierarchies, pid)
-        })
-        .await
-        .map_err(|err| error(Code::INTERNAL, format!("create task {id}: {err}")))?;
+        let built = tokio::task::spawn_blocking(move || build(&build_bundle, &mounts, stdio, &cx))
+            .await
+            .map_err(|err| error(Code::INTERNAL, format!("create task {id}: {err}")))?;
 
         let built = built.map_err(|err| {
             log::error!("create task {id}: {err:#}");
@@ -360,6 +455,7 @@ impl Task for TaskService {
             rootfs_mounted: built.rootfs_mounted,
             cgroup: built.cgroup,
             memory_limit: built.memory_limit,
+            sandbox_of: built.sandbox_of,
             lifecycle: Lifecycle::Created(built.prepared),
             exit_watch,
         };
@@ -502,6 +598,7 @@ impl Task for TaskService {
             .map_err(|err| illegal(&id, err))?;
         let unmount = container.rootfs_mounted.then(|| container.bundle.clone());
         let cgroup = container.cgroup.clone();
+        let sandbox_of = container.sandbox_of.clone();
         // Unmounting and removing cgroups block; keep them off the request executor.
         tokio::task::spawn_blocking(move || {
             if let Some(cgroup) = cgroup {
@@ -512,6 +609,9 @@ impl Task for TaskService {
         .await
         .map_err(|err| error(Code::INTERNAL, format!("delete task {id}: {err}")))?
         .map_err(|err| error(Code::INTERNAL, format!("delete task {id}: {err:#}")))?;
+        if let Some(sandbox_id) = &sandbox_of {
+            self.pod_networks.remove(&key.namespace, sandbox_id);
+        }
         containers.remove(&key);
         log::info!("deleted task {id}");
         let (code, exited_at) = exit
