@@ -25,7 +25,7 @@ help:
 	@echo "make test-e2e   run the end-to-end tests against every containerd version"
 
 PREFIX ?= /usr/local
-SHIMS := containerd-shim-wasmtime-v1
+SHIMS := containerd-shim-wasmtime-v1 containerd-shim-wasmtimed-v1
 
 deps:
 	test/install-deps.sh
@@ -43,10 +43,13 @@ install:
 demo: deps fixtures build
 	test/demo.sh
 
-# Unit tests, then the end-to-end suites (ctr and CRI, on containerd 1.6.20,
-# 1.7.24 and 2.1.9), one test at a time: each starts its own containerd.
+# Unit tests, then the end-to-end suites (ctr, CRI and per-node, on
+# containerd 1.6.20, 1.7.24 and 2.1.9) with the per-pod shim, then the ctr and
+# CRI suites again with the per-node shim. One test at a time: each starts
+# its own containerd.
 test: deps fixtures build
 	$(CARGO) test --workspace -- --test-threads=1
+	WASISHIM_RUNTIME=io.containerd.wasmtimed.v1 $(CARGO) test -p wasishim-e2e --test ctr --test cri -- --test-threads=1
 
 test-unit: build
 	$(CARGO) test --workspace --exclude wasishim-e2e

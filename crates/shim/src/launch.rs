@@ -1,10 +1,16 @@
 //! The `start` subcommand: find or launch the shim server for a container and
 //! tell containerd its address.
 //!
-//! Containers that carry the same CRI sandbox id share one server (one process
-//! per pod); any other container gets its own. The socket is bound here and
-//! handed to the server as descriptor 3, so containerd can connect the moment
-//! `start` returns and two racing starts cannot both launch a server.
+//! Per-pod: containers that carry the same CRI sandbox id share one server
+//! (one process per pod); any other container gets its own. Per-node: every
+//! container of a containerd instance shares one server, whatever its
+//! namespace; the socket name includes the binary's identity, so a new
+//! binary never joins a server of an older one (see [`node_identity`]).
+//!
+//! The socket is bound here and handed to the server as descriptor 3, so
+//! containerd can connect the moment `start` returns. Starts are serialized by
+//! a lock on the socket directory, so concurrent first starts launch exactly
+//! one server, also when a dead server left its socket behind.
 
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
@@ -18,16 +24,30 @@ use containerd_shim::Flags;
 
 use crate::negotiation::{caller_reply_form, start_reply};
 use crate::server::LISTENER_FD;
-use crate::SANDBOX_ID_ANNOTATION;
+use crate::{Hosting, Runtime, SANDBOX_ID_ANNOTATION};
 
 /// Runs `start` in `bundle` and returns what to print for containerd.
-pub fn start(flags: &Flags, bundle: &Path) -> Result<String> {
-    let grouping = grouping_id(bundle).unwrap_or_else(|| flags.id.clone());
-    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &grouping);
+pub fn start(runtime: Runtime, flags: &Flags, bundle: &Path) -> Result<String> {
+    let address = match runtime.hosting {
+        Hosting::PerPod => {
+            let grouping = grouping_id(bundle).unwrap_or_else(|| flags.id.clone());
+            containerd_shim::socket_address(&flags.address, &flags.namespace, &grouping)
+        }
+        // One server for all namespaces of this containerd.
+        Hosting::PerNode => {
+            containerd_shim::socket_address(&flags.address, runtime.binary, &node_identity())
+        }
+    };
     let socket_path = address.trim_start_matches("unix://").to_string();
 
+    let _lock = lock_socket_dir(&socket_path)?;
     if let Some(listener) = bind_or_reuse(&socket_path)? {
-        spawn_server(flags, bundle, &address, &listener)
+        let workdir = match runtime.hosting {
+            Hosting::PerPod => bundle,
+            // The node server outlives this bundle.
+            Hosting::PerNode => Path::new("/"),
+        };
+        spawn_server(flags, workdir, &address, &listener)
             .inspect_err(|_| crate::server::remove_socket(&address))?;
     } else {
         log::info!("container {} joins the shim at {address}", flags.id);
@@ -35,6 +55,34 @@ pub fn start(flags: &Flags, bundle: &Path) -> Result<String> {
     std::fs::write(bundle.join("address"), &address)
         .with_context(|| format!("cannot write the address file in {}", bundle.display()))?;
     Ok(start_reply(&address, caller_reply_form()))
+}
+
+/// Identifies this build of the binary: its version and the executable's
+/// modification time, so that replacing the binary (an upgrade) makes the
+/// next start launch a new node server instead of reusing the old one.
+pub fn node_identity() -> String {
+    let modified = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("node-{}-{modified}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Holds an exclusive lock on the socket's directory until dropped.
+fn lock_socket_dir(socket_path: &str) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let dir = Path::new(socket_path)
+        .parent()
+        .context("shim socket path has no directory")?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+    let handle = std::fs::File::open(dir)
+        .with_context(|| format!("cannot open socket directory {}", dir.display()))?;
+    nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, err)| err)
+        .with_context(|| format!("cannot lock socket directory {}", dir.display()))
 }
 
 /// The CRI sandbox id of the container in `bundle`, if it belongs to a pod.
@@ -76,14 +124,14 @@ fn bind_or_reuse(socket_path: &str) -> Result<Option<UnixListener>> {
 /// its end, so the server must not hold it).
 fn spawn_server(
     flags: &Flags,
-    bundle: &Path,
+    workdir: &Path,
     address: &str,
     listener: &UnixListener,
 ) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find the shim binary")?;
     let mut command = Command::new(exe);
     command
-        .current_dir(bundle)
+        .current_dir(workdir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

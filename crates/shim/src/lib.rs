@@ -18,19 +18,40 @@ pub mod server;
 pub mod service;
 pub mod stats;
 
-/// Identity of one shim binary: the runtime name containerd knows it by.
+/// Identity of one shim binary: the runtime name containerd knows it by and
+/// how it hosts containers.
 #[derive(Debug, Clone, Copy)]
 pub struct Runtime {
     /// e.g. `io.containerd.wasmtime.v1`.
     pub name: &'static str,
     /// e.g. `containerd-shim-wasmtime-v1`.
     pub binary: &'static str,
+    pub hosting: Hosting,
+}
+
+/// Which containers share a server process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hosting {
+    /// One process per pod (containers with the same CRI sandbox id), or per
+    /// container outside Kubernetes; it exits with its last task.
+    PerPod,
+    /// One long-lived process per containerd instance for every container of
+    /// every namespace; it lingers idle for a while after its last task.
+    PerNode,
 }
 
 /// The per-pod shim.
 pub const PER_POD: Runtime = Runtime {
     name: "io.containerd.wasmtime.v1",
     binary: "containerd-shim-wasmtime-v1",
+    hosting: Hosting::PerPod,
+};
+
+/// The per-node shim.
+pub const PER_NODE: Runtime = Runtime {
+    name: "io.containerd.wasmtimed.v1",
+    binary: "containerd-shim-wasmtimed-v1",
+    hosting: Hosting::PerNode,
 };
 
 /// Annotation CRI sets on every container of a pod, the sandbox included.

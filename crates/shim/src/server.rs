@@ -16,8 +16,8 @@ use wasishim_engine::WasmEngine;
 
 use crate::events::EventPublisher;
 use crate::negotiation::{TASK_SERVICE_V2, TASK_SERVICE_V3};
-use crate::service::TaskService;
-use crate::Runtime;
+use crate::service::{ConnectionIds, TaskService};
+use crate::{Hosting, Runtime};
 
 /// File descriptor on which `start` hands the bound listener to the server.
 pub const LISTENER_FD: i32 = 3;
@@ -46,7 +46,7 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
     let engine = WasmEngine::new().context("cannot create the wasmtime engine")?;
     let events = EventPublisher::connect(options.ttrpc_address.as_deref()).await;
     let shutdown = Arc::new(tokio::sync::Notify::new());
-    let service: Arc<dyn Task + Send + Sync> = Arc::new(TaskService::new(
+    let service = Arc::new(TaskService::new(
         options.runtime,
         &options.namespace,
         engine,
@@ -55,8 +55,9 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
     ));
 
     let mut server = Server::new()
+        .set_accept_hook(ConnectionIds::default())
         .add_listener(listener)
-        .register_service(task_services(service));
+        .register_service(task_services(service.clone()));
     server
         .start()
         .await
@@ -67,7 +68,22 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
         options.socket_address
     );
 
-    shutdown.notified().await;
+    loop {
+        shutdown.notified().await;
+        match options.runtime.hosting {
+            Hosting::PerPod => break,
+            Hosting::PerNode => {
+                // Linger, so that a node with pods coming and going keeps
+                // its warm engine; exit only if still idle afterwards.
+                let idle = node_idle_time();
+                log::info!("no tasks left: exiting in {idle:?} unless a task arrives");
+                tokio::time::sleep(idle).await;
+                if service.task_count().await == 0 {
+                    break;
+                }
+            }
+        }
+    }
     log::info!("no tasks left: shutting down");
     // Give the reply that triggered the shutdown a moment to reach containerd.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -78,12 +94,26 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
     Ok(())
 }
 
+/// Environment variable setting how long an idle per-node server lingers.
+pub const NODE_IDLE_ENV: &str = "WASISHIM_NODE_IDLE_SECONDS";
+const NODE_IDLE_DEFAULT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How long an idle per-node server lingers before it exits.
+fn node_idle_time() -> std::time::Duration {
+    std::env::var(NODE_IDLE_ENV)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_secs)
+        .unwrap_or(NODE_IDLE_DEFAULT)
+}
+
 /// The task service under both API names: containerd 1.x calls
 /// `containerd.task.v2.Task`, 2.x `containerd.task.v3.Task`; the messages are
 /// the same.
 pub fn task_services(
-    service: Arc<dyn Task + Send + Sync>,
+    service: Arc<TaskService>,
 ) -> std::collections::HashMap<String, containerd_shim_protos::ttrpc::r#async::Service> {
+    let service: Arc<dyn Task + Send + Sync> = service;
     let mut services = create_task(service.clone());
     let v2 = create_task(service)
         .into_values()

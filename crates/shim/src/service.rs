@@ -33,7 +33,7 @@ use crate::events::{timestamp, EventPublisher};
 use crate::lifecycle::{IllegalTransition, KillAction, Lifecycle, Status};
 use crate::process::{self, Prepared};
 use crate::stats::{self, Usage};
-use crate::{rootfs, Runtime};
+use crate::{rootfs, Hosting, Runtime};
 
 /// One container hosted by this shim.
 struct Container {
@@ -87,6 +87,33 @@ pub struct TaskService {
     /// Namespace of requests that carry none (the `-namespace` the shim was started with).
     default_namespace: String,
     pod_networks: PodNetworks,
+    /// Namespace of the task each connection created (see `create_key`).
+    connection_namespaces: std::sync::Mutex<HashMap<u64, String>>,
+}
+
+/// Key under which [`ConnectionIds`] stores a connection's id.
+const CONNECTION_ID: &str = "wasishim.connection-id";
+
+/// Numbers every accepted connection, so that requests can be told apart by
+/// the connection they came on.
+#[derive(Debug, Default)]
+pub struct ConnectionIds(std::sync::atomic::AtomicU64);
+
+impl ttrpc::AcceptHook for ConnectionIds {
+    fn on_accept(&self, _fd: std::os::fd::RawFd) -> Result<ttrpc::HookOutput, ttrpc::HookError> {
+        let id = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut data = ttrpc::ConnectionData::new();
+        data.insert(CONNECTION_ID.to_string(), Box::new(id));
+        Ok(ttrpc::HookOutput {
+            data,
+            payload_transform: None,
+        })
+    }
+}
+
+fn connection_id(ctx: &TtrpcContext) -> Option<u64> {
+    use ttrpc::ConnectionDataExt;
+    ctx.connection_data.get_typed::<u64>(CONNECTION_ID).copied()
 }
 
 /// The network namespace of each pod sandbox this server hosts, by
@@ -158,6 +185,7 @@ impl TaskService {
             hierarchies: Hierarchies::detect(),
             default_namespace: default_namespace.to_string(),
             pod_networks: PodNetworks::default(),
+            connection_namespaces: std::sync::Mutex::default(),
         };
         tokio::spawn(record_exits(
             exit_rx,
@@ -168,15 +196,77 @@ impl TaskService {
         service
     }
 
-    fn key(&self, ctx: &TtrpcContext, id: &str) -> TaskKey {
-        let namespace = ctx
-            .metadata
+    /// How many tasks this server hosts now.
+    pub async fn task_count(&self) -> usize {
+        self.containers.lock().await.len()
+    }
+
+    /// The namespace a request names: containerd 2.x sends it as ttrpc
+    /// metadata; 1.x sends none.
+    fn metadata_namespace(ctx: &TtrpcContext) -> Option<&String> {
+        ctx.metadata
             .get(NAMESPACE_METADATA)
             .and_then(|values| values.first())
             .filter(|ns| !ns.is_empty())
-            .unwrap_or(&self.default_namespace);
+    }
+
+    /// The key of a task being created. Without metadata, the namespace is
+    /// the bundle's parent directory (containerd lays bundles out as
+    /// `<state>/io.containerd.runtime.v2.task/<namespace>/<id>`), and it is
+    /// remembered for the connection: containerd 1.x opens one connection per
+    /// task, so later requests on it belong to the same namespace.
+    fn create_key(&self, ctx: &TtrpcContext, id: &str, bundle: &str) -> TaskKey {
+        let namespace = Self::metadata_namespace(ctx)
+            .cloned()
+            .or_else(|| {
+                Path::new(bundle)
+                    .parent()
+                    .and_then(|dir| dir.file_name())
+                    .map(|name| name.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| self.default_namespace.clone());
+        if let Some(connection) = connection_id(ctx) {
+            if let Ok(mut namespaces) = self.connection_namespaces.lock() {
+                namespaces.insert(connection, namespace.clone());
+            }
+        }
         TaskKey {
-            namespace: namespace.clone(),
+            namespace,
+            id: id.to_string(),
+        }
+    }
+
+    /// The key of the task a request names: by metadata, else by the
+    /// namespace its connection created a task in, else the only task with
+    /// that id, else the shim's own namespace.
+    fn key(
+        &self,
+        ctx: &TtrpcContext,
+        id: &str,
+        containers: &HashMap<TaskKey, Container>,
+    ) -> TaskKey {
+        let from_connection = || {
+            let connection = connection_id(ctx)?;
+            self.connection_namespaces
+                .lock()
+                .ok()?
+                .get(&connection)
+                .cloned()
+        };
+        let only_match = || {
+            let mut matches = containers.keys().filter(|k| k.id == id);
+            match (matches.next(), matches.next()) {
+                (Some(key), None) => Some(key.namespace.clone()),
+                _ => None,
+            }
+        };
+        let namespace = Self::metadata_namespace(ctx)
+            .cloned()
+            .or_else(from_connection)
+            .or_else(only_match)
+            .unwrap_or_else(|| self.default_namespace.clone());
+        TaskKey {
+            namespace,
             id: id.to_string(),
         }
     }
@@ -265,6 +355,7 @@ struct BuildContext {
     pod_networks: PodNetworks,
     pid: u32,
     key: TaskKey,
+    hosting: Hosting,
 }
 
 fn build(
@@ -292,8 +383,11 @@ fn build(
         None => None,
         Some(path) => {
             let relative = cgroups::relative_path(path)?;
-            let cgroup = if sandbox {
+            let cgroup = if sandbox && cx.hosting == Hosting::PerPod {
                 Cgroup::for_sandbox(hierarchies, &relative, pid)
+            } else if sandbox {
+                // The node server hosts many pods: the pod cgroup gets no process.
+                Cgroup::for_container(hierarchies, &relative, &Limits::default())
             } else {
                 Cgroup::for_container(hierarchies, &relative, &Limits::from_spec(&spec))
             };
@@ -413,7 +507,7 @@ impl Task for TaskService {
         if !req.checkpoint.is_empty() {
             return Err(self.unsupported("restoring from a checkpoint"));
         }
-        let key = self.key(ctx, &id);
+        let key = self.create_key(ctx, &id, &req.bundle);
         if self.containers.lock().await.contains_key(&key) {
             return Err(error(
                 Code::ALREADY_EXISTS,
@@ -428,6 +522,7 @@ impl Task for TaskService {
             pod_networks: self.pod_networks.clone(),
             pid: self.pid,
             key: key.clone(),
+            hosting: self.runtime.hosting,
         };
         let stdio = Stdio {
             stdin: stdio_path(&req.stdin),
@@ -473,8 +568,8 @@ impl Task for TaskService {
     async fn start(&self, ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
         self.no_exec(&req.exec_id)?;
         let id = req.id;
-        let key = self.key(ctx, &id);
         let mut containers = self.containers.lock().await;
+        let key = self.key(ctx, &id, &containers);
         let container = containers.get_mut(&key).ok_or_else(|| not_found(&id))?;
         let prepared = container
             .lifecycle
@@ -512,7 +607,7 @@ impl Task for TaskService {
         self.no_exec(&req.exec_id)?;
         let containers = self.containers.lock().await;
         let container = containers
-            .get(&self.key(ctx, &req.id))
+            .get(&self.key(ctx, &req.id, &containers))
             .ok_or_else(|| not_found(&req.id))?;
         let status = match container.lifecycle.status() {
             Status::Created => ProtoStatus::CREATED,
@@ -539,8 +634,8 @@ impl Task for TaskService {
     async fn kill(&self, ctx: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
         self.no_exec(&req.exec_id)?;
         let id = req.id;
-        let key = self.key(ctx, &id);
         let mut containers = self.containers.lock().await;
+        let key = self.key(ctx, &id, &containers);
         let container = containers.get_mut(&key).ok_or_else(|| not_found(&id))?;
         log::info!("kill task {id} with signal {}", req.signal);
         match container
@@ -566,7 +661,7 @@ impl Task for TaskService {
         let mut exit_rx = {
             let containers = self.containers.lock().await;
             let container = containers
-                .get(&self.key(ctx, &req.id))
+                .get(&self.key(ctx, &req.id, &containers))
                 .ok_or_else(|| not_found(&req.id))?;
             container.exit_watch.subscribe()
         };
@@ -589,8 +684,8 @@ impl Task for TaskService {
     ) -> ttrpc::Result<DeleteResponse> {
         self.no_exec(&req.exec_id)?;
         let id = req.id;
-        let key = self.key(ctx, &id);
         let mut containers = self.containers.lock().await;
+        let key = self.key(ctx, &id, &containers);
         let container = containers.get(&key).ok_or_else(|| not_found(&id))?;
         let exit = container
             .lifecycle
@@ -613,6 +708,11 @@ impl Task for TaskService {
             self.pod_networks.remove(&key.namespace, sandbox_id);
         }
         containers.remove(&key);
+        if let Some(connection) = connection_id(ctx) {
+            if let Ok(mut namespaces) = self.connection_namespaces.lock() {
+                namespaces.remove(&connection);
+            }
+        }
         log::info!("deleted task {id}");
         let (code, exited_at) = exit
             .map(|exit| (exit.code, exit.exited_at))
@@ -631,7 +731,7 @@ impl Task for TaskService {
 
     async fn pids(&self, ctx: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
         let containers = self.containers.lock().await;
-        if !containers.contains_key(&self.key(ctx, &req.id)) {
+        if !containers.contains_key(&self.key(ctx, &req.id, &containers)) {
             return Err(not_found(&req.id));
         }
         Ok(PidsResponse {
@@ -647,7 +747,7 @@ impl Task for TaskService {
         self.no_exec(&req.exec_id)?;
         let containers = self.containers.lock().await;
         let container = containers
-            .get(&self.key(ctx, &req.id))
+            .get(&self.key(ctx, &req.id, &containers))
             .ok_or_else(|| not_found(&req.id))?;
         if let Lifecycle::Running(handle) = &container.lifecycle {
             handle.close_stdin();
@@ -658,7 +758,7 @@ impl Task for TaskService {
     async fn stats(&self, ctx: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
         let containers = self.containers.lock().await;
         let container = containers
-            .get(&self.key(ctx, &req.id))
+            .get(&self.key(ctx, &req.id, &containers))
             .ok_or_else(|| not_found(&req.id))?;
         let usage = match &container.lifecycle {
             Lifecycle::Running(handle) => Usage {

@@ -59,7 +59,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use crate::{Image, PrivateContainerd, CRI_NAMESPACE};
 
 /// The runtime handler pods ask for (`runtimeClassName: wasmtime`), mapped to
-/// [`crate::RUNTIME`] in the generated config.
+/// [`crate::runtime`] in the generated config.
 pub const HANDLER: &str = "wasmtime";
 /// The sandbox ("pause") image. The shim runs sandboxes without a process, so
 /// the image only holds a placeholder `/pause`; it is imported at start, so
@@ -231,7 +231,7 @@ state = {state}
     let bin = q(cni_bin_dir(cd));
     let conf = q(cni_conf_dir(cd));
     let registry = q(registry_dir(cd));
-    let runtime = crate::RUNTIME;
+    let runtime = crate::runtime();
     let cri = if config_version == 2 {
         format!(
             r#"

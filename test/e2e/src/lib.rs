@@ -2,10 +2,10 @@
 //! through its own `ctr`, running containers with the wasmtime shim.
 //!
 //! ```no_run
-//! use wasishim_e2e::{PrivateContainerd, RUNTIME};
+//! use wasishim_e2e::{PrivateContainerd, runtime()};
 //! let cd = PrivateContainerd::start("1.7.24")?;
 //! let image = cd.import(&wasishim_e2e::fixture_image("hello", "wasip1/hello.wasm")?)?;
-//! let out = cd.ctr(["run", "--rm", "--runtime", RUNTIME, &image, "hello-1"]);
+//! let out = cd.ctr(["run", "--rm", "--runtime", runtime(), &image, "hello-1"]);
 //! assert!(String::from_utf8_lossy(&out.stdout).contains("hello from wasm"));
 //! cd.assert_no_leaks();
 //! # Ok::<(), anyhow::Error>(())
@@ -47,10 +47,32 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 pub use wasishim_image::Image;
 
-/// The runtime name containers are run with.
-pub const RUNTIME: &str = "io.containerd.wasmtime.v1";
-/// The shim binary containerd derives from [`RUNTIME`].
-pub const SHIM_BINARY: &str = "containerd-shim-wasmtime-v1";
+/// The runtime name containers are run with: `io.containerd.wasmtime.v1`
+/// (per-pod shim), or what `WASISHIM_RUNTIME` names, e.g.
+/// `io.containerd.wasmtimed.v1` (per-node shim).
+pub fn runtime() -> &'static str {
+    static CHOSEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CHOSEN.get_or_init(|| {
+        std::env::var("WASISHIM_RUNTIME")
+            .ok()
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "io.containerd.wasmtime.v1".to_string())
+    })
+}
+
+/// The shim binary containerd derives from [`runtime`]:
+/// `io.containerd.NAME.v1` -> `containerd-shim-NAME-v1`.
+pub fn shim_binary() -> String {
+    let name = runtime().trim_start_matches("io.containerd.");
+    match name.rsplit_once('.') {
+        Some((name, version)) => format!("containerd-shim-{name}-{version}"),
+        None => format!("containerd-shim-{name}"),
+    }
+}
+
+/// How long an idle per-node shim lingers in these tests, so that it is gone
+/// by the leak check.
+pub const NODE_IDLE_SECONDS: &str = "1";
 /// The containerd versions the tests cover.
 pub const VERSIONS: [&str; 3] = ["1.6.20", "1.7.24", "2.1.9"];
 /// Namespace every `ctr` call of the harness uses.
@@ -263,7 +285,7 @@ impl PrivateContainerd {
 
     /// Like [`start`](Self::start), with containerd's CRI plugin enabled the
     /// way a Kubernetes node has it: runtime handler `wasmtime` mapped to
-    /// [`RUNTIME`] (and `runc` to runc), CNI from [`cri::cni_conflist`] with
+    /// [`runtime`] (and `runc` to runc), CNI from [`cri::cni_conflist`] with
     /// the `loopback` and `wasishim-static` plugins, and the sandbox image
     /// [`cri::PAUSE_IMAGE`] imported into [`CRI_NAMESPACE`]. Everything
     /// CRI keeps (sandbox state, network namespaces, CNI config) lives in
@@ -430,6 +452,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .arg("--config")
             .arg(self.config_path())
             .env("PATH", self.path_env())
+            .env("WASISHIM_NODE_IDLE_SECONDS", NODE_IDLE_SECONDS)
             .env_remove("CONTAINERD_ADDRESS")
             .env_remove("CONTAINERD_NAMESPACE")
             .stdin(Stdio::null())
@@ -800,7 +823,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .into_iter()
             .filter(|(pid, cmdline)| {
                 *pid != std::process::id() as i32
-                    && cmdline.contains(SHIM_BINARY)
+                    && cmdline.contains(&shim_binary())
                     && cmdline.contains(&dir)
             })
             .map(|(pid, _)| pid)
@@ -1001,7 +1024,7 @@ fn run_args(mode: &[&str], flags: &[&str], image: &str, id: &str, args: &[&str])
     let mut v: Vec<String> = vec!["run".into()];
     v.extend(mode.iter().map(|s| s.to_string()));
     v.push("--runtime".into());
-    v.push(RUNTIME.into());
+    v.push(runtime().into());
     v.extend(flags.iter().map(|s| s.to_string()));
     v.push(image.into());
     v.push(id.into());
@@ -1183,7 +1206,7 @@ mod tests {
                 "run",
                 "--rm",
                 "--runtime",
-                RUNTIME,
+                runtime(),
                 "--env",
                 "A=1",
                 "img",

@@ -137,7 +137,7 @@ fn harness(cd: &PrivateContainerd, cri: &Client) {
         Err(e) => {
             let text = format!("{e:#}");
             assert!(
-                text.contains(wasishim_e2e::RUNTIME) || text.contains("wasmtime"),
+                text.contains(wasishim_e2e::runtime()) || text.contains("wasmtime"),
                 "RunPodSandbox failed before reaching the shim: {text}"
             );
             panic!("RunPodSandbox reached the shim but failed: {text}");

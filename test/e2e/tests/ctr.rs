@@ -401,7 +401,7 @@ fn sleeper_running(cd: &PrivateContainerd) {
             "run",
             "--rm",
             "--runtime",
-            wasishim_e2e::RUNTIME,
+            wasishim_e2e::runtime(),
             &image,
             "sleeper-fg",
             "/app.wasm",
@@ -643,7 +643,7 @@ fn terminal_refused(cd: &PrivateContainerd) {
             "--rm",
             "-t",
             "--runtime",
-            wasishim_e2e::RUNTIME,
+            wasishim_e2e::runtime(),
             &image,
             "tty",
         ])
@@ -651,7 +651,10 @@ fn terminal_refused(cd: &PrivateContainerd) {
     let text = output_text(&out);
     assert!(!out.status.success(), "-t was not refused:\n{text}");
     assert!(
-        text.contains("terminal (tty) is not supported by io.containerd.wasmtime.v1"),
+        text.contains(&format!(
+            "terminal (tty) is not supported by {}",
+            wasishim_e2e::runtime()
+        )),
         "{text}"
     );
     assert_still_serves(cd, "tty");
@@ -674,7 +677,7 @@ fn config_without_args(cd: &PrivateContainerd) {
         "run",
         "--rm",
         "--runtime",
-        wasishim_e2e::RUNTIME,
+        wasishim_e2e::runtime(),
         "--config",
         config.to_str().unwrap(),
         "noargs",

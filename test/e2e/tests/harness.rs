@@ -33,7 +33,7 @@ fn check_version(version: &str) {
         "containers",
         "create",
         "--runtime",
-        wasishim_e2e::RUNTIME,
+        wasishim_e2e::runtime(),
         &name,
         "idle",
     ]);
