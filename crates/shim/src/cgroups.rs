@@ -280,6 +280,21 @@ fn remove_dir_when_empty(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Removes the cgroup of a container whose server died (from the `delete`
+/// subcommand): its threads are gone, so the directories are empty.
+pub fn remove_dead(hierarchies: &Hierarchies, path: &Path) {
+    let roots = match &hierarchies.v2 {
+        Some(root) => vec![root.clone()],
+        None => hierarchies.v1_dirs(PROCESS_CONTROLLERS),
+    };
+    for root in roots {
+        let dir = root.join(path);
+        if let Err(err) = remove_dir_when_empty(&dir) {
+            log::warn!("cannot remove cgroup {}: {err}", dir.display());
+        }
+    }
+}
+
 fn write(file: &Path, value: &str) -> Result<()> {
     fs::write(file, value).with_context(|| format!("cannot write {value} to {}", file.display()))
 }

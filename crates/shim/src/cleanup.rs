@@ -13,7 +13,25 @@ use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::Message;
 
 use crate::events::timestamp;
-use crate::{rootfs, server};
+use crate::{cgroups, rootfs, server};
+
+/// Removes the container's cgroup named by its spec, if any.
+fn remove_cgroup(bundle: &Path) {
+    let spec: Option<serde_json::Value> = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let Some(path) = spec
+        .as_ref()
+        .and_then(|spec| spec["linux"]["cgroupsPath"].as_str())
+        .filter(|p| !p.is_empty())
+    else {
+        return;
+    };
+    match cgroups::relative_path(path) {
+        Ok(relative) => cgroups::remove_dead(&cgroups::Hierarchies::detect(), &relative),
+        Err(err) => log::warn!("{err:#}"),
+    }
+}
 
 /// Exit status reported for a task whose shim was killed.
 const KILLED: u32 = 128 + 9;
@@ -23,6 +41,7 @@ pub fn delete(bundle: &Path) -> Result<Vec<u8>> {
     if let Err(err) = rootfs::unmount(bundle) {
         log::warn!("{err:#}");
     }
+    remove_cgroup(bundle);
     if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
         let path = address.trim().trim_start_matches("unix://").to_string();
         // A live server still hosts other containers of the pod: keep its socket.

@@ -863,6 +863,16 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             if sock.exists() {
                 leaks.push(format!("shim socket {} of container {id}", sock.display()));
             }
+            // ctr gives each container the cgroup /<namespace>/<id>.
+            for hierarchy in ["cpu", "cpuacct", "pids", "memory"] {
+                let dir = Path::new("/sys/fs/cgroup")
+                    .join(hierarchy)
+                    .join(NAMESPACE)
+                    .join(id);
+                if dir.exists() {
+                    leaks.push(format!("cgroup {}", dir.display()));
+                }
+            }
         }
         // containerd's own: gRPC, ttrpc, and NRI (2.x with CRI, see cri::config_toml).
         let own = [
