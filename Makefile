@@ -3,16 +3,20 @@
 CARGO ?= cargo
 FIXTURES := test/fixtures
 OUT := $(FIXTURES)/out
-RUST_FIXTURES := hello echo files exit trap spin sleep grow tcp-echo
+RUST_FIXTURES := hello echo files exit trap spin sleep grow tcp-echo fib
 WAT_SRCS := $(wildcard $(FIXTURES)/wat/*.wat)
 WASIP1 := $(RUST_FIXTURES:%=$(OUT)/wasip1/%.wasm)
 WASIP2 := $(RUST_FIXTURES:%=$(OUT)/wasip2/%.wasm)
+# wasi:http components (wasm32-wasip2 only): one package each under rust/<name>/.
+HTTP_FIXTURES := http
+WASIP2_HTTP := $(HTTP_FIXTURES:%=$(OUT)/wasip2/%.wasm)
 WAT := $(WAT_SRCS:$(FIXTURES)/wat/%.wat=$(OUT)/wat/%.wasm) \
        $(WAT_SRCS:$(FIXTURES)/wat/%.wat=$(OUT)/wat/%.wat)
 RUST_SRCS := $(FIXTURES)/rust/Cargo.toml $(wildcard $(FIXTURES)/rust/src/bin/*.rs)
+HTTP_SRCS := $(FIXTURES)/rust/Cargo.toml $(foreach f,$(HTTP_FIXTURES),$(FIXTURES)/rust/$(f)/Cargo.toml $(wildcard $(FIXTURES)/rust/$(f)/src/*.rs))
 FIXTURE_TARGET := $(FIXTURES)/rust/target
 
-.PHONY: help deps build install demo test test-unit lint fixtures images test-e2e clean-fixtures
+.PHONY: help deps build install demo test test-unit lint fixtures images test-e2e clean-fixtures bench
 
 help:
 	@echo "make demo       run a hello wasm image on a private containerd through the shim"
@@ -23,6 +27,7 @@ help:
 	@echo "make fixtures   build the wasm fixtures into $(OUT)/{wasip1,wasip2,wat}"
 	@echo "make images     build OCI image tarballs of the fixtures into $(OUT)/images"
 	@echo "make test-e2e   run the end-to-end tests against every containerd version"
+	@echo "make bench      benchmark the release shims against runc, write BENCHMARKS.md (BENCH_ARGS=--quick)"
 
 PREFIX ?= /usr/local
 SHIMS := containerd-shim-wasmtime-v1 containerd-shim-wasmtimed-v1
@@ -44,12 +49,12 @@ demo: deps fixtures build
 	test/demo.sh
 
 # Unit tests, then the end-to-end suites (ctr, CRI and per-node, on
-# containerd 1.6.20, 1.7.24 and 2.1.9) with the per-pod shim, then the ctr and
-# CRI suites again with the per-node shim. One test at a time: each starts
-# its own containerd.
+# containerd 1.6.20, 1.7.24 and 2.1.9) with the per-pod shim, then the ctr,
+# CRI and wasi:http suites again with the per-node shim. One test at a time:
+# each starts its own containerd.
 test: deps fixtures build
 	$(CARGO) test --workspace -- --test-threads=1
-	WASISHIM_RUNTIME=io.containerd.wasmtimed.v1 $(CARGO) test -p wasishim-e2e --test ctr --test cri -- --test-threads=1
+	WASISHIM_RUNTIME=io.containerd.wasmtimed.v1 $(CARGO) test -p wasishim-e2e --test ctr --test cri --test http -- --test-threads=1
 
 test-unit: build
 	$(CARGO) test --workspace --exclude wasishim-e2e
@@ -58,7 +63,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-fixtures: $(WASIP1) $(WASIP2) $(WAT)
+fixtures: $(WASIP1) $(WASIP2) $(WASIP2_HTTP) $(WAT)
 
 # One cargo invocation per target builds every binary; the copies depend on it.
 $(FIXTURE_TARGET)/wasm32-wasip1/release/.built: $(RUST_SRCS)
@@ -69,6 +74,14 @@ $(FIXTURE_TARGET)/wasm32-wasip2/release/.built: $(RUST_SRCS)
 	$(CARGO) build --release --manifest-path $(FIXTURES)/rust/Cargo.toml --target-dir $(FIXTURE_TARGET) --target wasm32-wasip2
 	touch $@
 
+$(FIXTURE_TARGET)/wasm32-wasip2/release/.built-http: $(HTTP_SRCS)
+	$(CARGO) build --release --manifest-path $(FIXTURES)/rust/Cargo.toml --target-dir $(FIXTURE_TARGET) --target wasm32-wasip2 $(HTTP_FIXTURES:%=-p wasishim-fixture-%)
+	touch $@
+
+$(WASIP2_HTTP): $(OUT)/wasip2/%.wasm: $(FIXTURE_TARGET)/wasm32-wasip2/release/.built-http
+	@mkdir -p $(@D)
+	cp $(FIXTURE_TARGET)/wasm32-wasip2/release/wasishim_fixture_$*.wasm $@
+
 $(OUT)/wasip1/%.wasm: $(FIXTURE_TARGET)/wasm32-wasip1/release/.built
 	@mkdir -p $(@D)
 	cp $(FIXTURE_TARGET)/wasm32-wasip1/release/$*.wasm $@
@@ -76,6 +89,12 @@ $(OUT)/wasip1/%.wasm: $(FIXTURE_TARGET)/wasm32-wasip1/release/.built
 $(OUT)/wasip2/%.wasm: $(FIXTURE_TARGET)/wasm32-wasip2/release/.built
 	@mkdir -p $(@D)
 	cp $(FIXTURE_TARGET)/wasm32-wasip2/release/$*.wasm $@
+
+# The fib fixture built for the host too: the native baseline of `make bench`.
+$(OUT)/native/fib: $(RUST_SRCS)
+	$(CARGO) build --release --manifest-path $(FIXTURES)/rust/Cargo.toml --target-dir $(FIXTURE_TARGET) --bin fib
+	@mkdir -p $(@D)
+	cp $(FIXTURE_TARGET)/release/fib $@
 
 $(OUT)/wat/%.wasm: $(FIXTURES)/wat/%.wat
 	@mkdir -p $(@D)
@@ -91,7 +110,7 @@ $(OUT)/wat/%.wat: $(FIXTURES)/wat/%.wat
 images: fixtures
 	$(CARGO) build -q -p wasishim-image
 	@mkdir -p $(OUT)/images
-	@set -e; for f in $(WASIP1) $(WASIP2) $(filter %.wasm,$(WAT)); do \
+	@set -e; for f in $(WASIP1) $(WASIP2) $(WASIP2_HTTP) $(filter %.wasm,$(WAT)); do \
 		kind=$$(basename $$(dirname $$f)); name=$$(basename $$f .wasm); \
 		$(CARGO) run -q -p wasishim-image -- \
 			--name docker.io/library/wasishim-$$kind-$$name:test \
@@ -100,6 +119,16 @@ images: fixtures
 
 test-e2e: fixtures build
 	$(CARGO) test -p wasishim-e2e -- --test-threads=1
+
+# Benchmarks (see BENCHMARKS.md): the release shims against runc on a private
+# containerd ($(BENCH_CONTAINERD)); the figures go to target/bench/latest.{md,json}
+# and into BENCHMARKS.md. BENCH_ARGS=--quick for a smoke run (BENCHMARKS.md untouched).
+BENCH_CONTAINERD ?= 1.6.20
+BENCH_ARGS ?=
+bench: deps fixtures $(OUT)/native/fib build
+	$(CARGO) build --release $(addprefix -p ,$(SHIMS))
+	WASISHIM_SHIM_DIR=$(CURDIR)/target/release WASISHIM_BENCH_CONTAINERD=$(BENCH_CONTAINERD) \
+		target/debug/wasishim-bench $(if $(filter --quick,$(BENCH_ARGS)),,--benchmarks BENCHMARKS.md) $(BENCH_ARGS)
 
 clean-fixtures:
 	rm -rf $(OUT) $(FIXTURE_TARGET)

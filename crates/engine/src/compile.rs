@@ -176,25 +176,83 @@ pub(crate) fn module_entry(
     })
 }
 
-/// Finds the function to call in a component: `export` (a top-level
-/// function export), or `run` of the exported `wasi:cli/run` interface of
-/// any version. It must take no parameters.
+/// The interface a component exports to serve HTTP (version 0.2.x).
+pub(crate) const HTTP_HANDLER: &str = "wasi:http/incoming-handler";
+
+/// How a component guest runs.
+pub(crate) enum ComponentEntry {
+    /// Call this function once: `run` of `wasi:cli/run`, or a named export.
+    Call(ComponentExportIndex),
+    /// Serve HTTP: `handle` of `wasi:http/incoming-handler@0.2.x` is called
+    /// once per request (see http.rs).
+    Http,
+}
+
+/// Whether the export `name` is `interface`, unversioned or at any version.
+fn is_interface(name: &str, interface: &str) -> bool {
+    name.strip_prefix(interface)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('@'))
+}
+
+/// Whether the export `name` is `wasi:http/incoming-handler` of WASI 0.2
+/// (any 0.2.x version; unversioned counts too).
+fn is_http_handler_0_2(name: &str) -> bool {
+    match name.strip_prefix(HTTP_HANDLER) {
+        Some("") => true,
+        Some(rest) => rest
+            .strip_prefix("@0.2")
+            .is_some_and(|v| v.is_empty() || v.starts_with('.')),
+        None => false,
+    }
+}
+
+/// Decides how to run a component: `export` (a top-level function export,
+/// or `wasi:http/incoming-handler` to serve HTTP), else `run` of the exported
+/// `wasi:cli/run` interface of any version, else HTTP if the component exports
+/// `wasi:http/incoming-handler@0.2.x`. A function must take no parameters.
 pub(crate) fn component_entry(
     engine: &Engine,
     component: &Component,
     shown: &str,
     export: Option<&str>,
-) -> Result<ComponentExportIndex> {
+) -> Result<ComponentEntry> {
     let ty = component.component_type();
     let names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+    let serves_http = names.iter().any(|n| is_http_handler_0_2(n));
+    if let Some(name) = export.filter(|e| is_interface(e, HTTP_HANDLER)) {
+        if !is_http_handler_0_2(name) {
+            bail!("entrypoint {shown}: {name} is not served; io.containerd.wasmtime.v1 serves {HTTP_HANDLER} of WASI 0.2 (0.2.x) only");
+        }
+        if serves_http {
+            return Ok(ComponentEntry::Http);
+        }
+        let http: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| is_interface(n, HTTP_HANDLER))
+            .collect();
+        if !http.is_empty() {
+            bail!(
+                "entrypoint {shown} exports {}, but io.containerd.wasmtime.v1 serves {HTTP_HANDLER} of WASI 0.2 (0.2.x) only: build the component for WASI 0.2",
+                http.join(", ")
+            );
+        }
+        bail!(
+            "entrypoint {shown} has no export named '{HTTP_HANDLER}@0.2.x' (exports: {}): it is not an HTTP server component",
+            list(&names)
+        );
+    }
     let found = match export {
         Some(name) => component.get_export(None, name),
         None => names
             .iter()
-            .find(|n| **n == "wasi:cli/run" || n.starts_with("wasi:cli/run@"))
-            .and_then(|run| component.get_export_index(None, *run))
+            .find(|n| is_interface(n, "wasi:cli/run"))
+            .and_then(|run| component.get_export_index(None, run))
             .and_then(|run| component.get_export(Some(&run), "run")),
     };
+    if found.is_none() && export.is_none() && serves_http {
+        return Ok(ComponentEntry::Http);
+    }
     let name = export.unwrap_or("wasi:cli/run");
     match found {
         Some((ComponentItem::ComponentFunc(func), index)) => {
@@ -204,7 +262,7 @@ pub(crate) fn component_entry(
                     func.params().len()
                 );
             }
-            Ok(index)
+            Ok(ComponentEntry::Call(index))
         }
         _ => {
             let mut msg = format!(
@@ -214,7 +272,7 @@ pub(crate) fn component_entry(
             if export.is_none() {
                 let _ = write!(
                     msg,
-                    ": it is not a WASI command component; name the function to call as {shown}#<export>"
+                    ": it is not a WASI command component nor an HTTP server ({HTTP_HANDLER}@0.2.x); name the function to call as {shown}#<export>"
                 );
             }
             bail!(msg)
@@ -249,5 +307,20 @@ mod tests {
         );
         assert_eq!(not_wasm(b"  (module)"), None);
         assert_eq!(not_wasm(b";; comment\n(module)"), None);
+    }
+
+    #[test]
+    fn recognizes_the_http_handler_interface() {
+        assert!(is_http_handler_0_2("wasi:http/incoming-handler"));
+        assert!(is_http_handler_0_2("wasi:http/incoming-handler@0.2.0"));
+        assert!(is_http_handler_0_2("wasi:http/incoming-handler@0.2.12"));
+        assert!(is_http_handler_0_2("wasi:http/incoming-handler@0.2"));
+        assert!(!is_http_handler_0_2(
+            "wasi:http/incoming-handler@0.3.0-rc-2025-09-16"
+        ));
+        assert!(!is_http_handler_0_2("wasi:http/incoming-handler@0.20.0"));
+        assert!(!is_http_handler_0_2("wasi:http/incoming-handlers"));
+        assert!(is_interface("wasi:cli/run@0.2.3", "wasi:cli/run"));
+        assert!(!is_interface("wasi:cli/runner", "wasi:cli/run"));
     }
 }

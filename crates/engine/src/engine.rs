@@ -13,7 +13,8 @@ use wasmtime::component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, PoolingAllocationConfig};
 
 use crate::cache::{self, CacheStats, CodeCache};
-use crate::compile::{self, Code};
+use crate::compile::{self, Code, ComponentEntry};
+use crate::http::{self, HttpGuest, HttpSettings, HttpState};
 use crate::rootfs::{self, ResolveError};
 use crate::run::{ComponentState, Guest, ModuleState};
 use crate::stdio::GuestStdin;
@@ -244,6 +245,7 @@ fn pool() -> PoolingAllocationConfig {
 pub(crate) enum Linked {
     Module(wasmtime::InstancePre<ModuleState>),
     Component(component::InstancePre<ComponentState>),
+    Http(wasmtime_wasi_http::p2::bindings::ProxyPre<HttpState>),
 }
 
 impl WasmEngine {
@@ -308,7 +310,11 @@ impl WasmEngine {
     ///    text is accepted too), or takes its code from the cache;
     /// 3. checks that the export to call exists (`_start`, `wasi:cli/run`, or
     ///    the `#name` of the entrypoint) and links it against WASI (preview 1
-    ///    for modules, 0.2 for components), so unknown imports fail here;
+    ///    for modules, 0.2 for components), so unknown imports fail here. A
+    ///    component exporting `wasi:http/incoming-handler@0.2.x` and no
+    ///    `wasi:cli/run` (or named `#wasi:http/incoming-handler`) is an HTTP
+    ///    server: linked with `wasi:http` too, and configured from the
+    ///    container's `WASISHIM_HTTP_*` variables (see [`crate::HTTP_ADDRESS_ENV`]);
     /// 4. opens stdio and the preopened directories.
     ///
     /// Costs reading and hashing the entrypoint (SHA-256, about 1 ms per MB)
@@ -343,6 +349,7 @@ impl WasmEngine {
                 component::InstancePre<ComponentState>,
                 component::ComponentExportIndex,
             ),
+            Http(wasmtime_wasi_http::p2::bindings::ProxyPre<HttpState>),
         }
         let ready = match &compiled.code {
             Code::Module(module) => {
@@ -357,18 +364,30 @@ impl WasmEngine {
                 };
                 Ready::Module(pre, entry)
             }
-            Code::Component(c) => {
-                let entry = compile::component_entry(&self.engine, c, shown, export)?;
-                let pre = match compiled.linked.get() {
-                    Some(Linked::Component(pre)) => pre.clone(),
-                    _ => {
-                        let pre = self.link_component(c, shown)?;
-                        let _ = compiled.linked.set(Linked::Component(pre.clone()));
-                        pre
-                    }
-                };
-                Ready::Component(pre, entry)
-            }
+            Code::Component(c) => match compile::component_entry(&self.engine, c, shown, export)? {
+                ComponentEntry::Call(entry) => {
+                    let pre = match compiled.linked.get() {
+                        Some(Linked::Component(pre)) => pre.clone(),
+                        _ => {
+                            let pre = self.link_component(c, shown)?;
+                            let _ = compiled.linked.set(Linked::Component(pre.clone()));
+                            pre
+                        }
+                    };
+                    Ready::Component(pre, entry)
+                }
+                ComponentEntry::Http => {
+                    let pre = match compiled.linked.get() {
+                        Some(Linked::Http(pre)) => pre.clone(),
+                        _ => {
+                            let pre = http::link(&self.engine, c, shown)?;
+                            let _ = compiled.linked.set(Linked::Http(pre.clone()));
+                            pre
+                        }
+                    };
+                    Ready::Http(pre)
+                }
+            },
         };
         drop(compiled);
 
@@ -381,18 +400,31 @@ impl WasmEngine {
             .context("cannot duplicate the container's stderr handle")?;
         let stdin = GuestStdin::new();
         let guest_stdin = opened.stdin.as_ref().map(|_| stdin.clone());
-        let mut ctx = wasi::context(&spec, guest_stdin, opened.stdout, opened.stderr)?;
         let guest = match ready {
             Ready::Module(pre, entry) => Guest::Module {
                 pre,
-                wasi: ctx.build_p1(),
+                wasi: wasi::context(&spec, guest_stdin, opened.stdout, opened.stderr)?.build_p1(),
                 entry,
             },
             Ready::Component(pre, entry) => Guest::Component {
                 pre,
-                wasi: ctx.build(),
+                wasi: wasi::context(&spec, guest_stdin, opened.stdout, opened.stderr)?.build(),
                 entry,
             },
+            Ready::Http(pre) => {
+                let settings = HttpSettings::from_env(&spec.env)?;
+                let template = wasi::WasiTemplate::new(&spec)?;
+                // Opens every preopen once now, so a missing mount fails task
+                // creation rather than each request.
+                drop(template.builder(None, None, None)?);
+                Guest::Http(Box::new(HttpGuest::new(
+                    pre,
+                    template,
+                    settings,
+                    opened.stdout,
+                    opened.stderr,
+                )))
+            }
         };
         Ok(Workload {
             engine: self.engine.clone(),
@@ -437,7 +469,7 @@ impl WasmEngine {
     }
 }
 
-fn link_error(shown: &str, provided: &str, e: wasmtime::Error) -> anyhow::Error {
+pub(crate) fn link_error(shown: &str, provided: &str, e: wasmtime::Error) -> anyhow::Error {
     anyhow::anyhow!(
         "entrypoint {shown} cannot be linked: {e:#} (io.containerd.wasmtime.v1 provides {provided} only)"
     )

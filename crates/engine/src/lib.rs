@@ -5,6 +5,10 @@
 //! `Workload::start` (run the guest on its own thread) -> `ExitStatus` handed to
 //! the caller's callback. Nothing here knows about containerd or ttrpc.
 //!
+//! A component exporting `wasi:http/incoming-handler` (and no `wasi:cli/run`)
+//! runs as an HTTP server instead of a command, one instance per request;
+//! see [`HTTP_ADDRESS_ENV`] for its settings.
+//!
 //! ```no_run
 //! # use std::path::Path;
 //! # use wasishim_engine::{Stdio, WasmEngine, WorkloadSpec};
@@ -20,6 +24,7 @@ mod cache;
 mod compile;
 mod engine;
 mod entrypoint;
+mod http;
 mod limits;
 mod rootfs;
 mod run;
@@ -33,6 +38,10 @@ pub use engine::{
     WasmEngine, WasmEngineBuilder, CACHE_DIR_ENV, CACHE_MAX_BYTES_ENV, POOLING_BY_DEFAULT,
 };
 pub use entrypoint::Entrypoint;
+pub use http::{
+    DEFAULT_HTTP_ADDRESS, DEFAULT_HTTP_MAX_BODY_BYTES, HTTP_ADDRESS_ENV, HTTP_MAX_BODY_BYTES_ENV,
+    HTTP_OUTGOING_ENV,
+};
 pub use run::{ExitStatus, Workload, WorkloadHandle};
 pub use spec::{Mount, NetworkNamespace, WorkloadSpec};
 pub use stdio::Stdio;

@@ -4,6 +4,10 @@
 //! The store yields to that runtime at every epoch tick (10 ms), which is
 //! where a kill is noticed: the guest's future is dropped, which ends it
 //! whether it is computing or waiting in a WASI call.
+//!
+//! An HTTP server guest (see http.rs) runs the same way, with one store per
+//! request on that runtime; SIGTERM and SIGINT end it gracefully, any other
+//! terminating signal (SIGKILL) at once.
 use std::fs::File;
 use std::future::Future;
 use std::io::Write;
@@ -20,6 +24,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
 
 use crate::compile::ModuleEntry;
+use crate::http::HttpGuest;
 use crate::limits::GuestLimiter;
 use crate::signal::{self, SignalAction};
 use crate::stdio::GuestStdin;
@@ -34,7 +39,8 @@ const TRAP_EXIT_CODE: u32 = 134;
 pub struct ExitStatus {
     /// Returned normally -> 0; proc_exit(n) / wasi:cli/exit -> n (low 8 bits,
     /// as for a process); `wasi:cli/run` returned an error -> 1; trap -> 134;
-    /// ended by signal N -> 128+N.
+    /// ended by signal N -> 128+N. An HTTP server that stopped gracefully
+    /// after SIGTERM or SIGINT -> 0; one that could not listen -> 134.
     pub code: u32,
     /// When the guest ended and its stdout/stderr were closed.
     pub exited_at: SystemTime,
@@ -92,6 +98,8 @@ pub(crate) enum Guest {
         wasi: WasiCtx,
         entry: ComponentExportIndex,
     },
+    /// A `wasi:http/incoming-handler` component, served per request.
+    Http(Box<HttpGuest>),
 }
 
 /// A compiled, linked guest with its stdio open, ready to start.
@@ -198,12 +206,14 @@ impl Workload {
 }
 
 /// State shared by a running guest and its handles.
-struct Control {
-    /// The first terminating signal received, 0 if none.
+pub(crate) struct Control {
+    /// The first terminating signal received, 0 if none; a later SIGKILL
+    /// replaces a SIGTERM or SIGINT (see [`WorkloadHandle::kill`]).
     signal: AtomicI32,
     kill: Notify,
-    /// Bytes of linear memory, kept by the store's limiter.
-    memory: Arc<AtomicU64>,
+    /// Bytes of linear memory, kept by the store's limiter (for an HTTP
+    /// server, by the limiters of all its live request stores).
+    pub(crate) memory: Arc<AtomicU64>,
     /// Set by the limiter when the memory limit refused a growth.
     limit_hit: Arc<AtomicBool>,
     /// Linux thread id of the guest's thread, 0 until it runs.
@@ -213,10 +223,16 @@ struct Control {
 
 impl Control {
     /// Resolves with the signal once a terminating signal was received.
-    async fn killed(&self) -> i32 {
+    pub(crate) async fn killed(&self) -> i32 {
+        self.killed_by(|_| true).await
+    }
+
+    /// Resolves with the signal once a terminating signal for which `which`
+    /// holds was received (e.g. a SIGKILL after a SIGTERM).
+    pub(crate) async fn killed_by(&self, which: impl Fn(i32) -> bool) -> i32 {
         loop {
             let signal = self.signal.load(Ordering::SeqCst);
-            if signal != 0 {
+            if signal != 0 && which(signal) {
                 return signal;
             }
             self.kill.notified().await;
@@ -239,21 +255,30 @@ impl WorkloadHandle {
     /// The guest ends within one epoch tick (about 10 ms) when it is running
     /// wasm code or waiting in an asynchronous WASI call. A guest blocked
     /// writing to a stdout nobody reads ends only when that write returns.
-    /// Only the first terminating signal counts; after the guest ended, signals
-    /// do nothing. Does not wait for the guest to end: `on_exit` tells.
+    /// Only the first terminating signal counts, except that SIGKILL replaces
+    /// an earlier one; after the guest ended, signals do nothing. Does not
+    /// wait for the guest to end: `on_exit` tells.
+    ///
+    /// An HTTP server guest treats SIGTERM and SIGINT gracefully: it stops
+    /// accepting connections, finishes the requests in flight, and exits 0;
+    /// a SIGKILL meanwhile ends it at once with 137.
     ///
     /// # Errors
     ///
     /// Fails for stop signals (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU), which a
     /// guest cannot honour, and for numbers outside 0..=64.
     pub fn kill(&self, signal: i32) -> Result<()> {
-        if signal::action(signal)? == SignalAction::Terminate
-            && self
-                .control
+        if signal::action(signal)? != SignalAction::Terminate {
+            return Ok(());
+        }
+        let sigkill = nix::sys::signal::Signal::SIGKILL as i32;
+        let recorded =
+            self.control
                 .signal
-                .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-        {
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |current| {
+                    (current == 0 || (signal == sigkill && current != sigkill)).then_some(signal)
+                });
+        if recorded.is_ok() {
             // Stores a permit if the guest is not waiting yet, so an early kill is not lost.
             self.control.kill.notify_one();
         }
@@ -281,7 +306,7 @@ impl WorkloadHandle {
 }
 
 /// How the guest's run ended, before it is turned into an exit code.
-enum Ended {
+pub(crate) enum Ended {
     Returned(u32),
     Killed(i32),
     /// Trap or host error; the message for the container's stderr.
@@ -365,13 +390,16 @@ fn run_on_runtime(
         Ok(rt) => rt,
         Err(e) => return Ended::Failed(format!("cannot start the guest's runtime: {e}")),
     };
-    let limiter = GuestLimiter::new(
-        memory_limit,
-        control.memory.clone(),
-        control.limit_hit.clone(),
-    );
+    let limiter = || {
+        GuestLimiter::new(
+            memory_limit,
+            control.memory.clone(),
+            control.limit_hit.clone(),
+        )
+    };
     let ended = match guest {
         Guest::Module { pre, wasi, entry } => {
+            let limiter = limiter();
             let mut store = Store::new(engine, ModuleState { wasi, limiter });
             store.limiter(|s| &mut s.limiter);
             yield_on_epoch(&mut store);
@@ -381,12 +409,15 @@ fn run_on_runtime(
             let state = ComponentState {
                 wasi,
                 table: ResourceTable::new(),
-                limiter,
+                limiter: limiter(),
             };
             let mut store = Store::new(engine, state);
             store.limiter(|s| &mut s.limiter);
             yield_on_epoch(&mut store);
             rt.block_on(race(run_component(&mut store, &pre, &entry), control))
+        }
+        Guest::Http(guest) => {
+            rt.block_on(crate::http::serve(engine, *guest, memory_limit, control))
         }
     };
     // The store (and with it the guest's stdout/stderr) is dropped by now.
@@ -395,7 +426,9 @@ fn run_on_runtime(
     ended
 }
 
-fn yield_on_epoch<T>(store: &mut Store<T>) {
+/// Makes the store yield to its runtime at every epoch tick, so other
+/// futures (a kill, other requests) run while it computes.
+pub(crate) fn yield_on_epoch<T>(store: &mut Store<T>) {
     store.set_epoch_deadline(1);
     store.epoch_deadline_async_yield_and_update(1);
 }
@@ -413,7 +446,7 @@ async fn race(guest: impl Future<Output = wasmtime::Result<u32>>, control: &Cont
 }
 
 /// Maps a guest error to how it ended: an exit request or a failure.
-fn ended_by(e: wasmtime::Error) -> Ended {
+pub(crate) fn ended_by(e: wasmtime::Error) -> Ended {
     if let Some(exit) = e.downcast_ref::<I32Exit>() {
         // Like a process: only the low 8 bits of an exit status survive.
         return Ended::Returned((exit.0 & 0xff) as u32);

@@ -32,79 +32,134 @@ pub(crate) fn context(
     stdout: Option<File>,
     stderr: Option<File>,
 ) -> Result<WasiCtxBuilder> {
-    let mut b = WasiCtxBuilder::new();
-    b.args(&spec.args);
-    b.envs(&spec.env);
-    if !spec.env.iter().any(|(k, _)| k == "PWD") {
-        b.env("PWD", &spec.cwd);
-    }
-    b.initial_cwd(&spec.cwd);
-    b.inherit_network();
-    b.allow_tcp(true);
-    b.allow_udp(true);
-    b.allow_ip_name_lookup(true);
+    WasiTemplate::new(spec)?.builder(stdin, stdout, stderr)
+}
 
-    match stdin {
-        Some(stdin) => b.stdin(stdin),
-        None => b.stdin(tokio::io::empty()),
-    };
-    match stdout {
-        Some(f) => b.stdout(OutputFile::new(f)),
-        None => b.stdout(tokio::io::empty()),
-    };
-    match stderr {
-        Some(f) => b.stderr(OutputFile::new(f)),
-        None => b.stderr(tokio::io::empty()),
-    };
+/// What every WASI context of one container is made from: argv, env, cwd
+/// and the preopened directories, checked and resolved once. An HTTP guest
+/// gets a fresh context per request from it ([`WasiTemplate::builder`]).
+pub(crate) struct WasiTemplate {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: String,
+    preopens: Vec<Preopen>,
+}
 
-    let root_perms = perms(spec.readonly_rootfs);
-    b.preopened_dir(&spec.rootfs, "/", root_perms)
-        .map_err(anyhow::Error::from)
-        .with_context(|| {
-            format!(
-                "cannot open the container's rootfs {}",
-                spec.rootfs.display()
-            )
-        })?;
+/// A host directory the guest sees at `guest`.
+struct Preopen {
+    host: PathBuf,
+    guest: String,
+    readonly: bool,
+    /// What it is, for the error when it cannot be opened.
+    what: String,
+}
 
-    for m in &spec.mounts {
-        let meta = std::fs::metadata(&m.source).with_context(|| {
-            format!(
-                "cannot use bind mount {} -> {}: the source is not accessible",
-                m.source.display(),
-                m.destination
-            )
-        })?;
-        if !meta.is_dir() {
-            // WASI can only preopen directories; Kubernetes adds file mounts
-            // (/etc/hosts, /etc/resolv.conf, ...) to every container, so
-            // skipping them must not fail the container.
-            log::info!(
-                "bind mount {} -> {} is not a directory; WASI guests only see directory mounts, skipping it",
-                m.source.display(),
-                m.destination
-            );
-            continue;
+impl WasiTemplate {
+    /// Resolves the spec's preopens: checks that bind mount sources exist
+    /// (skipping those that are not directories) and finds `process.cwd` on
+    /// the host. Opens nothing; costs a `stat` per mount.
+    ///
+    /// # Errors
+    ///
+    /// Fails if a bind mount source is not accessible, or if `process.cwd`
+    /// leaves the rootfs.
+    pub(crate) fn new(spec: &WorkloadSpec) -> Result<WasiTemplate> {
+        let mut env = spec.env.clone();
+        if !spec.env.iter().any(|(k, _)| k == "PWD") {
+            env.push(("PWD".to_string(), spec.cwd.clone()));
         }
-        b.preopened_dir(&m.source, &m.destination, perms(m.readonly))
-            .map_err(anyhow::Error::from)
-            .with_context(|| {
+        let mut preopens = vec![Preopen {
+            host: spec.rootfs.clone(),
+            guest: "/".to_string(),
+            readonly: spec.readonly_rootfs,
+            what: format!("the container's rootfs {}", spec.rootfs.display()),
+        }];
+        for m in &spec.mounts {
+            let meta = std::fs::metadata(&m.source).with_context(|| {
                 format!(
-                    "cannot open bind mount {} -> {}",
+                    "cannot use bind mount {} -> {}: the source is not accessible",
                     m.source.display(),
                     m.destination
                 )
             })?;
+            if !meta.is_dir() {
+                // WASI can only preopen directories; Kubernetes adds file mounts
+                // (/etc/hosts, /etc/resolv.conf, ...) to every container, so
+                // skipping them must not fail the container.
+                log::info!(
+                    "bind mount {} -> {} is not a directory; WASI guests only see directory mounts, skipping it",
+                    m.source.display(),
+                    m.destination
+                );
+                continue;
+            }
+            preopens.push(Preopen {
+                host: m.source.clone(),
+                guest: m.destination.clone(),
+                readonly: m.readonly,
+                what: format!("bind mount {} -> {}", m.source.display(), m.destination),
+            });
+        }
+        if !spec.cwd.trim_matches('/').is_empty() {
+            if let Some((host, readonly)) = cwd_on_host(spec)? {
+                preopens.push(Preopen {
+                    host,
+                    guest: ".".to_string(),
+                    readonly,
+                    what: format!("the working directory {}", spec.cwd),
+                });
+            }
+        }
+        Ok(WasiTemplate {
+            args: spec.args.clone(),
+            env,
+            cwd: spec.cwd.clone(),
+            preopens,
+        })
     }
 
-    if !spec.cwd.trim_matches('/').is_empty() {
-        if let Some((host, readonly)) = cwd_on_host(spec)? {
-            b.preopened_dir(&host, ".", perms(readonly))
+    /// A WASI context builder with this template's argv, env, cwd and
+    /// sockets, the given stdio (`None`: a null stream), and every preopened
+    /// directory opened now. Costs an `open` per preopen.
+    ///
+    /// # Errors
+    ///
+    /// Fails, naming it, if a preopened directory cannot be opened.
+    pub(crate) fn builder(
+        &self,
+        stdin: Option<GuestStdin>,
+        stdout: Option<File>,
+        stderr: Option<File>,
+    ) -> Result<WasiCtxBuilder> {
+        let mut b = WasiCtxBuilder::new();
+        b.args(&self.args);
+        b.envs(&self.env);
+        b.initial_cwd(&self.cwd);
+        b.inherit_network();
+        b.allow_tcp(true);
+        b.allow_udp(true);
+        b.allow_ip_name_lookup(true);
+
+        match stdin {
+            Some(stdin) => b.stdin(stdin),
+            None => b.stdin(tokio::io::empty()),
+        };
+        match stdout {
+            Some(f) => b.stdout(OutputFile::new(f)),
+            None => b.stdout(tokio::io::empty()),
+        };
+        match stderr {
+            Some(f) => b.stderr(OutputFile::new(f)),
+            None => b.stderr(tokio::io::empty()),
+        };
+
+        for p in &self.preopens {
+            b.preopened_dir(&p.host, &p.guest, perms(p.readonly))
                 .map_err(anyhow::Error::from)
-                .with_context(|| format!("cannot open the working directory {}", spec.cwd))?;
+                .with_context(|| format!("cannot open {}", p.what))?;
         }
+        Ok(b)
     }
-    Ok(b)
 }
 
 fn perms(readonly: bool) -> FsPerms {

@@ -2,7 +2,7 @@
 //! through its own `ctr`, running containers with the wasmtime shim.
 //!
 //! ```no_run
-//! use wasishim_e2e::{PrivateContainerd, runtime()};
+//! use wasishim_e2e::{runtime, PrivateContainerd};
 //! let cd = PrivateContainerd::start("1.7.24")?;
 //! let image = cd.import(&wasishim_e2e::fixture_image("hello", "wasip1/hello.wasm")?)?;
 //! let out = cd.ctr(["run", "--rm", "--runtime", runtime(), &image, "hello-1"]);

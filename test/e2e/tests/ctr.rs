@@ -410,6 +410,9 @@ fn sleeper_running(cd: &PrivateContainerd) {
         .unwrap();
     cd.wait_task_status("sleeper-fg", "RUNNING", Duration::from_secs(10))
         .unwrap();
+    // RUNNING is reported as soon as the guest's thread starts; give it a
+    // moment to print before it is killed.
+    std::thread::sleep(Duration::from_millis(300));
     let out = cd.ctr(["task", "kill", "-s", "SIGKILL", "sleeper-fg"]);
     assert!(out.status.success(), "{}", output_text(&out));
     let out = child.wait_with_output().unwrap();

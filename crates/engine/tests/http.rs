@@ -1,0 +1,464 @@
+//! Serving wasi:http components: responses, per-request instances, failed
+//! requests, body limits, outgoing requests, graceful and immediate kills.
+//!
+//! Uses the fixture `test/fixtures/out/wasip2/http.wasm` (`make fixtures`
+//! builds it; see test/fixtures/rust/http). Without it each test says so
+//! and returns. Every server listens on 127.0.0.1 with a free port.
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{assert_contains, check, Bundle, Running};
+use serde_json::json;
+
+fn fixture() -> Option<Vec<u8>> {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../test/fixtures/out/wasip2/http.wasm");
+    match std::fs::read(&path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            eprintln!(
+                "skipping: fixture {} is missing ({e}); build it with `make fixtures`",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+/// A free port on 127.0.0.1 (free when asked; taken again by the server).
+fn free_address() -> SocketAddr {
+    let listener = check("bind 127.0.0.1:0", TcpListener::bind("127.0.0.1:0"));
+    check("local_addr", listener.local_addr())
+}
+
+/// A bundle serving the fixture on a free loopback address, with extra env.
+fn server_bundle(wasm: &[u8], env: &[&str]) -> (Bundle, SocketAddr) {
+    let address = free_address();
+    let mut b = Bundle::new(&["/app.wasm"]);
+    b.file("app.wasm", wasm);
+    let mut vars = vec![
+        "GREETING=hi".to_string(),
+        format!("WASISHIM_HTTP_ADDRESS={address}"),
+    ];
+    vars.extend(env.iter().map(|v| v.to_string()));
+    b.config(|c| c["process"]["env"] = json!(vars));
+    (b, address)
+}
+
+/// Waits until the server accepts connections.
+fn wait_listening(address: SocketAddr, running: &Running) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        assert!(
+            running.still_running_after(Duration::from_millis(20)),
+            "the server exited before listening on {address}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {address} after 20 s"
+        );
+    }
+}
+
+struct Answer {
+    status: u16,
+    body: String,
+}
+
+/// Reads one HTTP/1.1 response (Content-Length, chunked, or until close).
+fn read_response(reader: &mut impl BufRead) -> std::io::Result<Answer> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = Vec::new();
+    if let Some(length) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(length, 0);
+        reader.read_exact(&mut body)?;
+    } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            let size = usize::from_str_radix(size.trim(), 16)
+                .map_err(|e| std::io::Error::other(format!("bad chunk size {size:?}: {e}")))?;
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk)?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        reader.read_to_end(&mut body)?;
+    }
+    Ok(Answer {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// Sends `request` (a whole HTTP/1.1 request) on a new connection.
+fn send(address: SocketAddr, request: &[u8]) -> std::io::Result<Answer> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    stream.write_all(request)?;
+    read_response(&mut BufReader::new(stream))
+}
+
+fn get(address: SocketAddr, path: &str) -> Answer {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    match send(address, request.as_bytes()) {
+        Ok(answer) => answer,
+        Err(e) => panic!("GET {path}: {e}"),
+    }
+}
+
+fn stop(running: &Running) -> u32 {
+    check("kill", running.handle.kill(9));
+    running.wait(Duration::from_secs(5)).code
+}
+
+#[test]
+fn serves_requests_with_the_containers_env_and_mounts() {
+    let Some(wasm) = fixture() else { return };
+    let data = check("tempdir", tempfile::tempdir());
+    check(
+        "write hello.txt",
+        std::fs::write(data.path().join("hello.txt"), "hello from a mount\n"),
+    );
+    let (mut b, address) = server_bundle(&wasm, &[]);
+    let source = data.path().to_string_lossy().into_owned();
+    b.config(|c| {
+        c["mounts"] = json!([{"destination": "/data", "type": "bind", "source": source, "options": ["rbind", "ro"]}])
+    });
+    let running = b.start();
+    wait_listening(address, &running);
+
+    let answer = get(address, "/");
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, "hello from wasm http\n")
+    );
+    let answer = get(address, "/file");
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, "hello from a mount\n")
+    );
+    let answer = get(address, "/env?name=GREETING");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "hi"));
+    let answer = get(address, "/nope");
+    assert_eq!(answer.status, 404);
+
+    // Two requests on one kept-alive connection, the second with a header.
+    let mut stream = check("connect", TcpStream::connect(address));
+    check(
+        "timeout",
+        stream.set_read_timeout(Some(Duration::from_secs(20))),
+    );
+    let mut reader = BufReader::new(check("clone", stream.try_clone()));
+    check(
+        "write",
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"),
+    );
+    let first = check("first response", read_response(&mut reader));
+    assert_eq!(first.status, 200);
+    check(
+        "write",
+        stream.write_all(
+            b"GET /echo-header HTTP/1.1\r\nHost: test\r\nx-echo: over keep-alive\r\n\r\n",
+        ),
+    );
+    let second = check("second response", read_response(&mut reader));
+    assert_eq!(
+        (second.status, second.body.as_str()),
+        (200, "over keep-alive")
+    );
+    drop(reader);
+    drop(stream);
+
+    assert_eq!(stop(&running), 137);
+    let out = b.stdout();
+    assert_contains(&out, &format!("listening on http://{address}"));
+    for line in [
+        "GET / 200 ",
+        "GET /file 200 ",
+        "GET /nope 404 ",
+        "GET /echo-header 200 ",
+    ] {
+        assert_contains(&out, line);
+    }
+}
+
+#[test]
+fn a_trapping_request_gets_500_and_the_server_goes_on() {
+    let Some(wasm) = fixture() else { return };
+    let (b, address) = server_bundle(&wasm, &[]);
+    let running = b.start();
+    wait_listening(address, &running);
+
+    let answer = get(address, "/trap");
+    assert_eq!(answer.status, 500, "{}", answer.body);
+    let answer = get(address, "/");
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, "hello from wasm http\n")
+    );
+
+    assert_eq!(stop(&running), 137);
+    assert_contains(&b.stdout(), "GET /trap 500 ");
+    let err = b.stderr();
+    assert_contains(&err, "GET /trap failed: wasm trap");
+    assert_contains(&err, "trap requested");
+}
+
+#[test]
+fn requests_run_concurrently() {
+    let Some(wasm) = fixture() else { return };
+    let (b, address) = server_bundle(&wasm, &[]);
+    let running = b.start();
+    wait_listening(address, &running);
+
+    let started = Instant::now();
+    let clients: Vec<_> = (0..8)
+        .map(|_| std::thread::spawn(move || get(address, "/slow")))
+        .collect();
+    for client in clients {
+        let answer = match client.join() {
+            Ok(answer) => answer,
+            Err(_) => panic!("a client thread panicked"),
+        };
+        assert_eq!((answer.status, answer.body.as_str()), (200, "slow done\n"));
+    }
+    // Eight one-second requests, one after another, would take 8 s.
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "8 slow requests took {took:?}"
+    );
+    assert_eq!(stop(&running), 137);
+}
+
+#[test]
+fn bodies_over_the_limit_get_413() {
+    let Some(wasm) = fixture() else { return };
+    let (b, address) = server_bundle(&wasm, &["WASISHIM_HTTP_MAX_BODY_BYTES=1024"]);
+    let running = b.start();
+    wait_listening(address, &running);
+
+    let small = "x".repeat(1000);
+    let request = format!(
+        "POST /echo HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{small}",
+        small.len()
+    );
+    let answer = check("small POST", send(address, request.as_bytes()));
+    assert_eq!((answer.status, answer.body.len()), (200, 1000));
+
+    // Refused from its Content-Length, before any body is sent.
+    let request = "POST /echo HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: 20000000\r\n\r\n";
+    let answer = check("large POST", send(address, request.as_bytes()));
+    assert_eq!(answer.status, 413, "{}", answer.body);
+    assert_contains(&answer.body, "WASISHIM_HTTP_MAX_BODY_BYTES");
+
+    // Chunked: refused while it streams in.
+    let chunk = "y".repeat(600);
+    let request = format!(
+        "POST /echo HTTP/1.1\r\nHost: test\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let answer = check("chunked POST", send(address, request.as_bytes()));
+    assert_eq!(answer.status, 413, "{}", answer.body);
+
+    let answer = get(address, "/");
+    assert_eq!(answer.status, 200);
+    assert_eq!(stop(&running), 137);
+    assert_contains(&b.stdout(), "POST /echo 413 ");
+}
+
+#[test]
+fn outgoing_requests_work_unless_switched_off() {
+    let Some(wasm) = fixture() else { return };
+    for (setting, status, needle) in [
+        (None, 200, "hello from wasm http\n"),
+        (Some("WASISHIM_HTTP_OUTGOING=off"), 502, "HttpRequestDenied"),
+    ] {
+        let (b, address) = server_bundle(&wasm, setting.as_slice());
+        let running = b.start();
+        wait_listening(address, &running);
+        // The server fetches its own "/".
+        let answer = get(address, &format!("/fetch?url=http://{address}/"));
+        assert_eq!(answer.status, status, "{setting:?}: {}", answer.body);
+        assert_contains(&answer.body, needle);
+        assert_eq!(stop(&running), 137);
+    }
+}
+
+#[test]
+fn the_memory_limit_applies_to_each_request() {
+    let Some(wasm) = fixture() else { return };
+    let (mut b, address) = server_bundle(&wasm, &[]);
+    // Below the fixture's initial memory: every instance is refused.
+    b.config(|c| c["linux"] = json!({"resources": {"memory": {"limit": 65536}}}));
+    let running = b.start();
+    wait_listening(address, &running);
+    let answer = get(address, "/");
+    assert_eq!(answer.status, 500);
+    assert_eq!(stop(&running), 137);
+    assert_contains(&b.stderr(), "GET / failed: out of memory");
+}
+
+#[test]
+fn sigterm_finishes_requests_in_flight_then_exits_0() {
+    let Some(wasm) = fixture() else { return };
+    let (b, address) = server_bundle(&wasm, &[]);
+    let running = b.start();
+    wait_listening(address, &running);
+
+    let slow = std::thread::spawn(move || get(address, "/slow"));
+    std::thread::sleep(Duration::from_millis(300));
+    check("SIGTERM", running.handle.kill(15));
+    let status = running.wait(Duration::from_secs(10));
+    let answer = match slow.join() {
+        Ok(answer) => answer,
+        Err(_) => panic!("the client thread panicked"),
+    };
+    assert_eq!((answer.status, answer.body.as_str()), (200, "slow done\n"));
+    assert_eq!(status.code, 0);
+    assert!(
+        TcpStream::connect_timeout(&address, Duration::from_millis(500)).is_err(),
+        "still accepting connections after SIGTERM"
+    );
+    assert_contains(&b.stdout(), "GET /slow 200 ");
+}
+
+#[test]
+fn sigkill_ends_at_once_also_after_sigterm() {
+    let Some(wasm) = fixture() else { return };
+    for signals in [&[9][..], &[15, 9][..]] {
+        let (b, address) = server_bundle(&wasm, &[]);
+        let running = b.start();
+        wait_listening(address, &running);
+        let slow = std::thread::spawn(move || {
+            let request = "GET /slow HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+            send(address, request.as_bytes()).map(|a| a.status)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let start = Instant::now();
+        for &signal in signals {
+            check("kill", running.handle.kill(signal));
+        }
+        let status = running.wait(Duration::from_secs(5));
+        let took = start.elapsed();
+        assert_eq!(status.code, 137, "{signals:?}");
+        assert!(
+            took < Duration::from_millis(500),
+            "{signals:?}: took {took:?}"
+        );
+        let answer = slow.join().ok();
+        assert!(
+            !matches!(answer, Some(Ok(200))),
+            "{signals:?}: the slow request was answered: {answer:?}"
+        );
+        drop(b);
+    }
+}
+
+/// A handler spinning in wasm yields at every epoch tick: other requests
+/// are answered meanwhile, SIGTERM waits for it, SIGKILL ends it.
+#[test]
+fn a_spinning_handler_does_not_block_the_server() {
+    let Some(wasm) = fixture() else { return };
+    let (b, address) = server_bundle(&wasm, &[]);
+    let running = b.start();
+    wait_listening(address, &running);
+    let _spinning = std::thread::spawn(move || {
+        let request = "GET /spin HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+        send(address, request.as_bytes()).map(|a| a.status)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    assert_eq!(get(address, "/").status, 200);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    check("SIGTERM", running.handle.kill(15));
+    assert!(
+        running.still_running_after(Duration::from_millis(500)),
+        "SIGTERM did not wait for the request in flight"
+    );
+    check("SIGKILL", running.handle.kill(9));
+    assert_eq!(running.wait(Duration::from_secs(2)).code, 137);
+}
+
+#[test]
+fn prepare_checks_http_settings_and_exports() {
+    let Some(wasm) = fixture() else { return };
+    let (mut b, _) = server_bundle(&wasm, &[]);
+    b.config(|c| c["process"]["env"] = json!(["WASISHIM_HTTP_ADDRESS=localhost:80"]));
+    assert_contains(
+        &b.prepare_error(),
+        "WASISHIM_HTTP_ADDRESS=localhost:80 is not an address to listen on",
+    );
+
+    // Naming the handler explicitly works too.
+    let (mut b, address) = server_bundle(&wasm, &[]);
+    b.config(|c| c["process"]["args"] = json!(["/app.wasm#wasi:http/incoming-handler"]));
+    let running = b.start();
+    wait_listening(address, &running);
+    assert_eq!(get(address, "/").status, 200);
+    assert_eq!(stop(&running), 137);
+
+    // A component without the handler cannot be served.
+    let b = Bundle::new(&["/app.wat#wasi:http/incoming-handler"]);
+    b.file(
+        "app.wat",
+        r#"(component (core module $m (func (export "f"))) (core instance $i (instantiate $m))
+             (func $f (canon lift (core func $i "f"))) (export "f" (func $f)))"#,
+    );
+    assert_contains(
+        &b.prepare_error(),
+        "has no export named 'wasi:http/incoming-handler@0.2.x' (exports: f)",
+    );
+}
+
+#[test]
+fn listening_on_a_taken_address_fails_the_container() {
+    let Some(wasm) = fixture() else { return };
+    let taken = check("bind", TcpListener::bind("127.0.0.1:0"));
+    let address = check("local_addr", taken.local_addr());
+    let mut b = Bundle::new(&["/app.wasm"]);
+    b.file("app.wasm", &wasm);
+    b.config(|c| c["process"]["env"] = json!([format!("WASISHIM_HTTP_ADDRESS={address}")]));
+    let status = b.start().wait(Duration::from_secs(20));
+    assert_eq!(status.code, 134);
+    assert_contains(&b.stderr(), &format!("cannot listen for HTTP on {address}"));
+    drop(taken);
+}
