@@ -372,53 +372,63 @@ pub fn lifecycle(
     lat: &Latencies,
 ) -> Result<Vec<Row>> {
     println!(
-        "== 3b. create-to-exit latency of hello: {} API lifecycles per runtime",
+        "== 3b. create-to-exit latency of hello: {} API lifecycles per runtime, with and without --net-host",
         cfg.runs
     );
-    let mut rows = Vec::new();
-    let mut api_lat = std::collections::HashMap::new();
-    let mut parts = std::collections::HashMap::new();
-    for rt in [RUNC, POD, NODE] {
-        let image = img.hello_for(rt);
-        let (entry, _) = hello_args(rt);
-        let mut total = Vec::new();
-        let mut create = Vec::new();
-        let mut start = Vec::new();
-        let mut run = Vec::new();
-        for i in 0..cfg.warmup + cfg.runs {
-            let id = format!("c3b-{}-{i}", label(rt));
-            lab.ctr_ok(&["containers", "create", "--runtime", rt, image, &id, entry])?;
-            let r = api.lifecycle(&id);
-            lab.ctr_ok(&["containers", "rm", &id])?;
-            let r = r?;
-            if i >= cfg.warmup {
-                total.push(ms(r.create_to_exit));
-                create.push(ms(r.create));
-                start.push(ms(r.start));
-                run.push(ms(r.run));
+    // (total, Create, Start, Start reply -> Wait reply) per (runtime, host network).
+    type Parts = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+    let mut res: std::collections::HashMap<(&str, bool), Parts> = Default::default();
+    for host_net in [false, true] {
+        for rt in [RUNC, POD, NODE] {
+            let image = img.hello_for(rt);
+            let (entry, _) = hello_args(rt);
+            let mut p: Parts = Default::default();
+            for i in 0..cfg.warmup + cfg.runs {
+                let id = format!(
+                    "c3b-{}-{}-{i}",
+                    label(rt),
+                    if host_net { "hostnet" } else { "netns" }
+                );
+                let mut create = vec!["containers", "create", "--runtime", rt];
+                if host_net {
+                    create.push("--net-host");
+                }
+                create.extend([image, id.as_str(), entry]);
+                lab.ctr_ok(&create)?;
+                let r = api.lifecycle(&id);
+                lab.ctr_ok(&["containers", "rm", &id])?;
+                let r = r?;
+                if i >= cfg.warmup {
+                    p.0.push(ms(r.create_to_exit));
+                    p.1.push(ms(r.create));
+                    p.2.push(ms(r.start));
+                    p.3.push(ms(r.run));
+                }
             }
+            println!(
+                "   {:8}{} API create->exit p50 {:.2} ms p99 {:.2} ms (p50 of Create {:.2} ms, Start {:.2} ms, Start reply -> Wait reply {:.2} ms)",
+                label(rt),
+                if host_net { " --net-host" } else { "" },
+                quantile(&p.0, 0.5),
+                quantile(&p.0, 0.99),
+                quantile(&p.1, 0.5),
+                quantile(&p.2, 0.5),
+                quantile(&p.3, 0.5)
+            );
+            res.insert((rt, host_net), p);
         }
-        println!(
-            "   {:8} API create->exit p50 {:.2} ms p99 {:.2} ms (p50 of Create {:.2} ms, Start {:.2} ms, Start reply -> Wait reply {:.2} ms)",
-            label(rt),
-            quantile(&total, 0.5),
-            quantile(&total, 0.99),
-            quantile(&create, 0.5),
-            quantile(&start, 0.5),
-            quantile(&run, 0.5)
-        );
-        api_lat.insert(rt, total);
-        parts.insert(rt, (create, start, run));
     }
-    let runc_api = &api_lat[RUNC];
+    let mut rows = Vec::new();
     for rt in [POD, NODE] {
+        let (t, c, s, r) = &res[&(rt, false)];
+        let (rt_, rc, rs, rr) = &res[&(RUNC, false)];
         let mut r50 = Row::new(
             "3 latency",
             format!("create->exit via API, {} p50", label(rt)),
-            quantile(&api_lat[rt], 0.5),
+            quantile(t, 0.5),
             "ms",
         )
-        .baseline("runc", quantile(runc_api, 0.5));
+        .baseline("runc", quantile(rt_, 0.5));
         if rt == NODE {
             r50 = r50.goal_under(5.0);
         }
@@ -427,13 +437,11 @@ pub fn lifecycle(
             Row::new(
                 "3 latency",
                 format!("create->exit via API, {} p99", label(rt)),
-                quantile(&api_lat[rt], 0.99),
+                quantile(t, 0.99),
                 "ms",
             )
-            .baseline("runc", quantile(runc_api, 0.99)),
+            .baseline("runc", quantile(rt_, 0.99)),
         );
-        let (c, s, r) = &parts[rt];
-        let (rc, rs, rr) = &parts[RUNC];
         for (what, xs, base) in [
             ("Create call", c, rc),
             ("Start call", s, rs),
@@ -449,6 +457,32 @@ pub fn lifecycle(
                 .baseline("runc", quantile(base, 0.5)),
             );
         }
+        let (t, _, _, r) = &res[&(rt, true)];
+        let (rt_, _, _, rr) = &res[&(RUNC, true)];
+        rows.push(
+            Row::new(
+                "3 latency",
+                format!(
+                    "create->exit via API, {} p50, `--net-host` (no new network namespace)",
+                    label(rt)
+                ),
+                quantile(t, 0.5),
+                "ms",
+            )
+            .baseline("runc, --net-host", quantile(rt_, 0.5)),
+        );
+        rows.push(
+            Row::new(
+                "3 latency",
+                format!(
+                    "... of which Start reply -> Wait reply (exit), {} p50, `--net-host`",
+                    label(rt)
+                ),
+                quantile(r, 0.5),
+                "ms",
+            )
+            .baseline("runc, --net-host", quantile(rr, 0.5)),
+        );
     }
     for (rt, xs) in [(POD, &lat.pod), (NODE, &lat.node)] {
         for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
