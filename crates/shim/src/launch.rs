@@ -72,7 +72,7 @@ pub fn node_identity() -> String {
 }
 
 /// Holds an exclusive lock on the socket's directory until dropped.
-fn lock_socket_dir(socket_path: &str) -> Result<nix::fcntl::Flock<std::fs::File>> {
+pub fn lock_socket_dir(socket_path: &str) -> Result<nix::fcntl::Flock<std::fs::File>> {
     let dir = Path::new(socket_path)
         .parent()
         .context("shim socket path has no directory")?;
@@ -83,6 +83,19 @@ fn lock_socket_dir(socket_path: &str) -> Result<nix::fcntl::Flock<std::fs::File>
     nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, err)| err)
         .with_context(|| format!("cannot lock socket directory {}", dir.display()))
+}
+
+/// Sets the socket file's times to now. An idle node server reads them,
+/// under the same lock, to tell that a container was just sent its way and
+/// is about to be created, so it must not exit yet.
+fn mark_reused(socket_path: &str) {
+    let Ok(path) = std::ffi::CString::new(socket_path) else {
+        return;
+    };
+    // SAFETY: `path` is a valid C string; null times mean "now".
+    unsafe {
+        libc::utimensat(libc::AT_FDCWD, path.as_ptr(), std::ptr::null(), 0);
+    }
 }
 
 /// The CRI sandbox id of the container in `bundle`, if it belongs to a pod.
@@ -106,6 +119,7 @@ fn bind_or_reuse(socket_path: &str) -> Result<Option<UnixListener>> {
         Ok(listener) => Ok(Some(listener)),
         Err(err) if err.kind() == ErrorKind::AddrInUse => {
             if UnixStream::connect(socket_path).is_ok() {
+                mark_reused(socket_path);
                 return Ok(None);
             }
             // A socket file left by a server that died: replace it.

@@ -73,12 +73,7 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
         match options.runtime.hosting {
             Hosting::PerPod => break,
             Hosting::PerNode => {
-                // Linger, so that a node with pods coming and going keeps
-                // its warm engine; exit only if still idle afterwards.
-                let idle = node_idle_time();
-                log::info!("no tasks left: exiting in {idle:?} unless a task arrives");
-                tokio::time::sleep(idle).await;
-                if service.task_count().await == 0 {
+                if linger_then_exit(&service, &options.socket_address).await {
                     break;
                 }
             }
@@ -105,6 +100,36 @@ fn node_idle_time() -> std::time::Duration {
         .and_then(|s| s.trim().parse::<u64>().ok())
         .map(std::time::Duration::from_secs)
         .unwrap_or(NODE_IDLE_DEFAULT)
+}
+
+/// Lingers while the per-node server has no tasks, so a node with pods coming
+/// and going keeps its warm engine. Returns true (socket already removed)
+/// once it stayed idle for the whole linger time: no task, no request, and no
+/// `start` that sent a container here. The check and the socket's removal
+/// happen under the lock `start` holds, so a start either reuses this server
+/// before the check (and keeps it alive) or launches a new one after it.
+async fn linger_then_exit(service: &TaskService, socket_address: &str) -> bool {
+    let idle = node_idle_time();
+    let socket_path = socket_address.trim_start_matches("unix://");
+    log::info!("no tasks left: exiting after {idle:?} without work");
+    loop {
+        tokio::time::sleep(idle).await;
+        if service.task_count().await > 0 {
+            return false;
+        }
+        let Ok(_lock) = crate::launch::lock_socket_dir(socket_path) else {
+            continue;
+        };
+        let start_was_here = std::fs::metadata(socket_path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|at| at.elapsed().ok())
+            .is_some_and(|ago| ago < idle);
+        if service.task_count().await == 0 && service.idle_for() >= idle && !start_was_here {
+            remove_socket(socket_address);
+            return true;
+        }
+    }
 }
 
 /// The task service under both API names: containerd 1.x calls

@@ -87,6 +87,8 @@ pub struct TaskService {
     /// Namespace of requests that carry none (the `-namespace` the shim was started with).
     default_namespace: String,
     pod_networks: PodNetworks,
+    /// When a task was last created, started or deleted.
+    last_activity: std::sync::Mutex<std::time::Instant>,
     /// Namespace of the task each connection created (see `create_key`).
     connection_namespaces: std::sync::Mutex<HashMap<u64, String>>,
 }
@@ -186,6 +188,7 @@ impl TaskService {
             default_namespace: default_namespace.to_string(),
             pod_networks: PodNetworks::default(),
             connection_namespaces: std::sync::Mutex::default(),
+            last_activity: std::sync::Mutex::new(std::time::Instant::now()),
         };
         tokio::spawn(record_exits(
             exit_rx,
@@ -194,6 +197,20 @@ impl TaskService {
             service.pid,
         ));
         service
+    }
+
+    /// How long since the last request that created, started or deleted a task.
+    pub fn idle_for(&self) -> std::time::Duration {
+        self.last_activity
+            .lock()
+            .map(|at| at.elapsed())
+            .unwrap_or_default()
+    }
+
+    fn mark_activity(&self) {
+        if let Ok(mut at) = self.last_activity.lock() {
+            *at = std::time::Instant::now();
+        }
     }
 
     /// How many tasks this server hosts now.
@@ -493,6 +510,7 @@ impl Task for TaskService {
         ctx: &TtrpcContext,
         req: CreateTaskRequest,
     ) -> ttrpc::Result<CreateTaskResponse> {
+        self.mark_activity();
         let id = req.id.clone();
         log::info!("create task {id} from bundle {}", req.bundle);
         if req.terminal {
@@ -566,6 +584,7 @@ impl Task for TaskService {
     }
 
     async fn start(&self, ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
+        self.mark_activity();
         self.no_exec(&req.exec_id)?;
         let id = req.id;
         let mut containers = self.containers.lock().await;
@@ -682,6 +701,7 @@ impl Task for TaskService {
         ctx: &TtrpcContext,
         req: DeleteRequest,
     ) -> ttrpc::Result<DeleteResponse> {
+        self.mark_activity();
         self.no_exec(&req.exec_id)?;
         let id = req.id;
         let mut containers = self.containers.lock().await;
