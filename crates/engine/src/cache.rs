@@ -127,6 +127,17 @@ pub(crate) fn key(fingerprint: &Fingerprint, binary: &[u8]) -> Key {
     Key(hasher.finalize().into())
 }
 
+/// The key of the wasm layer with OCI digest `digest` compiled by an engine
+/// with `fingerprint`. Never equal to a [`key`]: the digest is hashed with a
+/// prefix no wasm binary starts with.
+pub(crate) fn layer_key(fingerprint: &Fingerprint, digest: &str) -> Key {
+    let mut hasher = Sha256::new();
+    hasher.update(fingerprint.0);
+    hasher.update(b"oci-layer\0");
+    hasher.update(digest.as_bytes());
+    Key(hasher.finalize().into())
+}
+
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes.iter().fold(String::with_capacity(64), |mut s, b| {
@@ -253,7 +264,30 @@ impl CodeCache {
         kind: Kind,
         compile: impl FnOnce() -> Result<Code>,
     ) -> Result<Arc<Compiled>> {
-        let key = key(&self.fingerprint, binary);
+        self.get_keyed(engine, key(&self.fingerprint, binary), kind, compile)
+    }
+
+    /// Like [`Self::get`] for the wasm whose OCI digest (`sha256:<hex>`,
+    /// checked against the bytes by the caller) is `digest`: an image layer,
+    /// which is then compiled once per node whatever image or container
+    /// names it. Costs no hashing of the wasm.
+    pub(crate) fn get_by_digest(
+        &self,
+        engine: &Engine,
+        digest: &str,
+        kind: Kind,
+        compile: impl FnOnce() -> Result<Code>,
+    ) -> Result<Arc<Compiled>> {
+        self.get_keyed(engine, layer_key(&self.fingerprint, digest), kind, compile)
+    }
+
+    fn get_keyed(
+        &self,
+        engine: &Engine,
+        key: Key,
+        kind: Kind,
+        compile: impl FnOnce() -> Result<Code>,
+    ) -> Result<Arc<Compiled>> {
         let slot = lock(&self.memory).slot(key);
         let mut compiled = lock(&slot.compiled);
         if let Some(found) = compiled.as_ref() {

@@ -333,15 +333,32 @@ impl WasmEngine {
     /// (exports: _start)", or "cannot open the container's stdout ...".
     /// Cache failures are logged, never returned.
     pub fn prepare(&self, spec: WorkloadSpec, stdio: Stdio) -> Result<Workload> {
-        let shown = spec.entrypoint.path.as_str();
+        let shown = spec.entrypoint.path.clone();
+        let bytes = read_entrypoint(&spec.rootfs, &shown)?;
+        self.prepare_code(spec, &bytes, None, &shown, stdio)
+    }
+
+    /// [`Self::prepare`] once the guest's `bytes` are read (from the rootfs,
+    /// or an image layer whose verified OCI digest, `layer_digest`, then keys
+    /// the cache). `shown` names the code in errors.
+    pub(crate) fn prepare_code(
+        &self,
+        spec: WorkloadSpec,
+        bytes: &[u8],
+        layer_digest: Option<&str>,
+        shown: &str,
+        stdio: Stdio,
+    ) -> Result<Workload> {
         let export = spec.entrypoint.export.as_deref();
-        let bytes = read_entrypoint(&spec.rootfs, shown)?;
-        let (binary, kind) = compile::binary(&self.engine, &bytes, shown)?;
-        let compiled = self.cache.get(&self.engine, &binary, kind, || {
-            compile::compile(&self.engine, &binary, kind, shown)
-        })?;
+        let (binary, kind) = compile::binary(&self.engine, bytes, shown)?;
+        let compile = || compile::compile(&self.engine, &binary, kind, shown);
+        let compiled = match layer_digest {
+            Some(digest) => self
+                .cache
+                .get_by_digest(&self.engine, digest, kind, compile),
+            None => self.cache.get(&self.engine, &binary, kind, compile),
+        }?;
         drop(binary);
-        drop(bytes);
 
         enum Ready {
             Module(wasmtime::InstancePre<ModuleState>, compile::ModuleEntry),

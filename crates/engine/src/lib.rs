@@ -5,6 +5,10 @@
 //! `Workload::start` (run the guest on its own thread) -> `ExitStatus` handed to
 //! the caller's callback. Nothing here knows about containerd or ttrpc.
 //!
+//! A guest whose code is not a file in the rootfs but an image layer (a Wasm
+//! OCI artifact's) is prepared from the layer's bytes with
+//! `WasmEngine::prepare_layer`, the cache keyed on the layer's digest.
+//!
 //! A component exporting `wasi:http/incoming-handler` (and no `wasi:cli/run`)
 //! runs as an HTTP server instead of a command, one instance per request;
 //! see [`HTTP_ADDRESS_ENV`] for its settings.
@@ -25,6 +29,7 @@ mod compile;
 mod engine;
 mod entrypoint;
 mod http;
+mod layer;
 mod limits;
 mod rootfs;
 mod run;
@@ -42,6 +47,7 @@ pub use http::{
     DEFAULT_HTTP_ADDRESS, DEFAULT_HTTP_MAX_BODY_BYTES, HTTP_ADDRESS_ENV, HTTP_MAX_BODY_BYTES_ENV,
     HTTP_OUTGOING_ENV,
 };
+pub use layer::WasmLayer;
 pub use run::{ExitStatus, Workload, WorkloadHandle};
 pub use spec::{Mount, NetworkNamespace, WorkloadSpec};
 pub use stdio::Stdio;

@@ -123,6 +123,7 @@ fn run(runtime: Runtime) -> Result<()> {
                 namespace: flags.namespace.clone(),
                 socket_address: flags.socket.clone(),
                 ttrpc_address: std::env::var("TTRPC_ADDRESS").ok(),
+                containerd_address: flags.address.clone(),
             }))
         }
         other => anyhow::bail!(

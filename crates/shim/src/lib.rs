@@ -5,9 +5,11 @@
 //! and runs the guest; the exit status flows back through the same service.
 //! The binaries differ only in how they host that service ([`server`]).
 
+pub mod artifact;
 pub mod cgroups;
 pub mod cleanup;
 pub mod cli;
+pub mod content;
 pub mod events;
 pub mod launch;
 pub mod lifecycle;

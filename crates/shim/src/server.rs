@@ -30,6 +30,8 @@ pub struct ServeOptions {
     pub socket_address: String,
     /// containerd's ttrpc address, for events.
     pub ttrpc_address: Option<String>,
+    /// containerd's gRPC socket (`-address`), for Wasm OCI artifacts' layers.
+    pub containerd_address: String,
 }
 
 /// Serves the task service on the inherited listener until the service asks
@@ -46,13 +48,16 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
     let engine = WasmEngine::new().context("cannot create the wasmtime engine")?;
     let events = EventPublisher::connect(options.ttrpc_address.as_deref()).await;
     let shutdown = Arc::new(tokio::sync::Notify::new());
-    let service = Arc::new(TaskService::new(
-        options.runtime,
-        &options.namespace,
-        engine,
-        events,
-        shutdown.clone(),
-    ));
+    let service = Arc::new(
+        TaskService::new(
+            options.runtime,
+            &options.namespace,
+            engine,
+            events,
+            shutdown.clone(),
+        )
+        .with_containerd_address(&options.containerd_address),
+    );
 
     let mut server = Server::new()
         .set_accept_hook(ConnectionIds::default())

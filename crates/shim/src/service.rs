@@ -33,7 +33,7 @@ use crate::events::{timestamp, EventPublisher};
 use crate::lifecycle::{IllegalTransition, KillAction, Lifecycle, Status};
 use crate::process::{self, Prepared};
 use crate::stats::{self, Usage};
-use crate::{rootfs, Hosting, Runtime};
+use crate::{content, rootfs, Hosting, Runtime};
 
 /// One container hosted by this shim.
 struct Container {
@@ -91,6 +91,8 @@ pub struct TaskService {
     last_activity: std::sync::Mutex<std::time::Instant>,
     /// Namespace of the task each connection created (see `create_key`).
     connection_namespaces: std::sync::Mutex<HashMap<u64, String>>,
+    /// containerd's gRPC socket, where Wasm OCI artifacts' layers are read.
+    containerd_address: Option<String>,
 }
 
 /// Key under which [`ConnectionIds`] stores a connection's id.
@@ -189,6 +191,7 @@ impl TaskService {
             pod_networks: PodNetworks::default(),
             connection_namespaces: std::sync::Mutex::default(),
             last_activity: std::sync::Mutex::new(std::time::Instant::now()),
+            containerd_address: None,
         };
         tokio::spawn(record_exits(
             exit_rx,
@@ -197,6 +200,14 @@ impl TaskService {
             service.pid,
         ));
         service
+    }
+
+    /// Reads the layers of Wasm OCI artifacts from the containerd whose gRPC
+    /// socket is `address` (see `content.rs`); without it, every image's
+    /// code must be a file in its rootfs.
+    pub fn with_containerd_address(mut self, address: &str) -> TaskService {
+        self.containerd_address = Some(address.to_string()).filter(|a| !a.is_empty());
+        self
     }
 
     /// How long since the last request that created, started or deleted a task.
@@ -373,6 +384,7 @@ struct BuildContext {
     pid: u32,
     key: TaskKey,
     hosting: Hosting,
+    containerd_address: Option<String>,
 }
 
 fn build(
@@ -445,7 +457,14 @@ fn build(
     };
     let workload = WorkloadSpec::from_bundle(bundle)
         .and_then(|spec| join_pod_network(spec, cx, &sandbox_id))
-        .and_then(|spec| engine.prepare(spec, stdio));
+        .and_then(|spec| {
+            let container = content::ContainerRef {
+                address: cx.containerd_address.as_deref(),
+                namespace: &cx.key.namespace,
+                id: &cx.key.id,
+            };
+            content::prepare_guest(engine, spec, stdio, &container)
+        });
     let workload = match workload {
         Ok(workload) => workload,
         Err(err) => {
@@ -541,6 +560,7 @@ impl Task for TaskService {
             pid: self.pid,
             key: key.clone(),
             hosting: self.runtime.hosting,
+            containerd_address: self.containerd_address.clone(),
         };
         let stdio = Stdio {
             stdin: stdio_path(&req.stdin),

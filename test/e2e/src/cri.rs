@@ -142,6 +142,22 @@ fn registry_dir(cd: &PrivateContainerd) -> PathBuf {
     cd.dir().join("certs.d")
 }
 
+/// Lets the instance pull from the plain-HTTP registry `host` (e.g.
+/// `127.0.0.1:5000`, see [`crate::registry`]): a `hosts.toml` in its own
+/// directory of the registry config path, read at each pull, so it works on
+/// a running instance.
+pub fn allow_plain_http_registry(cd: &PrivateContainerd, host: &str) -> Result<()> {
+    let dir = registry_dir(cd).join(host);
+    fs::create_dir_all(&dir)?;
+    fs::write(
+        dir.join("hosts.toml"),
+        format!(
+            "server = \"http://{host}\"\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  skip_verify = true\n"
+        ),
+    )?;
+    Ok(())
+}
+
 /// Where pods' log directories go: `<dir>/pods/<pod name>`.
 pub fn pod_log_root(cd: &PrivateContainerd) -> PathBuf {
     cd.dir().join("pods")
@@ -604,8 +620,9 @@ impl<'a> Client<'a> {
         Ok(r.image.is_some())
     }
 
-    /// ImageService `PullImage`. The instance sends every registry to
-    /// `127.0.0.1:1`, so this only ever fails; tests use it to check that.
+    /// ImageService `PullImage`; returns the image reference (its id). The
+    /// instance sends every registry to `127.0.0.1:1`, so this fails but for
+    /// registries allowed by [`allow_plain_http_registry`].
     pub fn pull_image(&self, image: &str) -> Result<String> {
         Ok(call!(
             self,

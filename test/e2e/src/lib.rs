@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-pub use wasishim_image::Image;
+pub use wasishim_image::{Artifact, ArtifactForm, Image};
 
 /// The runtime name containers are run with: `io.containerd.wasmtime.v1`
 /// (per-pod shim), or what `WASISHIM_RUNTIME` names, e.g.
@@ -83,6 +83,7 @@ pub const CTR_TIMEOUT: Duration = Duration::from_secs(60);
 pub const CRI_NAMESPACE: &str = "k8s.io";
 
 pub mod cri;
+pub mod registry;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {

@@ -16,6 +16,9 @@
 //! OCI spelling), so `ctr run` picks it without `--platform`. The layer is a
 //! gzip-compressed tar owned by root with fixed timestamps, so the same input
 //! always gives the same digests.
+//!
+//! [`Artifact`] writes Wasm OCI artifacts instead: manifests whose layers are
+//! raw `.wasm` bytes, as registries carry them (see `artifact.rs`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -26,11 +29,17 @@ use flate2::write::GzEncoder;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+mod artifact;
+pub use artifact::{
+    Artifact, ArtifactBlobs, ArtifactForm, ArtifactLayer, MEDIA_COMPONENT_LAYER, MEDIA_OCI_CONFIG,
+    MEDIA_WASM, MEDIA_WASM_CONFIG_V0, MEDIA_WASM_CONFIG_V1, MEDIA_WASM_CONTENT_LAYER,
+};
+
 /// Where the wasm goes in the image unless [`Image::wasm_path`] says otherwise.
 pub const DEFAULT_WASM_PATH: &str = "/app.wasm";
 
-const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// Timestamp of every tar entry (2000-01-01T00:00:00Z), for reproducible digests.
@@ -368,7 +377,7 @@ pub fn parse_env(kv: &str) -> Result<(&str, &str)> {
     }
 }
 
-fn full_name(name: &str) -> String {
+pub(crate) fn full_name(name: &str) -> String {
     let last = name.rsplit('/').next().unwrap_or(name);
     if last.contains(':') || name.contains('@') {
         name.to_string()
@@ -377,7 +386,7 @@ fn full_name(name: &str) -> String {
     }
 }
 
-fn tag(full: &str) -> &str {
+pub(crate) fn tag(full: &str) -> &str {
     let last = full.rsplit('/').next().unwrap_or(full);
     last.rsplit_once(':').map(|(_, t)| t).unwrap_or("latest")
 }
@@ -391,7 +400,7 @@ fn rel(path: &str) -> &str {
     path.trim_start_matches('/')
 }
 
-fn tar_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+pub(crate) fn tar_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(kind);
     h.set_mode(mode);

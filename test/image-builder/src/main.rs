@@ -3,13 +3,14 @@
 //!
 //! ```text
 //! wasishim-image --name docker.io/library/hello:latest --wasm hello.wasm --out hello.tar
+//! wasishim-image --artifact wasm-config-v0 --name 127.0.0.1:5000/hello:v1 --wasm hello.wasm --out hello-oci
 //! ```
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use wasishim_image::{parse_env, Image};
+use wasishim_image::{parse_env, Artifact, ArtifactForm, Image};
 
 const USAGE: &str = "\
 usage: wasishim-image --name NAME --out IMAGE.tar [options]
@@ -25,6 +26,21 @@ usage: wasishim-image --name NAME --out IMAGE.tar [options]
   --cmd ARG              config Cmd; repeatable
   --env K=V              config Env; repeatable
   --workdir DIR          config WorkingDir
+
+Wasm OCI artifacts (raw wasm layers instead of a tar layer):
+  --artifact FORM        write an artifact of FORM as an OCI image layout
+                         directory at --out (for `skopeo copy oci:DIR ...`), or
+                         as a tarball if --out ends in .tar (`ctr images import`):
+                           wasm-config-v0  config application/vnd.wasm.config.v0+json,
+                                           layers application/wasm (CNCF TAG-Runtime)
+                           oci-component   OCI config, architecture wasm, layers
+                                           application/vnd.bytecodealliance.wasm.component.layer.v0+wasm
+                           oci-wasm        OCI config, architecture wasm, layers application/wasm
+                           wasm-to-oci     config application/vnd.wasm.config.v1+json,
+                                           layers application/vnd.wasm.content.layer.v1+wasm
+                         --wasm is the first layer; --entrypoint, --cmd and --env
+                         go into the config of oci-component and oci-wasm only
+  --layer TYPE:FILE      add FILE as a further layer of media type TYPE; repeatable
 ";
 
 fn main() -> ExitCode {
@@ -48,6 +64,8 @@ fn run(args: Vec<String>) -> Result<()> {
     let mut cmd = Vec::new();
     let mut env = Vec::new();
     let mut workdir = None;
+    let mut artifact = None;
+    let mut layers = Vec::new();
 
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
@@ -69,11 +87,58 @@ fn run(args: Vec<String>) -> Result<()> {
             "--cmd" => cmd.push(value),
             "--env" => env.push(value),
             "--workdir" => workdir = Some(value),
+            "--artifact" => artifact = Some(ArtifactForm::parse(&value)?),
+            "--layer" => layers.push(value),
             other => bail!("unknown option {other}\n\n{USAGE}"),
         }
     }
     let name = name.with_context(|| format!("--name is required\n\n{USAGE}"))?;
     let out = out.with_context(|| format!("--out is required\n\n{USAGE}"))?;
+
+    if let Some(form) = artifact {
+        if !files.is_empty() || !dirs.is_empty() || wasm_path.is_some() || workdir.is_some() {
+            bail!("--file, --dir, --wasm-path and --workdir describe a file system, which an artifact has not: leave them out with --artifact");
+        }
+        let mut artifact = Artifact::new(&name, form);
+        if let Some(w) = wasm {
+            let bytes =
+                std::fs::read(&w).with_context(|| format!("reading --wasm {}", w.display()))?;
+            artifact = artifact.wasm(bytes);
+        }
+        for l in layers {
+            let (media_type, file) = l
+                .rsplit_once(':')
+                .with_context(|| format!("--layer takes MEDIATYPE:FILE, got '{l}'"))?;
+            let bytes = std::fs::read(file).with_context(|| format!("reading --layer {file}"))?;
+            let title = std::path::Path::new(file)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned());
+            artifact = artifact.layer(media_type, bytes, title.as_deref());
+        }
+        if !entrypoint.is_empty() {
+            artifact = artifact.entrypoint(entrypoint);
+        }
+        artifact = artifact.cmd(cmd);
+        for kv in &env {
+            let (k, v) = parse_env(kv)?;
+            artifact = artifact.env(k, v);
+        }
+        let written = if out.extension().is_some_and(|e| e == "tar") {
+            artifact.write_layout_tar(&out)?
+        } else {
+            artifact.write_layout_dir(&out)?
+        };
+        println!(
+            "{} {} {}",
+            artifact.name(),
+            written.manifest_digest,
+            out.display()
+        );
+        return Ok(());
+    }
+    if !layers.is_empty() {
+        bail!("--layer needs --artifact: an image's single layer is a tar of its files");
+    }
 
     let mut image = Image::new(&name);
     if let Some(p) = wasm_path {

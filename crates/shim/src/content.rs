@@ -1,0 +1,329 @@
+//! Where a guest's code comes from: a file in its rootfs, or, for a Wasm OCI
+//! artifact, a layer read from containerd's content store over containerd's
+//! gRPC API (container -> image -> index -> manifest -> config and layer).
+//!
+//! containerd does not unpack raw wasm layers into the rootfs, so such an
+//! image reaches the shim as an empty rootfs. The rootfs is tried first: an
+//! ordinary image whose `args[0]` is a file there costs no gRPC call. Only
+//! when that file is missing does the shim ask containerd what the image is
+//! (see `artifact.rs` for the rules), which costs a connection and four or
+//! five calls on containerd's socket (a few milliseconds) plus reading the
+//! layer.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::{GetContainerRequest, GetImageRequest, ReadContentRequest};
+use containerd_client::tonic::{self, transport::Channel, Code};
+use serde_json::Value;
+use wasishim_engine::{Stdio, WasmEngine, WasmLayer, Workload, WorkloadSpec};
+
+use crate::artifact::{self, Blob, Classified};
+
+/// gRPC metadata key naming the containerd namespace of a request.
+const NAMESPACE_HEADER: &str = "containerd-namespace";
+/// How long asking containerd about an image and reading its layer may take.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest index, manifest or config read (they are JSON of a few KiB).
+const MAX_JSON_BYTES: i64 = 4 << 20;
+/// Largest wasm layer read into memory.
+const MAX_LAYER_BYTES: i64 = 1 << 30;
+
+/// Which container, in which namespace of which containerd.
+#[derive(Debug, Clone)]
+pub struct ContainerRef<'a> {
+    /// containerd's gRPC socket (`-address`), `None` if unknown.
+    pub address: Option<&'a str>,
+    pub namespace: &'a str,
+    pub id: &'a str,
+}
+
+/// Prepares the guest of `spec`: from the rootfs when `process.args[0]` is a
+/// file there (an ordinary image), else from the image's entrypoint layer
+/// when the image is a Wasm OCI artifact. Blocking (compiles, and runs its
+/// own tokio runtime for the gRPC calls: never call it on an async thread).
+///
+/// # Errors
+///
+/// The engine's (compile, link, stdio), an artifact that cannot be run (no
+/// wasm layer, several candidates, a layer missing from the content store),
+/// or, when the file is missing and containerd cannot say what the image
+/// is, the engine's "not found in the image's rootfs" with the reason.
+pub fn prepare_guest(
+    engine: &WasmEngine,
+    spec: WorkloadSpec,
+    stdio: Stdio,
+    container: &ContainerRef<'_>,
+) -> Result<Workload> {
+    if spec.entrypoint_in_rootfs() {
+        return engine.prepare(spec, stdio);
+    }
+    let Some(address) = container.address.filter(|a| !a.is_empty()) else {
+        return engine.prepare(spec, stdio);
+    };
+    let file = spec.entrypoint.path.clone();
+    match wasm_layer(address, container.namespace, container.id, &file) {
+        Ok(Some(layer)) => {
+            log::info!(
+                "container {}: running {} (Wasm OCI artifact)",
+                container.id,
+                layer.name()
+            );
+            engine.prepare_layer(spec, layer, stdio)
+        }
+        // An ordinary image: the rootfs error says what is wrong.
+        Ok(None) => engine.prepare(spec, stdio),
+        Err(Lookup::Artifact(e)) => Err(e),
+        Err(Lookup::Containerd(e)) => {
+            log::warn!(
+                "container {}: cannot check its image for Wasm layers: {e:#}",
+                container.id
+            );
+            // The rootfs error first: the likelier cause.
+            engine.prepare(spec, stdio).map_err(|rootfs| {
+                anyhow::anyhow!(
+                    "{rootfs:#} (and the image could not be checked for Wasm layers: {e:#})"
+                )
+            })
+        }
+    }
+}
+
+/// Why no layer was found.
+enum Lookup {
+    /// The image is a Wasm OCI artifact that cannot be run.
+    Artifact(anyhow::Error),
+    /// containerd could not be asked, or did not know the container.
+    Containerd(anyhow::Error),
+}
+
+/// The entrypoint layer of the image of container `id` if that image is a
+/// Wasm OCI artifact; `None` for an ordinary image (or no image).
+fn wasm_layer(
+    address: &str,
+    namespace: &str,
+    id: &str,
+    file: &str,
+) -> Result<Option<WasmLayer>, Lookup> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime to ask containerd")
+        .map_err(Lookup::Containerd)?;
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    runtime.block_on(async {
+        match tokio::time::timeout(LOOKUP_TIMEOUT, lookup(path, namespace, id, file)).await {
+            Ok(found) => found,
+            Err(_) => Err(Lookup::Containerd(anyhow::anyhow!(
+                "containerd at {path} did not answer within {LOOKUP_TIMEOUT:?}"
+            ))),
+        }
+    })
+}
+
+/// A client of one namespace of containerd's API.
+struct Api {
+    channel: Channel,
+    namespace: String,
+}
+
+impl Api {
+    fn request<T>(&self, message: T) -> Result<tonic::Request<T>> {
+        let mut request = tonic::Request::new(message);
+        let value = self.namespace.parse().with_context(|| {
+            format!(
+                "namespace {:?} cannot be sent to containerd",
+                self.namespace
+            )
+        })?;
+        request.metadata_mut().insert(NAMESPACE_HEADER, value);
+        Ok(request)
+    }
+
+    /// The name of the image container `id` was created from ("" if none).
+    async fn container_image(&self, id: &str) -> Result<String> {
+        let reply = ContainersClient::new(self.channel.clone())
+            .get(self.request(GetContainerRequest { id: id.to_string() })?)
+            .await
+            .map_err(|s| anyhow::anyhow!("{} ({:?})", s.message(), s.code()))
+            .with_context(|| format!("cannot look up container {id}"))?;
+        Ok(reply
+            .into_inner()
+            .container
+            .map(|c| c.image)
+            .unwrap_or_default())
+    }
+
+    /// The blob an image name points to (a manifest or an index).
+    async fn image_target(&self, name: &str) -> Result<Blob, Lookup> {
+        let reply = ImagesClient::new(self.channel.clone())
+            .get(
+                self.request(GetImageRequest {
+                    name: name.to_string(),
+                })
+                .map_err(Lookup::Containerd)?,
+            )
+            .await;
+        let target = match reply {
+            Ok(reply) => reply.into_inner().image.and_then(|i| i.target),
+            Err(s) if s.code() == Code::NotFound => {
+                return Err(Lookup::Artifact(anyhow::anyhow!(
+                    "image {name} of the container is no longer in containerd: pull it again"
+                )))
+            }
+            Err(s) => {
+                return Err(Lookup::Containerd(anyhow::anyhow!(
+                    "cannot look up image {name}: {} ({:?})",
+                    s.message(),
+                    s.code()
+                )))
+            }
+        };
+        let target = target
+            .with_context(|| format!("containerd has no target for image {name}"))
+            .map_err(Lookup::Containerd)?;
+        Ok(Blob {
+            media_type: target.media_type,
+            digest: target.digest,
+            size: target.size,
+            title: None,
+        })
+    }
+
+    /// The whole blob `digest`, which the manifest says is `size` bytes, of
+    /// at most `max` bytes. `Ok(None)` if the content store does not have it.
+    async fn read(&self, digest: &str, size: i64, max: i64) -> Result<Option<Vec<u8>>> {
+        if size > max {
+            bail!("blob {digest} is {size} bytes, more than the {max} bytes read");
+        }
+        let request = self.request(ReadContentRequest {
+            digest: digest.to_string(),
+            offset: 0,
+            size: 0,
+        })?;
+        let mut stream = match ContentClient::new(self.channel.clone()).read(request).await {
+            Ok(reply) => reply.into_inner(),
+            Err(s) if s.code() == Code::NotFound => return Ok(None),
+            Err(s) => bail!(
+                "cannot read blob {digest}: {} ({:?})",
+                s.message(),
+                s.code()
+            ),
+        };
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        loop {
+            match stream.message().await {
+                Ok(Some(chunk)) => {
+                    bytes.extend_from_slice(&chunk.data);
+                    if bytes.len() as u64 > max as u64 {
+                        bail!("blob {digest} is larger than the {max} bytes read");
+                    }
+                }
+                Ok(None) => break,
+                Err(s) if s.code() == Code::NotFound => return Ok(None),
+                Err(s) => bail!(
+                    "cannot read blob {digest}: {} ({:?})",
+                    s.message(),
+                    s.code()
+                ),
+            }
+        }
+        Ok(Some(bytes))
+    }
+
+    /// A JSON blob (index, manifest, config).
+    async fn read_json(&self, blob: &Blob, what: &str, image: &str) -> Result<Value, Lookup> {
+        let bytes = self
+            .read(&blob.digest, blob.size, MAX_JSON_BYTES)
+            .await
+            .map_err(Lookup::Containerd)?
+            .ok_or_else(|| {
+                Lookup::Artifact(anyhow::anyhow!(
+                    "the {what} {} of image {image} is not in containerd's content store: pull the image again",
+                    blob.digest
+                ))
+            })?;
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("the {what} {} of image {image} is not JSON", blob.digest))
+            .map_err(Lookup::Artifact)
+    }
+}
+
+async fn lookup(
+    path: &str,
+    namespace: &str,
+    id: &str,
+    file: &str,
+) -> Result<Option<WasmLayer>, Lookup> {
+    let channel = containerd_client::connect(path)
+        .await
+        .with_context(|| format!("cannot connect to containerd at {path}"))
+        .map_err(Lookup::Containerd)?;
+    let api = Api {
+        channel,
+        namespace: namespace.to_string(),
+    };
+    let image = api.container_image(id).await.map_err(Lookup::Containerd)?;
+    if image.is_empty() {
+        return Ok(None);
+    }
+    let mut manifest_blob = api.image_target(&image).await?;
+    if artifact::is_index(&manifest_blob.media_type) {
+        let index = api.read_json(&manifest_blob, "index", &image).await?;
+        match artifact::pick_manifest(&index) {
+            Some(blob) => manifest_blob = blob,
+            None => return Ok(None),
+        }
+    }
+    let manifest = api.read_json(&manifest_blob, "manifest", &image).await?;
+    let config_blob = Blob {
+        media_type: manifest["config"]["mediaType"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        digest: manifest["config"]["digest"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        size: manifest["config"]["size"].as_i64().unwrap_or(0),
+        title: None,
+    };
+    // The config only adds the `architecture: wasm` hint; without it the
+    // layers' media types decide.
+    let config = if config_blob.digest.is_empty() {
+        Value::Null
+    } else {
+        api.read_json(&config_blob, "config", &image)
+            .await
+            .unwrap_or(Value::Null)
+    };
+    let layer = match artifact::classify(&manifest, &config_blob.media_type, &config, file) {
+        Ok(Classified::Rootfs) => return Ok(None),
+        Ok(Classified::Entrypoint(layer)) => layer,
+        Err(e) => {
+            return Err(Lookup::Artifact(anyhow::anyhow!(
+                "cannot run image {image}: {e}"
+            )))
+        }
+    };
+    let name = match &layer.title {
+        Some(title) => format!("layer {} ({title}) of image {image}", layer.digest),
+        None => format!("layer {} of image {image}", layer.digest),
+    };
+    let bytes = api
+        .read(&layer.digest, layer.size, MAX_LAYER_BYTES)
+        .await
+        .with_context(|| format!("cannot read the entrypoint {name}"))
+        .map_err(Lookup::Artifact)?
+        .ok_or_else(|| {
+            Lookup::Artifact(anyhow::anyhow!(
+                "the entrypoint {name} is not in containerd's content store: pull the image again (containerd 1.6 before 1.6.25 and 1.7 before 1.7.7 cannot pull Wasm OCI artifacts: use 1.6.25+, 1.7.7+ or 2.x)"
+            ))
+        })?;
+    WasmLayer::new(bytes, &layer.digest, &name)
+        .map(Some)
+        .map_err(Lookup::Artifact)
+}

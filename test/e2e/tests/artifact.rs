@@ -1,0 +1,296 @@
+//! Wasm OCI artifacts pulled from a registry, as kubelet pulls them: a
+//! private `docker-registry` on 127.0.0.1 (see `wasishim_e2e::registry`),
+//! artifacts of each form built by the image builder and pushed with skopeo,
+//! CRI `PullImage` through the instance's `hosts.toml` for that registry,
+//! then a pod whose container runs the artifact's wasm layer.
+//!
+//! `scenarios!` makes a `#[test]` of each scenario for containerd 1.7.24 and
+//! 2.1.9, which pull these images; 1.6.20 cannot (`v1_6::pull_is_refused`
+//! checks what it says). Each ends with the leak check.
+//!
+//! Needs what `tests/cri.rs` needs, plus Debian's `docker-registry` and
+//! `skopeo`. Run one: `cargo test -p wasishim-e2e --test artifact -- v2_1::each_form`.
+
+use std::time::Duration;
+
+use wasishim_e2e::cri::{self, api, Client, Pod};
+use wasishim_e2e::registry::Registry;
+use wasishim_e2e::{fixture, Artifact, ArtifactForm, PrivateContainerd, CRI_NAMESPACE};
+
+/// How long a short-lived guest may take to be reported exited.
+const EXIT_LIMIT: Duration = Duration::from_secs(30);
+
+/// A registry the instance may pull from over plain HTTP.
+fn registry(cd: &PrivateContainerd) -> Registry {
+    let registry = Registry::start().unwrap();
+    cri::allow_plain_http_registry(cd, &registry.host()).unwrap();
+    registry
+}
+
+/// The `echo` fixture (prints argv, env and cwd) as an artifact of `form`:
+/// a component for `oci-component`, a module for the others.
+fn echo(registry: &Registry, form: ArtifactForm) -> Artifact {
+    let rel = match form {
+        ArtifactForm::OciComponent => "wasip2/echo.wasm",
+        _ => "wasip1/echo.wasm",
+    };
+    Artifact::new(&registry.name(&format!("echo-{}", form.name())), form)
+        .wasm(std::fs::read(fixture(rel)).unwrap())
+}
+
+fn run_pod(cri: &Client, name: &str) -> Pod {
+    cri.run_pod(cri.pod_config(name))
+        .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e:#}"))
+}
+
+fn pull(cri: &Client, name: &str) {
+    cri.pull_image(name)
+        .unwrap_or_else(|e| panic!("PullImage {name}: {e:#}"));
+    assert!(cri.has_image(name).unwrap(), "CRI does not list {name}");
+}
+
+/// Runs a container to its end; returns its stdout lines (through `cwd=/`,
+/// the last line echo prints).
+fn run_echo(cri: &Client, pod: &Pod, config: api::ContainerConfig) -> Vec<String> {
+    let name = config.metadata.as_ref().unwrap().name.clone();
+    let id = cri
+        .run_container(pod, config)
+        .unwrap_or_else(|e| panic!("container {name}: {e:#}"));
+    let status = cri.wait_exited(&id, EXIT_LIMIT).unwrap();
+    assert_eq!(status.exit_code, 0, "{name}: {status:?}");
+    let log = pod.log_dir().join(format!("{name}.log"));
+    let lines = cri::wait_log_line(&log, "cwd=/", EXIT_LIMIT).unwrap();
+    cri.remove_container(&id).unwrap();
+    lines
+}
+
+fn assert_lines(lines: &[String], wanted: &[&str], what: &str) {
+    for want in wanted {
+        assert!(
+            lines.iter().any(|l| l == want),
+            "no {want:?} in {what}'s log:\n{}",
+            lines.join("\n")
+        );
+    }
+}
+
+/// Stops and removes the pod; nothing of it may remain.
+fn remove_pod(cd: &PrivateContainerd, cri: &Client, pod: &Pod) {
+    cri.remove_pod(&pod.id).unwrap();
+    cd.assert_no_leaks();
+}
+
+// ---------------------------------------------------------------- scenarios
+
+/// a. Every form, pulled through CRI, runs in a pod. The `wasm-config-v0`
+/// and `wasm-to-oci` configs have no `Entrypoint`, so the container names a
+/// command, and any name works as `args[0]` (here `echo`); the `oci-wasm`
+/// artifact carries `Entrypoint` and `Env` in its OCI config, so its
+/// container gives only args. A container with neither is refused by CRI.
+fn each_form(cd: &PrivateContainerd, cri: &Client) {
+    let registry = registry(cd);
+    let pod = run_pod(cri, "artifacts");
+    for form in ArtifactForm::ALL {
+        let mut artifact = echo(&registry, form);
+        if form == ArtifactForm::OciWasm {
+            artifact = artifact.entrypoint(["echo.wasm"]).env("FROM_CONFIG", "yes");
+        }
+        let name = registry.push(&artifact).unwrap();
+        pull(cri, &name);
+        let mut config = cri::with_env(
+            cri::with_args(
+                cri.container_config(form.name(), &name),
+                &["one", "two words"],
+            ),
+            &[("FOO", "bar")],
+        );
+        let mut wanted = vec!["arg[1]=one", "arg[2]=two words", "env FOO=bar"];
+        if form == ArtifactForm::OciWasm {
+            wanted.extend(["arg[0]=echo.wasm", "env FROM_CONFIG=yes"]);
+        } else {
+            config.command = vec!["echo".to_string()];
+            wanted.push("arg[0]=echo");
+        }
+        let lines = run_echo(cri, &pod, config);
+        assert_lines(&lines, &wanted, form.name());
+    }
+
+    // No command and no Entrypoint in the artifact's config: CRI's own error.
+    let v0 = registry.name(&format!("echo-{}", ArtifactForm::WasmConfigV0.name()));
+    let err = cri
+        .create_container(&pod, cri.container_config("nocommand", &v0))
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("no command specified"),
+        "CreateContainer without a command: {err:#}"
+    );
+    remove_pod(cd, cri, &pod);
+}
+
+/// b. `ctr images pull --plain-http` into CRI's namespace, then a pod runs
+/// the image: CRI sees images pulled by ctr.
+fn ctr_pull(cd: &PrivateContainerd, cri: &Client) {
+    let registry = registry(cd);
+    let artifact = echo(&registry, ArtifactForm::WasmConfigV0);
+    let name = registry.push(&artifact).unwrap();
+    let out = cd.ctr_in(CRI_NAMESPACE, ["images", "pull", "--plain-http", &name]);
+    assert!(
+        out.status.success(),
+        "ctr images pull: {}",
+        wasishim_e2e::output_text(&out)
+    );
+    let pod = run_pod(cri, "ctr-pulled");
+    let mut config = cri.container_config("echo", &name);
+    config.command = vec!["/app.wasm".to_string(), "x".to_string()];
+    let lines = run_echo(cri, &pod, config);
+    assert_lines(&lines, &["arg[0]=/app.wasm", "arg[1]=x"], "echo");
+    remove_pod(cd, cri, &pod);
+}
+
+/// c. Artifacts that cannot run: no wasm layer, a wasm layer that is not
+/// wasm, two candidate entrypoints (and the title rule that resolves them).
+/// Each pulls, then StartContainer fails with the reason; another container
+/// of the pod keeps running, and nothing leaks.
+fn bad_artifacts(cd: &PrivateContainerd, cri: &Client) {
+    let registry = registry(cd);
+    let hello = std::fs::read(fixture("wasip1/hello.wasm")).unwrap();
+    let sleep = std::fs::read(fixture("wasip1/sleep.wasm")).unwrap();
+    let no_wasm = Artifact::new(&registry.name("no-wasm"), ArtifactForm::WasmToOci).layer(
+        "text/plain",
+        "not wasm\n",
+        Some("README"),
+    );
+    let not_wasm =
+        Artifact::new(&registry.name("not-wasm"), ArtifactForm::WasmConfigV0).wasm("hello world\n");
+    let two = Artifact::new(&registry.name("two"), ArtifactForm::OciWasm)
+        .layer("application/wasm", hello.clone(), Some("hello.wasm"))
+        .layer("application/wasm", sleep.clone(), Some("sleep.wasm"));
+    let sleeper = Artifact::new(&registry.name("sleeper"), ArtifactForm::WasmConfigV0).wasm(sleep);
+    for a in [&no_wasm, &not_wasm, &two, &sleeper] {
+        let name = registry.push(a).unwrap();
+        pull(cri, &name);
+    }
+
+    let pod = run_pod(cri, "bad-artifacts");
+    let mut config = cri.container_config("sleeper", sleeper.name());
+    config.command = vec!["sleep".to_string(), "600".to_string()];
+    let sleeper_id = cri.run_container(&pod, config).unwrap();
+
+    for (name, image, needle) in [
+        (
+            "no-wasm",
+            no_wasm.name(),
+            "is a Wasm OCI artifact without a wasm layer (it has layers of media type text/plain)",
+        ),
+        (
+            "not-wasm",
+            not_wasm.name(),
+            "is not a WebAssembly module or component (found text)",
+        ),
+        (
+            "two",
+            two.name(),
+            "it has 2 wasm layers and nothing says which one to run",
+        ),
+    ] {
+        let mut config = cri.container_config(name, image);
+        config.command = vec!["/app.wasm".to_string()];
+        let err = match cri.create_container(&pod, config) {
+            Err(e) => e,
+            Ok(id) => match cri.start_container(&id) {
+                Err(e) => {
+                    cri.remove_container(&id).unwrap();
+                    e
+                }
+                Ok(()) => panic!("{name} was started"),
+            },
+        };
+        let text = format!("{err:#}");
+        assert!(
+            text.contains(needle),
+            "{name}: expected {needle:?} in: {text}"
+        );
+        assert!(
+            text.contains(image),
+            "{name}: the error names no image: {text}"
+        );
+        let status = cri.container_status(&sleeper_id).unwrap();
+        assert_eq!(
+            status.state,
+            api::ContainerState::ContainerRunning as i32,
+            "after {name}: {status:?}"
+        );
+    }
+
+    // The title rule: naming one of the two layers runs it.
+    let mut config = cri.container_config("named", two.name());
+    config.command = vec!["/hello.wasm".to_string()];
+    let id = cri.run_container(&pod, config).unwrap();
+    let status = cri.wait_exited(&id, EXIT_LIMIT).unwrap();
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    let lines = cri::wait_log_line(
+        &pod.log_dir().join("named.log"),
+        "hello from wasm",
+        EXIT_LIMIT,
+    )
+    .unwrap();
+    assert_eq!(lines, ["hello from wasm"]);
+
+    cri.stop_container(&sleeper_id, 0).unwrap();
+    remove_pod(cd, cri, &pod);
+}
+
+/// containerd 1.6.20 cannot pull a Wasm OCI artifact (1.6.25 and 1.7.7 added
+/// it): CRI's PullImage and `ctr images pull` fail with containerd's
+/// "mismatched image rootfs and manifest layers", as the README says.
+fn pull_is_refused(cd: &PrivateContainerd, cri: &Client) {
+    let registry = registry(cd);
+    let name = registry
+        .push(&echo(&registry, ArtifactForm::WasmConfigV0))
+        .unwrap();
+    let err = cri.pull_image(&name).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("mismatched image rootfs and manifest layers"),
+        "PullImage on {}: {err:#}",
+        cd.version()
+    );
+    let out = cd.ctr_in(CRI_NAMESPACE, ["images", "pull", "--plain-http", &name]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("mismatched image rootfs and manifest layers"),
+        "{}",
+        wasishim_e2e::output_text(&out)
+    );
+}
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        mod v1_7 {
+            $(#[test] fn $name() { super::run("1.7.24", super::$name) })*
+        }
+        mod v2_1 {
+            $(#[test] fn $name() { super::run("2.1.9", super::$name) })*
+        }
+    };
+}
+
+mod v1_6 {
+    #[test]
+    fn pull_is_refused() {
+        super::run("1.6.20", super::pull_is_refused)
+    }
+}
+
+/// Starts a CRI-enabled containerd `version`, runs `scenario` on it and
+/// checks for leaks.
+fn run(version: &str, scenario: fn(&PrivateContainerd, &Client)) {
+    let cd = PrivateContainerd::start_with_cri(version).unwrap();
+    {
+        let cri = Client::connect(&cd).unwrap();
+        scenario(&cd, &cri);
+    }
+    cd.assert_no_leaks();
+}
+
+scenarios!(each_form, ctr_pull, bad_artifacts);
