@@ -9,7 +9,8 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 log() { echo "install-deps.sh: $*" >&2; }
 
 # protobuf-compiler: protoc, which the k8s-cri crate (CRI tests) needs to build.
-apt_pkgs=(containerd runc wabt clang lld wasi-libc containernetworking-plugins skopeo protobuf-compiler)
+# docker-registry, skopeo: the loopback registry and pushes of the artifact tests.
+apt_pkgs=(containerd runc wabt clang lld wasi-libc containernetworking-plugins skopeo docker-registry protobuf-compiler)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
@@ -20,6 +21,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     log "apt-get install ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    # The package enables a registry on every interface (:5000); the tests
+    # start their own on 127.0.0.1, so one installed here is switched off.
+    if [[ " ${missing[*]} " == *" docker-registry "* ]] && command -v systemctl >/dev/null \
+        && systemctl is-enabled docker-registry.service >/dev/null 2>&1; then
+        log "systemctl disable --now docker-registry (the tests run their own, on loopback)"
+        systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+    fi
 fi
 
 if command -v rustup >/dev/null; then

@@ -6,9 +6,9 @@
 //! image reaches the shim as an empty rootfs. The rootfs is tried first: an
 //! ordinary image whose `args[0]` is a file there costs no gRPC call. Only
 //! when that file is missing does the shim ask containerd what the image is
-//! (see `artifact.rs` for the rules), which costs a connection and four or
-//! five calls on containerd's socket (a few milliseconds) plus reading the
-//! layer.
+//! (see `artifact.rs` for the rules), which costs a connection, four to six
+//! unary or streaming calls on containerd's socket and reading the layer;
+//! the layer's digest then finds its compiled code in the cache.
 
 use std::time::Duration;
 

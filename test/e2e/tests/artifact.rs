@@ -128,7 +128,9 @@ fn each_form(cd: &PrivateContainerd, cri: &Client) {
 }
 
 /// b. `ctr images pull --plain-http` into CRI's namespace, then a pod runs
-/// the image: CRI sees images pulled by ctr.
+/// the image: CRI sees images pulled by ctr. Outside Kubernetes, `ctr run`
+/// runs a pulled artifact with an OCI config, given the guest's argv; it
+/// refuses the Wasm config media types itself.
 fn ctr_pull(cd: &PrivateContainerd, cri: &Client) {
     let registry = registry(cd);
     let artifact = echo(&registry, ArtifactForm::WasmConfigV0);
@@ -145,6 +147,31 @@ fn ctr_pull(cd: &PrivateContainerd, cri: &Client) {
     let lines = run_echo(cri, &pod, config);
     assert_lines(&lines, &["arg[0]=/app.wasm", "arg[1]=x"], "echo");
     remove_pod(cd, cri, &pod);
+
+    // ctr itself refuses to run an image whose config is not an OCI (or
+    // Docker) image config, before any runtime is involved.
+    let out = cd.ctr(["images", "pull", "--plain-http", &name]);
+    assert!(out.status.success(), "{}", wasishim_e2e::output_text(&out));
+    let out = cd.run_rm(&[], &name, "ctr-v0", &["echo", "y"]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr)
+                .contains("unknown image config media type application/vnd.wasm.config.v0+json"),
+        "ctr run of a wasm-config-v0 artifact: {}",
+        wasishim_e2e::output_text(&out)
+    );
+    let oci = registry
+        .push(&echo(&registry, ArtifactForm::OciComponent))
+        .unwrap();
+    let out = cd.ctr(["images", "pull", "--plain-http", &oci]);
+    assert!(out.status.success(), "{}", wasishim_e2e::output_text(&out));
+    let out = cd.run_rm(&[], &oci, "ctr-echo", &["echo", "y"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("arg[0]=echo\narg[1]=y\n"),
+        "ctr run: {}",
+        wasishim_e2e::output_text(&out)
+    );
 }
 
 /// c. Artifacts that cannot run: no wasm layer, a wasm layer that is not
