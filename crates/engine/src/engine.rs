@@ -452,7 +452,7 @@ impl WasmEngine {
             stdin,
             stdin_file: opened.stdin,
             stderr,
-            before_run: None,
+            on_thread_start: None,
         })
     }
 

@@ -102,6 +102,9 @@ pub(crate) enum Guest {
     Http(Box<HttpGuest>),
 }
 
+/// See [`Workload::on_thread_start`].
+pub(crate) type ThreadStartHook = Arc<dyn Fn() + Send + Sync>;
+
 /// A compiled, linked guest with its stdio open, ready to start.
 ///
 /// Made by [`WasmEngine::prepare`](crate::WasmEngine::prepare). Dropping it
@@ -119,15 +122,22 @@ pub struct Workload {
     /// A second handle on the guest's stderr, for the host's own messages
     /// (traps) after the guest's handles are closed.
     pub(crate) stderr: Option<File>,
-    /// Runs on the guest's thread before the guest does (see [`Workload::before_run`]).
-    pub(crate) before_run: Option<Box<dyn FnOnce() + Send>>,
+    /// Runs on each thread of the guest as it starts (see [`Workload::on_thread_start`]).
+    pub(crate) on_thread_start: Option<ThreadStartHook>,
 }
 
 impl Workload {
-    /// Sets `hook` to run on the guest's own thread right before the guest
-    /// starts, e.g. to move that thread into a cgroup. Replaces an earlier hook.
-    pub fn before_run(mut self, hook: impl FnOnce() + Send + 'static) -> Workload {
-        self.before_run = Some(Box::new(hook));
+    /// Sets `hook` to run on every thread that does this guest's work, as
+    /// that thread starts and before it runs anything of the guest: the
+    /// guest's own thread and the helper threads its runtime starts for
+    /// blocking I/O. E.g. to move those threads into the container's cgroup.
+    /// Replaces an earlier hook.
+    ///
+    /// The guest waits for the hook on its own thread, so the hook should
+    /// hand slow work (a cgroup move can wait for an RCU grace period) to
+    /// another thread.
+    pub fn on_thread_start(mut self, hook: impl Fn() + Send + Sync + 'static) -> Workload {
+        self.on_thread_start = Some(Arc::new(hook));
         self
     }
 
@@ -155,7 +165,7 @@ impl Workload {
             stdin,
             stdin_file,
             stderr,
-            before_run,
+            on_thread_start,
         } = self;
         let control = Arc::new(Control {
             signal: AtomicI32::new(0),
@@ -178,18 +188,19 @@ impl Workload {
                 thread_control
                     .thread_id
                     .store(nix::unistd::gettid().as_raw(), Ordering::SeqCst);
-                if let Some(hook) = before_run {
+                if let Some(hook) = &on_thread_start {
                     hook();
                 }
-                let (code, oom_killed) = run_guest(
+                let run = GuestRun {
                     engine,
                     guest,
                     memory_limit,
-                    &network,
-                    &name,
-                    &thread_control,
+                    network,
+                    name,
                     stderr,
-                );
+                    on_thread_start,
+                };
+                let (code, oom_killed) = run_guest(run, &thread_control);
                 thread_control.stdin.close();
                 on_exit(ExitStatus {
                     code,
@@ -313,20 +324,32 @@ pub(crate) enum Ended {
     Failed(String),
 }
 
-/// Runs the guest to its end and returns its exit code and whether it ran
-/// out of memory. Never panics: a panic in wasmtime or a host function
-/// becomes exit code 134.
-fn run_guest(
+/// What the guest's thread needs to run it.
+struct GuestRun {
     engine: Engine,
     guest: Guest,
     memory_limit: Option<u64>,
-    network: &NetworkNamespace,
-    name: &str,
-    control: &Control,
-    mut stderr: Option<File>,
-) -> (u32, bool) {
-    let ended = catch_unwind(AssertUnwindSafe(|| match enter_network(network) {
-        Ok(()) => run_on_runtime(&engine, guest, memory_limit, control),
+    network: NetworkNamespace,
+    name: String,
+    stderr: Option<File>,
+    on_thread_start: Option<ThreadStartHook>,
+}
+
+/// Runs the guest to its end and returns its exit code and whether it ran
+/// out of memory. Never panics: a panic in wasmtime or a host function
+/// becomes exit code 134.
+fn run_guest(run: GuestRun, control: &Control) -> (u32, bool) {
+    let GuestRun {
+        engine,
+        guest,
+        memory_limit,
+        network,
+        name,
+        mut stderr,
+        on_thread_start,
+    } = run;
+    let ended = catch_unwind(AssertUnwindSafe(|| match enter_network(&network) {
+        Ok(()) => run_on_runtime(&engine, guest, memory_limit, control, on_thread_start),
         Err(message) => Ended::Failed(message),
     }));
     let mut message = match ended {
@@ -382,11 +405,16 @@ fn run_on_runtime(
     guest: Guest,
     memory_limit: Option<u64>,
     control: &Control,
+    on_thread_start: Option<ThreadStartHook>,
 ) -> Ended {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    if let Some(hook) = on_thread_start {
+        // Threads for blocking I/O are started from the guest's thread, so
+        // they also share its network namespace.
+        builder.on_thread_start(move || hook());
+    }
+    let rt = match builder.build() {
         Ok(rt) => rt,
         Err(e) => return Ended::Failed(format!("cannot start the guest's runtime: {e}")),
     };

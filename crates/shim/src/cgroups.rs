@@ -10,6 +10,10 @@
 //!   `linux.resources.cpu` (quota, period, shares) and `pids.limit` apply.
 //!   The memory limit is enforced by the engine on the guest's linear memory:
 //!   cgroup v1 charges a thread's memory to its process, not its cgroup.
+//!   Threads join asynchronously ([`Cgroup::place_thread`]): moving a task
+//!   between cgroups waits for an RCU grace period (about 8 ms here), longer
+//!   than a short guest's whole run, so the guest starts at once and its
+//!   limits apply from a few milliseconds after its start.
 //! - on a cgroup v2 host only the process placement applies (threads can only
 //!   join "threaded" cgroups, which kubelet does not make).
 //!
@@ -18,6 +22,8 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
 
@@ -25,6 +31,9 @@ use anyhow::{bail, Context, Result};
 const THREAD_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "pids"];
 /// v1 controllers the sandbox moves the process into.
 const PROCESS_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "pids", "memory"];
+
+/// A thread waiting to join a cgroup (see [`Cgroup::place_thread`]).
+type Placement = (Arc<Cgroup>, i32);
 
 /// Where the cgroup hierarchies are mounted.
 #[derive(Debug, Clone)]
@@ -246,6 +255,58 @@ impl Cgroup {
             write(&dir.join("tasks"), &tid.to_string())?;
         }
         Ok(())
+    }
+
+    /// Moves thread `tid` into this cgroup from a background thread and
+    /// returns at once. A thread that ended meanwhile is skipped; failures
+    /// are logged.
+    ///
+    /// One placer thread serves the whole process: the kernel serializes
+    /// cgroup moves anyway, and moves close together share a grace period.
+    pub fn place_thread(self: &Arc<Cgroup>, tid: i32) {
+        static PLACER: OnceLock<Option<Mutex<Sender<Placement>>>> = OnceLock::new();
+        let placer = PLACER.get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Placement>();
+            let spawned = std::thread::Builder::new()
+                .name("cgroup-placer".into())
+                .spawn(move || {
+                    for (cgroup, tid) in rx {
+                        cgroup.add_thread_if_alive(tid);
+                    }
+                });
+            match spawned {
+                Ok(_) => Some(Mutex::new(tx)),
+                Err(err) => {
+                    log::warn!("cannot start the cgroup placer thread, placing inline: {err}");
+                    None
+                }
+            }
+        });
+        let queued = placer.as_ref().and_then(|tx| {
+            tx.lock()
+                .ok()
+                .and_then(|tx| tx.send((self.clone(), tid)).ok())
+        });
+        if queued.is_none() {
+            self.add_thread_if_alive(tid);
+        }
+    }
+
+    fn add_thread_if_alive(&self, tid: i32) {
+        if let Err(err) = self.add_thread(tid) {
+            // ESRCH: the guest ended before its turn; ENOENT: its cgroup is gone.
+            let gone = err.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .and_then(|e| e.raw_os_error())
+                    .is_some_and(|code| code == libc::ESRCH || code == libc::ENOENT)
+            });
+            if gone {
+                log::debug!("thread {tid} not placed, it or its cgroup has ended: {err:#}");
+            } else {
+                log::warn!("guest thread {tid} not placed in its cgroup: {err:#}");
+            }
+        }
     }
 
     /// Removes the directories (the container's threads have ended). A

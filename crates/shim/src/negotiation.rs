@@ -34,10 +34,14 @@
 //! times per case against containerd 1.7.24 and 2.1.9 (joining an existing
 //! server, so no launch): fastest 2.3 ms without the query, 3.3 ms with it;
 //! median 5.9 ms vs 6.8-7.1 ms. The query alone, first call in a process:
-//! 2.5 ms (`query_a_real_containerd` below, run by hand). Caching the answer
-//! per containerd process would pay only above about 5 ms, so it is not
-//! cached.
+//! 2.5 ms (`query_a_real_containerd` below, run by hand). `start` runs for
+//! every container, so the answer is remembered per containerd process
+//! ([`remembered_version`]): a file under `/run/containerd/wasishim` names
+//! the process (pid and start time of `start`'s parent, which is containerd)
+//! and its version; a restarted or upgraded containerd is a new process and
+//! is asked again.
 
+use std::path::Path;
 use std::time::Duration;
 
 /// Service names the task service is registered under.
@@ -118,8 +122,56 @@ pub fn caller_reply_form() -> ReplyForm {
     let containerd_version = std::env::var(GRPC_ADDRESS_ENV)
         .ok()
         .filter(|address| !address.is_empty())
-        .and_then(|address| query_containerd_version(&address, VERSION_QUERY_TIMEOUT));
+        .and_then(|address| remembered_version(&address, Path::new(VERSION_MEMORY_DIR)));
     reply_form(max_shim_version.as_deref(), containerd_version.as_deref())
+}
+
+/// Where `start` remembers containerd versions (root-only, on tmpfs).
+pub const VERSION_MEMORY_DIR: &str = "/run/containerd/wasishim";
+
+/// The version of the containerd at `grpc_address` that ran this process:
+/// read from `dir` when this same containerd process was asked before,
+/// otherwise asked with [`query_containerd_version`] and written down.
+/// Without a readable parent process it just asks.
+pub fn remembered_version(grpc_address: &str, dir: &Path) -> Option<String> {
+    let Some(caller) = parent_identity() else {
+        return query_containerd_version(grpc_address, VERSION_QUERY_TIMEOUT);
+    };
+    let caller = format!("{caller} {grpc_address}");
+    // One file per socket; the socket path is the part users configure.
+    let file = dir.join(format!(
+        "containerd-version{}",
+        grpc_address.replace(['/', ':'], "_")
+    ));
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        if let Some((who, version)) = text.split_once('\n') {
+            if who == caller && !version.is_empty() {
+                return Some(version.to_string());
+            }
+        }
+    }
+    let version = query_containerd_version(grpc_address, VERSION_QUERY_TIMEOUT)?;
+    // Best effort, and atomic so that concurrent starts never read half a file.
+    let temp = dir.join(format!(".containerd-version.{}", std::process::id()));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&temp, format!("{caller}\n{version}")))
+        .and_then(|()| std::fs::rename(&temp, &file));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    Some(version)
+}
+
+/// "<pid> <start time>" of this process's parent: unique per process over
+/// the machine's uptime, unlike the pid alone.
+fn parent_identity() -> Option<String> {
+    let ppid = std::os::unix::process::parent_id();
+    let stat = std::fs::read_to_string(format!("/proc/{ppid}/stat")).ok()?;
+    // Field 22 is the start time; the command name (field 2) may hold spaces,
+    // so count from its closing parenthesis.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let start_time = after_name.split_whitespace().nth(19)?;
+    Some(format!("{ppid} {start_time}"))
 }
 
 /// Asks the containerd listening on `grpc_address` (a unix socket path, with
@@ -258,6 +310,25 @@ mod tests {
         );
         assert!(started.elapsed() >= timeout);
         assert!(started.elapsed() < timeout * 10);
+    }
+
+    #[test]
+    fn a_version_is_remembered_only_for_the_same_containerd_process() {
+        let dir = tempfile::tempdir().unwrap();
+        // Nothing listens here, so any answer must come from the file.
+        let address = dir.path().join("no-containerd.sock").display().to_string();
+        let file = dir.path().join(format!(
+            "containerd-version{}",
+            address.replace(['/', ':'], "_")
+        ));
+        let me = parent_identity().unwrap();
+        std::fs::write(&file, format!("{me} {address}\n2.1.9+ds1")).unwrap();
+        assert_eq!(
+            remembered_version(&address, dir.path()).as_deref(),
+            Some("2.1.9+ds1")
+        );
+        std::fs::write(&file, format!("1 12345 {address}\n2.1.9+ds1")).unwrap();
+        assert_eq!(remembered_version(&address, dir.path()), None);
     }
 
     /// Asks a real containerd for its version and prints how long it took.

@@ -480,11 +480,7 @@ fn build(
     let workload = match &cgroup {
         Some(cgroup) => {
             let cgroup = cgroup.clone();
-            workload.before_run(move || {
-                if let Err(err) = cgroup.add_thread(nix::unistd::gettid().as_raw()) {
-                    log::warn!("guest thread not placed in its cgroup: {err:#}");
-                }
-            })
+            workload.on_thread_start(move || cgroup.place_thread(nix::unistd::gettid().as_raw()))
         }
         None => workload,
     };
