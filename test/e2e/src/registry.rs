@@ -18,6 +18,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -77,7 +78,17 @@ impl Registry {
             ),
         )?;
         let log = fs::File::create(dir.join("registry.log"))?;
-        Command::new(REGISTRY_BIN)
+        let mut command = Command::new(REGISTRY_BIN);
+        // A test process killed outright (timeout, SIGPIPE) never drops the
+        // Registry: the registry then goes with the thread that started it.
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        command
             .arg("serve")
             .arg(&config)
             .stdin(Stdio::null())
