@@ -14,7 +14,7 @@ use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::types::introspection::RuntimeInfo;
 
 use crate::server::{serve_inherited, ServeOptions};
-use crate::{cleanup, launch, Hosting, Runtime};
+use crate::{cleanup, launch, logging, Hosting, Runtime};
 
 /// Runs the shim binary for `runtime` and returns the process exit code.
 pub fn main(runtime: Runtime) -> i32 {
@@ -28,49 +28,16 @@ pub fn main(runtime: Runtime) -> i32 {
     }
 }
 
-/// Per-pod: logs go to the `log` FIFO containerd opened in the first bundle
-/// (containerd's shim log). Per-node: the server outlives every bundle, so it
-/// logs to `/run/containerd/wasishim/<socket name>.log`.
+/// Sets up the server's log (see [`crate::logging`]).
 fn init_server_log(runtime: Runtime, flags: &containerd_shim::Flags) {
     let result = match runtime.hosting {
-        Hosting::PerPod => {
-            containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
-                .map_err(|err| err.to_string())
-        }
-        Hosting::PerNode => node_log_file(&flags.socket).and_then(|file| {
-            log::set_boxed_logger(Box::new(containerd_shim::logger::FifoLogger::with_file(
-                file,
-            )))
-            .map_err(|err| err.to_string())?;
-            log::set_max_level(if flags.debug {
-                log::LevelFilter::Debug
-            } else {
-                log::LevelFilter::Info
-            });
-            Ok(())
-        }),
+        Hosting::PerPod => logging::init_per_pod(flags.debug),
+        Hosting::PerNode => logging::init_per_node(&flags.socket, flags.debug),
     };
     if let Err(err) = result {
         eprintln!("cannot open the shim log: {err}");
     }
 }
-
-fn node_log_file(socket: &str) -> Result<std::fs::File, String> {
-    let name = std::path::Path::new(socket)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "node".to_string());
-    let dir = std::path::Path::new(NODE_LOG_DIR);
-    std::fs::create_dir_all(dir).map_err(|err| format!("{NODE_LOG_DIR}: {err}"))?;
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{name}.log")))
-        .map_err(|err| format!("{NODE_LOG_DIR}/{name}.log: {err}"))
-}
-
-/// Where per-node servers log.
-pub const NODE_LOG_DIR: &str = "/run/containerd/wasishim";
 
 fn run(runtime: Runtime) -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

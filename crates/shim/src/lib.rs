@@ -13,6 +13,7 @@ pub mod content;
 pub mod events;
 pub mod launch;
 pub mod lifecycle;
+pub mod logging;
 pub mod negotiation;
 pub mod process;
 pub mod rootfs;

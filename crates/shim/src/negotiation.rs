@@ -133,28 +133,39 @@ pub const VERSION_MEMORY_DIR: &str = "/run/containerd/wasishim";
 /// read from `dir` when this same containerd process was asked before,
 /// otherwise asked with [`query_containerd_version`] and written down.
 /// Without a readable parent process it just asks.
+///
+/// One file holds a line per containerd process (`<pid> <start time>
+/// <address>\t<version>`); writing it drops the lines of processes that
+/// have ended, so it stays as small as the number of running containerds.
 pub fn remembered_version(grpc_address: &str, dir: &Path) -> Option<String> {
     let Some(caller) = parent_identity() else {
         return query_containerd_version(grpc_address, VERSION_QUERY_TIMEOUT);
     };
     let caller = format!("{caller} {grpc_address}");
-    // One file per socket; the socket path is the part users configure.
-    let file = dir.join(format!(
-        "containerd-version{}",
-        grpc_address.replace(['/', ':'], "_")
-    ));
-    if let Ok(text) = std::fs::read_to_string(&file) {
-        if let Some((who, version)) = text.split_once('\n') {
-            if who == caller && !version.is_empty() {
-                return Some(version.to_string());
-            }
-        }
+    let file = dir.join("containerd-versions");
+    let known = std::fs::read_to_string(&file).unwrap_or_default();
+    let remembered = known.lines().find_map(|line| {
+        let (who, version) = line.split_once('\t')?;
+        (who == caller && !version.is_empty()).then(|| version.to_string())
+    });
+    if remembered.is_some() {
+        return remembered;
     }
     let version = query_containerd_version(grpc_address, VERSION_QUERY_TIMEOUT)?;
-    // Best effort, and atomic so that concurrent starts never read half a file.
-    let temp = dir.join(format!(".containerd-version.{}", std::process::id()));
+    let mut lines: Vec<&str> = known
+        .lines()
+        .filter(|line| {
+            line.split_once(' ')
+                .is_some_and(|(pid, _)| still_running(pid, line))
+        })
+        .collect();
+    let mine = format!("{caller}\t{version}");
+    lines.push(&mine);
+    // Best effort, and atomic so that concurrent starts never read half a
+    // file; a line lost to a concurrent writer only means one more query.
+    let temp = dir.join(format!(".containerd-versions.{}", std::process::id()));
     let written = std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&temp, format!("{caller}\n{version}")))
+        .and_then(|()| std::fs::write(&temp, lines.join("\n") + "\n"))
         .and_then(|()| std::fs::rename(&temp, &file));
     if written.is_err() {
         let _ = std::fs::remove_file(&temp);
@@ -162,16 +173,26 @@ pub fn remembered_version(grpc_address: &str, dir: &Path) -> Option<String> {
     Some(version)
 }
 
+/// Whether the process `pid` of a remembered `line` ("<pid> <start time> ...")
+/// is still the same running process.
+fn still_running(pid: &str, line: &str) -> bool {
+    process_identity(pid).is_some_and(|identity| line.starts_with(&format!("{identity} ")))
+}
+
 /// "<pid> <start time>" of this process's parent: unique per process over
 /// the machine's uptime, unlike the pid alone.
 fn parent_identity() -> Option<String> {
-    let ppid = std::os::unix::process::parent_id();
-    let stat = std::fs::read_to_string(format!("/proc/{ppid}/stat")).ok()?;
+    process_identity(&std::os::unix::process::parent_id().to_string())
+}
+
+/// "<pid> <start time>" of process `pid`, if it runs.
+fn process_identity(pid: &str) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Field 22 is the start time; the command name (field 2) may hold spaces,
     // so count from its closing parenthesis.
     let after_name = &stat[stat.rfind(')')? + 1..];
     let start_time = after_name.split_whitespace().nth(19)?;
-    Some(format!("{ppid} {start_time}"))
+    Some(format!("{pid} {start_time}"))
 }
 
 /// Asks the containerd listening on `grpc_address` (a unix socket path, with
@@ -317,18 +338,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Nothing listens here, so any answer must come from the file.
         let address = dir.path().join("no-containerd.sock").display().to_string();
-        let file = dir.path().join(format!(
-            "containerd-version{}",
-            address.replace(['/', ':'], "_")
-        ));
+        let file = dir.path().join("containerd-versions");
         let me = parent_identity().unwrap();
-        std::fs::write(&file, format!("{me} {address}\n2.1.9+ds1")).unwrap();
+        std::fs::write(
+            &file,
+            format!("1 12345 /other\t1.7.24\n{me} {address}\t2.1.9+ds1\n"),
+        )
+        .unwrap();
         assert_eq!(
             remembered_version(&address, dir.path()).as_deref(),
             Some("2.1.9+ds1")
         );
-        std::fs::write(&file, format!("1 12345 {address}\n2.1.9+ds1")).unwrap();
+        std::fs::write(&file, format!("1 12345 {address}\t2.1.9+ds1\n")).unwrap();
         assert_eq!(remembered_version(&address, dir.path()), None);
+    }
+
+    #[test]
+    fn only_running_processes_are_kept() {
+        let me = process_identity(&std::process::id().to_string()).unwrap();
+        let pid = std::process::id().to_string();
+        assert!(still_running(&pid, &format!("{me} /sock\t2.1.9")));
+        assert!(!still_running(&pid, &format!("{pid} 1 /sock\t2.1.9")));
+        assert!(!still_running("999999999", "999999999 1 /sock\t2.1.9"));
     }
 
     /// Asks a real containerd for its version and prints how long it took.

@@ -91,6 +91,10 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
         log::warn!("ttrpc server shutdown: {err}");
     }
     remove_socket(&options.socket_address);
+    if options.runtime.hosting == Hosting::PerNode {
+        // A clean exit leaves nothing to investigate, and the log is in memory (tmpfs).
+        crate::logging::remove_node_log(&options.socket_address);
+    }
     Ok(())
 }
 

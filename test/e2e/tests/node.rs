@@ -60,10 +60,36 @@ fn concurrent_first_starts(cd: &PrivateContainerd) {
         cd.wait_task_status(id, "RUNNING", Duration::from_secs(20))
             .unwrap();
     }
-    assert_eq!(cd.shim_pids().len(), 1, "servers: {:?}", cd.shim_pids());
+    let servers = cd.shim_pids();
+    assert_eq!(servers.len(), 1, "servers: {servers:?}");
+    let log = server_log(servers[0]);
+    assert!(log.exists(), "the server logs to {}", log.display());
     for id in &ids {
         remove(cd, id);
     }
+    // Idle, the server exits and removes its log (tmpfs is memory).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !cd.shim_pids().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(cd.shim_pids().is_empty(), "the idle server did not exit");
+    assert!(!log.exists(), "{} left behind", log.display());
+}
+
+/// The log file of the per-node server `pid`, from its `-socket` argument.
+fn server_log(pid: i32) -> std::path::PathBuf {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let socket = args
+        .iter()
+        .skip_while(|a| a.as_str() != "-socket")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no -socket in {args:?}"));
+    let name = socket.rsplit('/').next().unwrap_or_default();
+    std::path::Path::new("/run/containerd/wasishim").join(format!("{name}.log"))
 }
 
 /// The same container id in two namespaces: two tasks in one server, each
