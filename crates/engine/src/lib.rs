@@ -31,6 +31,7 @@ mod entrypoint;
 mod http;
 mod layer;
 mod limits;
+mod netns;
 mod rootfs;
 mod run;
 mod signal;

@@ -348,7 +348,7 @@ fn run_guest(run: GuestRun, control: &Control) -> (u32, bool) {
         mut stderr,
         on_thread_start,
     } = run;
-    let ended = catch_unwind(AssertUnwindSafe(|| match enter_network(&network) {
+    let ended = catch_unwind(AssertUnwindSafe(|| match crate::netns::enter(&network) {
         Ok(()) => run_on_runtime(&engine, guest, memory_limit, control, on_thread_start),
         Err(message) => Ended::Failed(message),
     }));
@@ -381,22 +381,6 @@ fn run_guest(run: GuestRun, control: &Control) -> (u32, bool) {
         (OOM_EXIT_CODE, true)
     } else {
         (TRAP_EXIT_CODE, false)
-    }
-}
-
-/// Moves the calling thread (the guest's) into its network namespace. Only
-/// this thread, and the threads it starts, change namespace: other guests in
-/// the same process keep theirs.
-fn enter_network(network: &NetworkNamespace) -> Result<(), String> {
-    use nix::sched::{setns, unshare, CloneFlags};
-    match network {
-        NetworkNamespace::Host => Ok(()),
-        NetworkNamespace::New => unshare(CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("cannot create a network namespace for the guest: {e}")),
-        NetworkNamespace::Join(path) => File::open(path)
-            .map_err(|e| e.to_string())
-            .and_then(|ns| setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()))
-            .map_err(|e| format!("cannot join the network namespace {}: {e}", path.display())),
     }
 }
 

@@ -45,7 +45,17 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
         .context("cannot use the inherited shim socket")?;
     let listener = Listener::try_from(listener).context("cannot serve the shim socket")?;
 
-    let engine = WasmEngine::new().context("cannot create the wasmtime engine")?;
+    // A per-node server starts many containers; one that asks for a new
+    // network namespace (plain `ctr run`) gets one made ahead.
+    let spare_network_namespaces = match options.runtime.hosting {
+        Hosting::PerPod => 0,
+        Hosting::PerNode => 2,
+    };
+    let engine = WasmEngine::builder()
+        .from_env()
+        .map(|builder| builder.spare_network_namespaces(spare_network_namespaces))
+        .and_then(|builder| builder.build())
+        .context("cannot create the wasmtime engine")?;
     let events = EventPublisher::connect(options.ttrpc_address.as_deref()).await;
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let service = Arc::new(
