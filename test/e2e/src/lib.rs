@@ -1198,6 +1198,29 @@ fn sockets_under(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Declares one `#[test]` per containerd version for each scenario: modules
+/// `v1_6`, `v1_7` and `v2_1` (or the ones given with `on [...]`) whose tests
+/// call `run(version, scenario)` of the invoking file.
+///
+/// ```ignore
+/// wasishim_e2e::scenarios!(hello, exit_codes);
+/// wasishim_e2e::scenarios!(on [v1_7 "1.7.24", v2_1 "2.1.9"]: [pull, run_pod]);
+/// ```
+#[macro_export]
+macro_rules! scenarios {
+    (on [$($module:ident $version:literal),* $(,)?]: $names:tt) => {
+        $( $crate::scenarios!(@module $module $version $names); )*
+    };
+    (@module $module:ident $version:literal [$($name:ident),* $(,)?]) => {
+        mod $module {
+            $(#[test] fn $name() { super::run($version, super::$name) })*
+        }
+    };
+    ($($name:ident),* $(,)?) => {
+        $crate::scenarios!(on [v1_6 "1.6.20", v1_7 "1.7.24", v2_1 "2.1.9"]: [$($name),*]);
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

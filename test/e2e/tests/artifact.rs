@@ -291,17 +291,6 @@ fn pull_is_refused(cd: &PrivateContainerd, cri: &Client) {
     );
 }
 
-macro_rules! scenarios {
-    ($($name:ident),* $(,)?) => {
-        mod v1_7 {
-            $(#[test] fn $name() { super::run("1.7.24", super::$name) })*
-        }
-        mod v2_1 {
-            $(#[test] fn $name() { super::run("2.1.9", super::$name) })*
-        }
-    };
-}
-
 mod v1_6 {
     #[test]
     fn pull_is_refused() {
@@ -320,4 +309,4 @@ fn run(version: &str, scenario: fn(&PrivateContainerd, &Client)) {
     cd.assert_no_leaks();
 }
 
-scenarios!(each_form, ctr_pull, bad_artifacts);
+wasishim_e2e::scenarios!(on [v1_7 "1.7.24", v2_1 "2.1.9"]: [each_form, ctr_pull, bad_artifacts]);

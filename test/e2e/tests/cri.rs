@@ -446,20 +446,6 @@ fn exec_unsupported(cd: &PrivateContainerd, cri: &Client) {
     remove_pod(cd, cri, &pod);
 }
 
-macro_rules! scenarios {
-    ($($name:ident),* $(,)?) => {
-        mod v1_6 {
-            $(#[test] fn $name() { super::run("1.6.20", super::$name) })*
-        }
-        mod v1_7 {
-            $(#[test] fn $name() { super::run("1.7.24", super::$name) })*
-        }
-        mod v2_1 {
-            $(#[test] fn $name() { super::run("2.1.9", super::$name) })*
-        }
-    };
-}
-
 /// Starts a CRI-enabled containerd `version`, runs `scenario` on it and
 /// checks for leaks.
 fn run(version: &str, scenario: fn(&PrivateContainerd, &Client)) {
@@ -471,7 +457,7 @@ fn run(version: &str, scenario: fn(&PrivateContainerd, &Client)) {
     cd.assert_no_leaks();
 }
 
-scenarios!(
+wasishim_e2e::scenarios!(
     harness,
     two_containers,
     exit_codes,

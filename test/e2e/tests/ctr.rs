@@ -707,20 +707,6 @@ fn entrypoint_outside_rootfs(cd: &PrivateContainerd) {
     assert_still_serves(cd, "escape");
 }
 
-macro_rules! scenarios {
-    ($($name:ident),* $(,)?) => {
-        mod v1_6 {
-            $(#[test] fn $name() { super::run("1.6.20", super::$name) })*
-        }
-        mod v1_7 {
-            $(#[test] fn $name() { super::run("1.7.24", super::$name) })*
-        }
-        mod v2_1 {
-            $(#[test] fn $name() { super::run("2.1.9", super::$name) })*
-        }
-    };
-}
-
 /// Starts containerd `version`, runs `scenario` on it and checks for leaks.
 fn run(version: &str, scenario: fn(&PrivateContainerd)) {
     let cd = PrivateContainerd::start(version).unwrap();
@@ -728,7 +714,7 @@ fn run(version: &str, scenario: fn(&PrivateContainerd)) {
     cd.assert_no_leaks();
 }
 
-scenarios!(
+wasishim_e2e::scenarios!(
     hello_wasip1,
     hello_wasip2,
     hello_wat,

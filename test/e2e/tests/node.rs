@@ -227,20 +227,6 @@ fn failures_stay_contained(cd: &PrivateContainerd) {
     remove(cd, "neighbour");
 }
 
-macro_rules! scenarios {
-    ($($name:ident),* $(,)?) => {
-        mod v1_6 {
-            $(#[test] fn $name() { super::run("1.6.20", super::$name) })*
-        }
-        mod v1_7 {
-            $(#[test] fn $name() { super::run("1.7.24", super::$name) })*
-        }
-        mod v2_1 {
-            $(#[test] fn $name() { super::run("2.1.9", super::$name) })*
-        }
-    };
-}
-
 fn run(version: &str, scenario: fn(&PrivateContainerd)) {
     // This test binary is about the per-node shim whatever the environment
     // says; the harness reads the runtime once per process.
@@ -251,7 +237,7 @@ fn run(version: &str, scenario: fn(&PrivateContainerd)) {
     cd.assert_no_leaks();
 }
 
-scenarios!(
+wasishim_e2e::scenarios!(
     concurrent_first_starts,
     two_namespaces,
     restart_with_20_tasks,
