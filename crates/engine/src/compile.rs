@@ -221,7 +221,7 @@ pub(crate) fn component_entry(
     let serves_http = names.iter().any(|n| is_http_handler_0_2(n));
     if let Some(name) = export.filter(|e| is_interface(e, HTTP_HANDLER)) {
         if !is_http_handler_0_2(name) {
-            bail!("entrypoint {shown}: {name} is not served; io.containerd.wasmtime.v1 serves {HTTP_HANDLER} of WASI 0.2 (0.2.x) only");
+            bail!("entrypoint {shown}: {name} is not served; wasishim serves {HTTP_HANDLER} of WASI 0.2 (0.2.x) only");
         }
         if serves_http {
             return Ok(ComponentEntry::Http);
@@ -233,7 +233,7 @@ pub(crate) fn component_entry(
             .collect();
         if !http.is_empty() {
             bail!(
-                "entrypoint {shown} exports {}, but io.containerd.wasmtime.v1 serves {HTTP_HANDLER} of WASI 0.2 (0.2.x) only: build the component for WASI 0.2",
+                "entrypoint {shown} exports {}, but wasishim serves {HTTP_HANDLER} of WASI 0.2 (0.2.x) only: build the component for WASI 0.2",
                 http.join(", ")
             );
         }

@@ -505,7 +505,7 @@ impl WasmEngine {
 
 pub(crate) fn link_error(shown: &str, provided: &str, e: wasmtime::Error) -> anyhow::Error {
     anyhow::anyhow!(
-        "entrypoint {shown} cannot be linked: {e:#} (io.containerd.wasmtime.v1 provides {provided} only)"
+        "entrypoint {shown} cannot be linked: {e:#} (wasishim provides {provided} only)"
     )
 }
 

@@ -41,7 +41,7 @@ pub(crate) fn action(signal: i32) -> Result<SignalAction> {
             Ok(SignalAction::Ignore)
         }
         Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU => bail!(
-            "signal {} is not supported by io.containerd.wasmtime.v1: a wasm guest cannot be stopped, only ended (e.g. with SIGTERM)",
+            "signal {} is not supported by wasishim: a wasm guest cannot be stopped, only ended (e.g. with SIGTERM)",
             named.as_str()
         ),
         _ => Ok(SignalAction::Terminate),

@@ -85,7 +85,7 @@ impl WorkloadSpec {
             bail!("config.json has no process: set process.args to the .wasm file to run, e.g. [\"/app.wasm\"]");
         };
         if process.terminal() == Some(true) {
-            bail!("terminal (tty) is not supported by io.containerd.wasmtime.v1: run without -t");
+            bail!("terminal (tty) is not supported by wasishim: run without -t");
         }
         let args = match process.args() {
             Some(args) if !args.is_empty() => args,
@@ -314,7 +314,7 @@ mod tests {
         );
         assert_eq!(
             e,
-            "terminal (tty) is not supported by io.containerd.wasmtime.v1: run without -t"
+            "terminal (tty) is not supported by wasishim: run without -t"
         );
     }
 
