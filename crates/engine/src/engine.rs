@@ -60,6 +60,7 @@ pub struct WasmEngineBuilder {
     cache_dir: Option<PathBuf>,
     cache_max_bytes: u64,
     pooling: bool,
+    pool_capacity: u32,
     spare_network_namespaces: usize,
 }
 
@@ -69,6 +70,7 @@ impl Default for WasmEngineBuilder {
             cache_dir: Some(PathBuf::from(cache::DEFAULT_DIR)),
             cache_max_bytes: cache::DEFAULT_MAX_BYTES,
             pooling: POOLING_BY_DEFAULT,
+            pool_capacity: DEFAULT_POOL_CAPACITY,
             spare_network_namespaces: 0,
         }
     }
@@ -104,6 +106,19 @@ impl WasmEngineBuilder {
     /// [`build`](Self::build) logs it and allocates on demand.
     pub fn pooling(mut self, on: bool) -> WasmEngineBuilder {
         self.pooling = on;
+        self
+    }
+
+    /// How many linear memories, tables, core instances, component instances
+    /// and async stacks the pool holds at once (default
+    /// [`DEFAULT_POOL_CAPACITY`]). A component guest uses several core
+    /// instances, so a process hosting many guests (the per-node server)
+    /// needs more. Each memory slot reserves about 4 GiB of address space
+    /// (not memory), so 10,000 reserve about 43 TiB of the 128 TiB a process
+    /// has. An instantiation beyond the capacity fails, so its guest exits
+    /// with 134 and says so on its stderr.
+    pub fn pool_capacity(mut self, capacity: u32) -> WasmEngineBuilder {
+        self.pool_capacity = capacity;
         self
     }
 
@@ -187,7 +202,9 @@ impl WasmEngineBuilder {
         config.memory_init_cow(true);
         let pooled = if self.pooling {
             let mut pooled = config.clone();
-            pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool()));
+            pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(
+                self.pool_capacity,
+            )));
             match Engine::new(&pooled) {
                 Ok(engine) => Some(engine),
                 Err(e) => {
@@ -228,22 +245,23 @@ impl WasmEngineBuilder {
 /// allocator.
 pub const POOLING_BY_DEFAULT: bool = true;
 
-/// The pooling allocator's limits: per process, 1000 concurrent linear
+/// Default of [`WasmEngineBuilder::pool_capacity`].
+pub const DEFAULT_POOL_CAPACITY: u32 = 1_000;
+
+/// The pooling allocator's limits: per process, `total` concurrent linear
 /// memories, tables, core and component instances and async stacks; per
 /// memory up to 4 GiB (wasmtime's default reservation and guard pages); per
 /// module as many memories and tables, and table elements, as the store
 /// limiter allows (see limits.rs), so a guest that runs with on-demand
 /// allocation runs in the pool too. Reserves about 4 TiB of address space
 /// (no memory) when the engine is created.
-fn pool() -> PoolingAllocationConfig {
-    /// Instances, memories, tables and stacks per process.
-    const TOTAL: u32 = 1_000;
+fn pool(total: u32) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::new();
-    pool.total_memories(TOTAL)
-        .total_tables(TOTAL)
-        .total_core_instances(TOTAL)
-        .total_component_instances(TOTAL)
-        .total_stacks(TOTAL)
+    pool.total_memories(total)
+        .total_tables(total)
+        .total_core_instances(total)
+        .total_component_instances(total)
+        .total_stacks(total)
         .max_memory_size(4 << 30)
         // As limits.rs: 100 memories, 1000 tables of up to 2^20 elements.
         .max_memories_per_module(100)
@@ -571,6 +589,18 @@ mod tests {
 
     fn apply(dir: Option<&str>, max: Option<&str>) -> Result<WasmEngineBuilder> {
         WasmEngineBuilder::default().apply_env(dir.map(OsString::from), max.map(OsString::from))
+    }
+
+    #[test]
+    fn a_node_sized_pool_can_be_reserved() {
+        let engine = WasmEngine::builder()
+            .cache_dir(None)
+            .pool_capacity(10_000)
+            .build();
+        match engine {
+            Ok(engine) => assert!(engine.pooling(), "fell back to on-demand allocation"),
+            Err(e) => panic!("{e:#}"),
+        }
     }
 
     #[test]

@@ -41,7 +41,8 @@ mod wasi;
 
 pub use cache::CacheStats;
 pub use engine::{
-    WasmEngine, WasmEngineBuilder, CACHE_DIR_ENV, CACHE_MAX_BYTES_ENV, POOLING_BY_DEFAULT,
+    WasmEngine, WasmEngineBuilder, CACHE_DIR_ENV, CACHE_MAX_BYTES_ENV, DEFAULT_POOL_CAPACITY,
+    POOLING_BY_DEFAULT,
 };
 pub use entrypoint::Entrypoint;
 pub use http::{

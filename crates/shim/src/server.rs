@@ -45,15 +45,20 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
         .context("cannot use the inherited shim socket")?;
     let listener = Listener::try_from(listener).context("cannot serve the shim socket")?;
 
-    // A per-node server starts many containers; one that asks for a new
-    // network namespace (plain `ctr run`) gets one made ahead.
-    let spare_network_namespaces = match options.runtime.hosting {
-        Hosting::PerPod => 0,
-        Hosting::PerNode => 2,
+    // A per-node server hosts every guest of the node: room for thousands
+    // of instances, and a network namespace made ahead for a container that
+    // asks for a new one (plain `ctr run`).
+    let (pool_capacity, spare_network_namespaces) = match options.runtime.hosting {
+        Hosting::PerPod => (wasishim_engine::DEFAULT_POOL_CAPACITY, 0),
+        Hosting::PerNode => (10_000, 2),
     };
     let engine = WasmEngine::builder()
         .from_env()
-        .map(|builder| builder.spare_network_namespaces(spare_network_namespaces))
+        .map(|builder| {
+            builder
+                .pool_capacity(pool_capacity)
+                .spare_network_namespaces(spare_network_namespaces)
+        })
         .and_then(|builder| builder.build())
         .context("cannot create the wasmtime engine")?;
     let events = EventPublisher::connect(options.ttrpc_address.as_deref()).await;
