@@ -76,6 +76,60 @@ pub struct CacheStats {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Fingerprint([u8; 32]);
 
+/// A file as the kernel identifies it, with what changes when its content
+/// does (size, modification and change times), so that a repeat start can
+/// skip reading and hashing a large guest, as git's index skips unchanged
+/// files.
+///
+/// Timestamps are as coarse as the kernel's clock tick, and a deleted
+/// file's inode number is soon reused, so a file replaced within one tick by
+/// another of the same size could look the same. As git does with "racily
+/// clean" files, only a file whose change time was at least
+/// [`SETTLED_AFTER`] old when it was read is remembered
+/// ([`FileIdentity::settled`]): any later file on that inode, or any later
+/// write to it, has a later change time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileIdentity {
+    pub(crate) fn of(meta: &fs::Metadata) -> FileIdentity {
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether the file changed at least [`SETTLED_AFTER`] before `now`.
+    pub(crate) fn settled(&self, now: SystemTime) -> bool {
+        let changed = u64::try_from(self.ctime.0)
+            .ok()
+            .map(|secs| SystemTime::UNIX_EPOCH + Duration::new(secs, self.ctime.1 as u32));
+        changed.is_some_and(|changed| {
+            now.duration_since(changed)
+                .is_ok_and(|age| age >= SETTLED_AFTER)
+        })
+    }
+}
+
+/// How old a file's last change must be for it to be remembered.
+pub(crate) const SETTLED_AFTER: Duration = Duration::from_secs(2);
+
+/// Files remembered with their keys; cleared when it reaches this size.
+const MAX_KNOWN_FILES: usize = 4096;
+
 /// Identifies one guest's code for one engine fingerprint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Key([u8; 32]);
@@ -171,6 +225,15 @@ struct Memory {
 impl Memory {
     /// The slot of `key`, created if needed and marked as just used. Drops
     /// the least recently used slots beyond [`MEMORY_ENTRIES`].
+    /// The slot of `key` if there is one (and marks it used).
+    fn existing_slot(&mut self, key: &Key) -> Option<Arc<Slot>> {
+        self.clock += 1;
+        let now = self.clock;
+        let (slot, used) = self.slots.get_mut(key)?;
+        *used = now;
+        Some(slot.clone())
+    }
+
     fn slot(&mut self, key: Key) -> Arc<Slot> {
         self.clock += 1;
         let now = self.clock;
@@ -208,6 +271,8 @@ pub(crate) struct CodeCache {
     fingerprint: Fingerprint,
     disk: Option<DiskCache>,
     memory: Mutex<Memory>,
+    /// The key of each file whose code was looked up by its bytes.
+    files: Mutex<HashMap<FileIdentity, Key>>,
     compiled: AtomicU64,
     loaded: AtomicU64,
     memory_hits: AtomicU64,
@@ -230,6 +295,7 @@ impl CodeCache {
             fingerprint: fingerprint(engine),
             disk,
             memory: Mutex::default(),
+            files: Mutex::default(),
             compiled: AtomicU64::new(0),
             loaded: AtomicU64::new(0),
             memory_hits: AtomicU64::new(0),
@@ -265,6 +331,40 @@ impl CodeCache {
         compile: impl FnOnce() -> Result<Code>,
     ) -> Result<Arc<Compiled>> {
         self.get_keyed(engine, key(&self.fingerprint, binary), kind, compile)
+    }
+
+    /// [`Self::get`] for the bytes of the file `file`, read after `read_at`.
+    /// A file that had settled by then is remembered, so that
+    /// [`Self::get_known_file`] can find its code without the bytes.
+    pub(crate) fn get_file(
+        &self,
+        engine: &Engine,
+        file: FileIdentity,
+        read_at: SystemTime,
+        binary: &[u8],
+        kind: Kind,
+        compile: impl FnOnce() -> Result<Code>,
+    ) -> Result<Arc<Compiled>> {
+        let key = key(&self.fingerprint, binary);
+        if file.settled(read_at) {
+            let mut files = lock(&self.files);
+            if files.len() >= MAX_KNOWN_FILES {
+                files.clear();
+            }
+            files.insert(file, key);
+        }
+        self.get_keyed(engine, key, kind, compile)
+    }
+
+    /// The code of file `file` if it was looked up before by its bytes and
+    /// is still in memory; `None` otherwise (then read the file and call
+    /// [`Self::get_file`]).
+    pub(crate) fn get_known_file(&self, file: &FileIdentity) -> Option<Arc<Compiled>> {
+        let key = *lock(&self.files).get(file)?;
+        let slot = lock(&self.memory).existing_slot(&key)?;
+        let found = lock(&slot.compiled).clone()?;
+        self.memory_hits.fetch_add(1, Ordering::Relaxed);
+        Some(found)
     }
 
     /// Like [`Self::get`] for the wasm whose OCI digest (`sha256:<hex>`,
@@ -658,6 +758,18 @@ fn touch(path: &Path) {
 mod tests {
     use super::*;
     use wasmtime::{Config, OptLevel};
+
+    #[test]
+    fn only_files_changed_a_while_ago_are_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.wasm");
+        std::fs::write(&path, b"\0asm").unwrap();
+        let identity = FileIdentity::of(&std::fs::metadata(&path).unwrap());
+        let now = SystemTime::now();
+        assert!(!identity.settled(now), "a file written just now");
+        assert!(identity.settled(now + SETTLED_AFTER + Duration::from_millis(10)));
+        assert!(!identity.settled(now - Duration::from_secs(60)));
+    }
 
     fn engine(opt: OptLevel) -> Engine {
         let mut config = Config::new();

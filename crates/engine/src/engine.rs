@@ -12,7 +12,7 @@ use nix::fcntl::OFlag;
 use wasmtime::component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, PoolingAllocationConfig};
 
-use crate::cache::{self, CacheStats, CodeCache};
+use crate::cache::{self, CacheStats, CodeCache, Compiled, FileIdentity};
 use crate::compile::{self, Code, ComponentEntry};
 use crate::http::{self, HttpGuest, HttpSettings, HttpState};
 use crate::rootfs::{self, ResolveError};
@@ -369,8 +369,23 @@ impl WasmEngine {
     /// Cache failures are logged, never returned.
     pub fn prepare(&self, spec: WorkloadSpec, stdio: Stdio) -> Result<Workload> {
         let shown = spec.entrypoint.path.clone();
-        let bytes = read_entrypoint(&spec.rootfs, &shown)?;
-        self.prepare_code(spec, &bytes, None, &shown, stdio)
+        let opened_at = std::time::SystemTime::now();
+        let (mut file, identity) = open_entrypoint(&spec.rootfs, &shown)?;
+        // A file seen before: no need to read and hash it again.
+        if let Some(compiled) = self.cache.get_known_file(&identity) {
+            return self.prepare_compiled(spec, compiled, &shown, stdio);
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(identity.size()).unwrap_or(0));
+        file.read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read entrypoint {shown}"))?;
+        drop(file);
+        let (binary, kind) = compile::binary(&self.engine, &bytes, &shown)?;
+        let compile = || compile::compile(&self.engine, &binary, kind, &shown);
+        let compiled =
+            self.cache
+                .get_file(&self.engine, identity, opened_at, &binary, kind, compile)?;
+        drop(binary);
+        self.prepare_compiled(spec, compiled, &shown, stdio)
     }
 
     /// [`Self::prepare`] once the guest's `bytes` are read (from the rootfs,
@@ -384,7 +399,6 @@ impl WasmEngine {
         shown: &str,
         stdio: Stdio,
     ) -> Result<Workload> {
-        let export = spec.entrypoint.export.as_deref();
         let (binary, kind) = compile::binary(&self.engine, bytes, shown)?;
         let compile = || compile::compile(&self.engine, &binary, kind, shown);
         let compiled = match layer_digest {
@@ -394,6 +408,19 @@ impl WasmEngine {
             None => self.cache.get(&self.engine, &binary, kind, compile),
         }?;
         drop(binary);
+        self.prepare_compiled(spec, compiled, shown, stdio)
+    }
+
+    /// The rest of a prepare once the guest's code is compiled: link (once
+    /// per guest), WASI context, stdio.
+    fn prepare_compiled(
+        &self,
+        spec: WorkloadSpec,
+        compiled: Arc<Compiled>,
+        shown: &str,
+        stdio: Stdio,
+    ) -> Result<Workload> {
+        let export = spec.entrypoint.export.as_deref();
 
         enum Ready {
             Module(wasmtime::InstancePre<ModuleState>, compile::ModuleEntry),
@@ -529,7 +556,9 @@ pub(crate) fn link_error(shown: &str, provided: &str, e: wasmtime::Error) -> any
 
 /// Finds the entrypoint in the rootfs and reads it, without following any
 /// link out of the rootfs.
-fn read_entrypoint(rootfs: &Path, shown: &str) -> Result<Vec<u8>> {
+/// Opens the entrypoint file `shown` inside `rootfs`, and says which file
+/// it is (see [`FileIdentity`]).
+fn open_entrypoint(rootfs: &Path, shown: &str) -> Result<(File, FileIdentity)> {
     if !rootfs.is_dir() {
         bail!(
             "the container's rootfs {} is not a directory: is the image's snapshot mounted?",
@@ -557,7 +586,7 @@ fn read_entrypoint(rootfs: &Path, shown: &str) -> Result<Vec<u8>> {
         }
     };
     // O_NOFOLLOW: the resolved path has no symlinks; refuse one appearing now.
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .custom_flags(OFlag::O_NOFOLLOW.bits())
         .open(&host)
@@ -568,10 +597,7 @@ fn read_entrypoint(rootfs: &Path, shown: &str) -> Result<Vec<u8>> {
     if meta.is_dir() {
         bail!("entrypoint {shown} is a directory, not a WebAssembly file");
     }
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read entrypoint {shown}"))?;
-    Ok(bytes)
+    Ok((file, FileIdentity::of(&meta)))
 }
 
 /// The entrypoint's file stem, for thread names (Linux keeps 15 bytes).

@@ -167,6 +167,23 @@ fn text_and_binary_of_one_module_share_the_key() {
     assert_eq!(engine.cache_stats(), stats(1, 0, 1));
 }
 
+/// A repeat start of the same file finds its code by the file's identity,
+/// without reading it; a file rewritten in place (same path, same size) is a
+/// new identity, so its new code runs.
+#[test]
+fn a_rewritten_file_runs_its_new_code() {
+    let dir = cache_dir();
+    let engine = engine_in(&dir.path);
+    let b = Bundle::new(&["/app.wat"]);
+    b.file("app.wat", exit_module(7));
+    assert_eq!(run(&engine, &b), 7);
+    assert_eq!(run(&engine, &b), 7);
+    assert_eq!(engine.cache_stats(), stats(1, 0, 1));
+    b.file("app.wat", exit_module(8));
+    assert_eq!(run(&engine, &b), 8);
+    assert_eq!(engine.cache_stats(), stats(2, 0, 1));
+}
+
 #[test]
 fn another_module_is_a_miss() {
     let dir = cache_dir();
