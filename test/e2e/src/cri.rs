@@ -796,6 +796,27 @@ impl<'a> Client<'a> {
         .container_id)
     }
 
+    /// The error of a container that must not run: CreateContainer's, or
+    /// StartContainer's (the container is then removed). Panics if it starts.
+    pub fn refused(&self, pod: &Pod, config: ContainerConfig) -> String {
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let err = match self.create_container(pod, config) {
+            Err(e) => e,
+            Ok(id) => match self.start_container(&id) {
+                Err(e) => {
+                    self.remove_container(&id).unwrap();
+                    e
+                }
+                Ok(()) => panic!("{name} was started"),
+            },
+        };
+        format!("{err:#}")
+    }
+
     /// `StartContainer`.
     pub fn start_container(&self, id: &str) -> Result<()> {
         call!(

@@ -222,17 +222,7 @@ fn bad_artifacts(cd: &PrivateContainerd, cri: &Client) {
     ] {
         let mut config = cri.container_config(name, image);
         config.command = vec!["/app.wasm".to_string()];
-        let err = match cri.create_container(&pod, config) {
-            Err(e) => e,
-            Ok(id) => match cri.start_container(&id) {
-                Err(e) => {
-                    cri.remove_container(&id).unwrap();
-                    e
-                }
-                Ok(()) => panic!("{name} was started"),
-            },
-        };
-        let text = format!("{err:#}");
+        let text = cri.refused(&pod, config);
         assert!(
             text.contains(needle),
             "{name}: expected {needle:?} in: {text}"
