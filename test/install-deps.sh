@@ -10,7 +10,8 @@ log() { echo "install-deps.sh: $*" >&2; }
 
 # protobuf-compiler: protoc, which the k8s-cri crate (CRI tests) needs to build.
 # docker-registry, skopeo: the loopback registry and pushes of the artifact tests.
-apt_pkgs=(containerd runc wabt clang lld wasi-libc containernetworking-plugins skopeo docker-registry protobuf-compiler)
+# wrk: the load generator of make bench's HTTP case.
+apt_pkgs=(containerd runc wabt clang lld wasi-libc containernetworking-plugins skopeo docker-registry protobuf-compiler wrk)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then

@@ -1,20 +1,22 @@
-//! `wasishim-bench`: start-up, throughput, memory, compute, large-module and
-//! kill figures of the two wasmtime shims, each next to a baseline measured
-//! in the same run (runc with native programs, or native code), on a private
-//! containerd. `make bench` runs it; see BENCHMARKS.md.
+//! `wasishim-bench`: start-up, throughput, memory, compute, large-module,
+//! kill and HTTP figures of the two wasmtime shims, each next to a baseline
+//! measured in the same run (runc with native programs, or native code), on
+//! a private containerd. `make bench` runs it; see BENCHMARKS.md.
 //!
 //! ```text
-//! wasishim-bench [--quick] [--containerd 1.6.20] [--cases 1,2,3,3b,4,5,6]
+//! wasishim-bench [--quick] [--containerd 1.6.20] [--cases 1,2,3,3b,4,5,6,7]
 //!                [--out target/bench] [--benchmarks BENCHMARKS.md]
 //! ```
 //!
 //! Needs root, cgroup v1 `cpuacct`, runc, gcc (static libc), the fixtures
-//! (`make fixtures`) and the native fib (`make bench` builds it). The shims
-//! come from `WASISHIM_SHIM_DIR`, default `target/release`.
+//! (`make fixtures`), the native fib (`make bench` builds it), and for case 7
+//! wrk and `wasishim-bench-http` (this package's other binary, next to this
+//! one). The shims come from `WASISHIM_SHIM_DIR`, default `target/release`.
 
 mod api;
 mod bigwasm;
 mod cases;
+mod http;
 mod lab;
 mod report;
 
@@ -45,7 +47,12 @@ pub struct Config {
     pub big_first_runs: usize,
     pub big_cached_runs: usize,
     pub kills: usize,
+    pub http_warmup_seconds: u32,
+    pub http_seconds: u32,
 }
+
+/// Every case, in the order they run.
+const CASES: [&str; 8] = ["1", "2", "3", "3b", "4", "5", "6", "7"];
 
 impl Config {
     fn full() -> Config {
@@ -64,6 +71,8 @@ impl Config {
             big_first_runs: 3,
             big_cached_runs: 5,
             kills: 20,
+            http_warmup_seconds: 3,
+            http_seconds: 10,
         }
     }
 
@@ -83,6 +92,8 @@ impl Config {
             big_first_runs: 1,
             big_cached_runs: 2,
             kills: 4,
+            http_warmup_seconds: 1,
+            http_seconds: 3,
         }
     }
 }
@@ -124,9 +135,7 @@ fn parse_args() -> Result<Args> {
             .ok()
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| "1.6.20".into()),
-        cases: ["1", "2", "3", "3b", "4", "5", "6"]
-            .map(String::from)
-            .to_vec(),
+        cases: CASES.map(String::from).to_vec(),
         out: repo_root().join("target/bench"),
         benchmarks: None,
     };
@@ -141,12 +150,8 @@ fn parse_args() -> Result<Args> {
                     .split(',')
                     .map(|c| c.trim().to_string())
                     .collect();
-                if let Some(bad) = a
-                    .cases
-                    .iter()
-                    .find(|c| !["1", "2", "3", "3b", "4", "5", "6"].contains(&c.as_str()))
-                {
-                    bail!("--cases: {bad:?} is not one of 1, 2, 3, 3b, 4, 5, 6");
+                if let Some(bad) = a.cases.iter().find(|c| !CASES.contains(&c.as_str())) {
+                    bail!("--cases: {bad:?} is not one of {}", CASES.join(", "));
                 }
                 if a.cases.iter().any(|c| c == "3") && !a.cases.iter().any(|c| c == "3b") {
                     a.cases.push("3b".into());
@@ -155,7 +160,7 @@ fn parse_args() -> Result<Args> {
             "--out" => a.out = value("--out")?.into(),
             "--benchmarks" => a.benchmarks = Some(value("--benchmarks")?.into()),
             "-h" | "--help" => {
-                println!("wasishim-bench [--quick] [--containerd VERSION] [--cases 1,2,3,3b,4,5,6] [--out DIR] [--benchmarks BENCHMARKS.md]");
+                println!("wasishim-bench [--quick] [--containerd VERSION] [--cases {}] [--out DIR] [--benchmarks BENCHMARKS.md]", CASES.join(","));
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?}; see --help"),
@@ -180,6 +185,12 @@ fn run() -> Result<()> {
     };
     let root = repo_root();
     // Before any thread exists: containerd (and so the shims) inherit these.
+    // No backtrace capture, as in a production environment: with
+    // RUST_BACKTRACE=1 every error made inside wasmtime takes a backtrace,
+    // e.g. the one each dropped store of a wasi:http request makes for its
+    // parked fiber (7% of the shim's CPU per request in case 7).
+    std::env::remove_var("RUST_BACKTRACE");
+    std::env::remove_var("RUST_LIB_BACKTRACE");
     if std::env::var_os("WASISHIM_SHIM_DIR").is_none_or(|d| d.is_empty()) {
         std::env::set_var("WASISHIM_SHIM_DIR", root.join("target/release"));
     }
@@ -304,6 +315,9 @@ fn run() -> Result<()> {
     if want("6") {
         record("6", cases::kill_latency(&lab, &cfg, &img, &api));
     }
+    if want("7") {
+        record("7", http::http(&lab, &cfg, &api));
+    }
     let elapsed = started.elapsed();
     drop(lab);
     let _ = fs::remove_dir_all(&cache_dir);
@@ -311,7 +325,7 @@ fn run() -> Result<()> {
     let command = format!(
         "wasishim-bench{}{} (containerd {})",
         if args.quick { " --quick" } else { "" },
-        if args.cases.len() < 7 {
+        if args.cases.len() < CASES.len() {
             format!(" --cases {}", args.cases.join(","))
         } else {
             String::new()

@@ -56,6 +56,16 @@ impl Row {
         self
     }
 
+    /// Goal: ratio to the baseline at least `min` (higher is better).
+    pub fn goal_ratio_min(mut self, min: f64) -> Row {
+        let met = self.ratio().is_some_and(|r| r >= min);
+        self.goal = Some(Goal {
+            text: format!(">= {min}x"),
+            met,
+        });
+        self
+    }
+
     /// Goal: the value itself at most `max` (in the row's unit).
     pub fn goal_max(mut self, max: f64) -> Row {
         self.goal = Some(Goal {
@@ -197,6 +207,14 @@ mod tests {
         let r = Row::new("1", "x", 9.0, "ms")
             .baseline("runc", 10.0)
             .goal_ratio(0.8);
+        assert!(!r.goal.unwrap().met);
+        let r = Row::new("7", "x", 4.0, "req/s")
+            .baseline("native", 10.0)
+            .goal_ratio_min(0.4);
+        assert!(r.goal.unwrap().met);
+        let r = Row::new("7", "x", 3.9, "req/s")
+            .baseline("native", 10.0)
+            .goal_ratio_min(0.4);
         assert!(!r.goal.unwrap().met);
     }
 
