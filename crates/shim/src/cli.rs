@@ -28,6 +28,20 @@ pub fn main(runtime: Runtime) -> i32 {
     }
 }
 
+/// Makes every thread allocate from glibc's main arena. By default each
+/// thread that allocates (ttrpc, guest, stdin, blocking pool) gets an arena
+/// of its own, about 130 KiB resident each: a fifth of an idle per-pod
+/// shim's private memory. A per-pod shim runs one pod's few threads, so
+/// sharing one arena costs it nothing measurable; the per-node server, with
+/// a thread per guest, keeps the default.
+fn one_malloc_arena() {
+    // SAFETY: mallopt only changes allocator settings; called before the
+    // server starts any thread.
+    if unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) } != 1 {
+        log::debug!("mallopt(M_ARENA_MAX, 1) refused");
+    }
+}
+
 /// Sets up the server's log (see [`crate::logging`]).
 fn init_server_log(runtime: Runtime, flags: &containerd_shim::Flags) {
     let result = match runtime.hosting {
@@ -80,6 +94,9 @@ fn run(runtime: Runtime) -> Result<()> {
             Ok(())
         }
         "" if !flags.socket.is_empty() => {
+            if runtime.hosting == Hosting::PerPod {
+                one_malloc_arena();
+            }
             init_server_log(runtime, &flags);
             let runtime_threads = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
