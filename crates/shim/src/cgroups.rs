@@ -22,8 +22,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
@@ -31,9 +30,6 @@ use anyhow::{bail, Context, Result};
 const THREAD_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "pids"];
 /// v1 controllers the sandbox moves the process into.
 const PROCESS_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "pids", "memory"];
-
-/// A thread waiting to join a cgroup (see [`Cgroup::place_thread`]).
-type Placement = (Arc<Cgroup>, i32);
 
 /// Where the cgroup hierarchies are mounted.
 #[derive(Debug, Clone)]
@@ -257,37 +253,18 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Moves thread `tid` into this cgroup from a background thread and
+    /// Moves thread `tid` into this cgroup from a short-lived thread and
     /// returns at once. A thread that ended meanwhile is skipped; failures
-    /// are logged.
-    ///
-    /// One placer thread serves the whole process: the kernel serializes
-    /// cgroup moves anyway, and moves close together share a grace period.
+    /// are logged. No thread stays behind to cost an idle shim memory.
     pub fn place_thread(self: &Arc<Cgroup>, tid: i32) {
-        static PLACER: OnceLock<Option<Mutex<Sender<Placement>>>> = OnceLock::new();
-        let placer = PLACER.get_or_init(|| {
-            let (tx, rx) = mpsc::channel::<Placement>();
-            let spawned = std::thread::Builder::new()
-                .name("cgroup-placer".into())
-                .spawn(move || {
-                    for (cgroup, tid) in rx {
-                        cgroup.add_thread_if_alive(tid);
-                    }
-                });
-            match spawned {
-                Ok(_) => Some(Mutex::new(tx)),
-                Err(err) => {
-                    log::warn!("cannot start the cgroup placer thread, placing inline: {err}");
-                    None
-                }
-            }
-        });
-        let queued = placer.as_ref().and_then(|tx| {
-            tx.lock()
-                .ok()
-                .and_then(|tx| tx.send((self.clone(), tid)).ok())
-        });
-        if queued.is_none() {
+        let cgroup = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("cgroup-placer".into())
+            .spawn(move || cgroup.add_thread_if_alive(tid));
+        if let Err(err) = spawned {
+            log::warn!(
+                "cannot start a thread to place thread {tid} in its cgroup, placing inline: {err}"
+            );
             self.add_thread_if_alive(tid);
         }
     }

@@ -100,6 +100,9 @@ fn run(runtime: Runtime) -> Result<()> {
             init_server_log(runtime, &flags);
             let runtime_threads = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                // Blocking work (creates) is occasional: an idle shim keeps no
+                // pool thread, and its memory, for long.
+                .thread_keep_alive(std::time::Duration::from_secs(1))
                 .build()
                 .context("cannot start the async runtime")?;
             runtime_threads.block_on(serve_inherited(ServeOptions {
