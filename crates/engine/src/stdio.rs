@@ -62,17 +62,24 @@ fn given(path: &Option<PathBuf>) -> Option<&Path> {
 }
 
 /// Opens stdout/stderr for writing. A FIFO is opened read-write, as runc's
-/// shim does: the shim then always counts as a reader, so the open never
-/// waits and a guest's write never fails with EPIPE after the client that
-/// read the output (a detached `ctr run -d`) went away. A regular file is
-/// appended to.
+/// shim keeps a read end too: a guest's write never fails with EPIPE after
+/// the client that read the output (a detached `ctr run -d`) went away. But
+/// first the client's reader must have the FIFO open ([`wait_for_reader`]),
+/// as runc's shim waits for it: a FIFO's buffered bytes are discarded when
+/// its last descriptor closes, so a short guest that wrote and ended before
+/// the client's open would lose its whole output. A regular file is appended
+/// to.
 fn open_output(path: &Path, which: &str) -> Result<File> {
     use std::os::unix::fs::FileTypeExt;
     let is_fifo = std::fs::metadata(path)
         .map(|m| m.file_type().is_fifo())
         .unwrap_or(false);
     let mut options = OpenOptions::new();
+    // Held until the real descriptor is open: a reader that just opened must
+    // never see zero writers, which it would read as end of file.
+    let mut _probe = None;
     if is_fifo {
+        _probe = wait_for_reader(path, which);
         options.read(true).write(true);
     } else {
         options.append(true);
@@ -84,6 +91,39 @@ fn open_output(path: &Path, which: &str) -> Result<File> {
     set_blocking(&file)
         .with_context(|| format!("cannot set up the container's {which} {}", path.display()))?;
     Ok(file)
+}
+
+/// How long [`wait_for_reader`] waits for the client's reader.
+const READER_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until some process has FIFO `path` open for reading, at most
+/// [`READER_WAIT`], and returns the write-only descriptor that found it.
+/// containerd's clients (ctr, the CRI plugin) open their readers before they
+/// create the task, so this normally succeeds at the first try; without a
+/// reader the output is kept as before, with a warning.
+fn wait_for_reader(path: &Path, which: &str) -> Option<File> {
+    let deadline = std::time::Instant::now() + READER_WAIT;
+    loop {
+        // A write-only, non-blocking open fails with ENXIO while no reader has it open.
+        let probe = OpenOptions::new()
+            .write(true)
+            .custom_flags(OFlag::O_NONBLOCK.bits())
+            .open(path);
+        match probe {
+            Ok(writer) => return Some(writer),
+            Err(e) if e.raw_os_error() == Some(Errno::ENXIO as i32) => {}
+            // Anything else is reported by the real open that follows.
+            Err(_) => return None,
+        }
+        if std::time::Instant::now() >= deadline {
+            log::warn!(
+                "no reader opened the container's {which} {} within {READER_WAIT:?}: output the guest writes before one does may be lost",
+                path.display()
+            );
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Opens stdin for reading without waiting for a writer to appear.
