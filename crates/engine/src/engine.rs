@@ -483,6 +483,8 @@ impl WasmEngine {
             .map(File::try_clone)
             .transpose()
             .context("cannot duplicate the container's stderr handle")?;
+        let output_fifos = crate::stdio::fifo_handles(&opened)
+            .context("cannot duplicate the container's output handles")?;
         let stdin = GuestStdin::new();
         let guest_stdin = opened.stdin.as_ref().map(|_| stdin.clone());
         let guest = match ready {
@@ -520,6 +522,7 @@ impl WasmEngine {
             stdin,
             stdin_file: opened.stdin,
             stderr,
+            output_fifos,
             on_thread_start: None,
         })
     }

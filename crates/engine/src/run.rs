@@ -122,6 +122,9 @@ pub struct Workload {
     /// A second handle on the guest's stderr, for the host's own messages
     /// (traps) after the guest's handles are closed.
     pub(crate) stderr: Option<File>,
+    /// Second handles on stdout/stderr FIFOs, to see the client read them
+    /// before the exit is reported.
+    pub(crate) output_fifos: Vec<File>,
     /// Runs on each thread of the guest as it starts (see [`Workload::on_thread_start`]).
     pub(crate) on_thread_start: Option<ThreadStartHook>,
 }
@@ -165,6 +168,7 @@ impl Workload {
             stdin,
             stdin_file,
             stderr,
+            output_fifos,
             on_thread_start,
         } = self;
         let control = Arc::new(Control {
@@ -202,6 +206,8 @@ impl Workload {
                 };
                 let (code, oom_killed) = run_guest(run, &thread_control);
                 thread_control.stdin.close();
+                crate::stdio::wait_until_read(&output_fifos);
+                drop(output_fifos);
                 on_exit(ExitStatus {
                     code,
                     exited_at: SystemTime::now(),

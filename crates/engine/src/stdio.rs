@@ -93,6 +93,48 @@ fn open_output(path: &Path, which: &str) -> Result<File> {
     Ok(file)
 }
 
+/// Second handles on stdout and stderr where they are FIFOs, for
+/// [`wait_until_read`].
+pub(crate) fn fifo_handles(opened: &OpenStdio) -> io::Result<Vec<File>> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut handles = Vec::new();
+    for file in [opened.stdout.as_ref(), opened.stderr.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        if file.metadata()?.file_type().is_fifo() {
+            handles.push(file.try_clone()?);
+        }
+    }
+    Ok(handles)
+}
+
+/// How long an ended guest's output may wait in its FIFOs for the client.
+const UNREAD_OUTPUT_WAIT: Duration = Duration::from_millis(250);
+
+/// Waits until the client has read what the guest wrote to `fifos`, at most
+/// [`UNREAD_OUTPUT_WAIT`], before the guest's exit is reported. A client
+/// such as `ctr run --rm` stops waiting for a reader it has not finished
+/// opening once it sees the exit, and a guest that ends within milliseconds
+/// can end before that open completes: its output, still in the FIFO, would
+/// be lost. Nobody reading (a detached `ctr run -d`) costs the full wait.
+pub(crate) fn wait_until_read(fifos: &[File]) {
+    let deadline = std::time::Instant::now() + UNREAD_OUTPUT_WAIT;
+    for fifo in fifos {
+        loop {
+            let mut unread: nix::libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int through the pointer.
+            let ok =
+                unsafe { nix::libc::ioctl(fifo.as_raw_fd(), nix::libc::FIONREAD, &mut unread) }
+                    == 0;
+            if !ok || unread == 0 || std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
 /// How long [`wait_for_reader`] waits for the client's reader.
 const READER_WAIT: Duration = Duration::from_secs(5);
 

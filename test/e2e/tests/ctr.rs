@@ -120,6 +120,37 @@ fn hello_wasip1(cd: &PrivateContainerd) {
     assert_eq!(stdout(&out), "hello from wasm\n", "{}", output_text(&out));
 }
 
+/// Many short `ctr run --rm` at once: each prints its output. ctr stops
+/// waiting for a FIFO reader it has not finished opening once it sees the
+/// exit, so a guest that ends within milliseconds must not have its exit
+/// reported before its output was read (about 1 run in 80 lost it before).
+fn parallel_short_runs_keep_their_output(cd: &PrivateContainerd) {
+    let image = import(cd, "hello", "wasip1/hello.wasm");
+    let lost = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for worker in 0..8 {
+            let (image, lost) = (&image, &lost);
+            scope.spawn(move || {
+                for run in 0..12 {
+                    let id = format!("many-{worker}-{run}");
+                    let out = cd.run_rm(&[], image, &id, &[]);
+                    if stdout(&out) != "hello from wasm\n" {
+                        lost.lock()
+                            .unwrap()
+                            .push(format!("{id}: {}", output_text(&out)));
+                    }
+                }
+            });
+        }
+    });
+    let lost = lost.into_inner().unwrap();
+    assert!(
+        lost.is_empty(),
+        "output lost in {} of 96 runs: {lost:?}",
+        lost.len()
+    );
+}
+
 fn hello_wasip2(cd: &PrivateContainerd) {
     let image = import(cd, "hello-p2", "wasip2/hello.wasm");
     let out = run_expect(cd, &[], &image, "hello-p2", &[], 0);
@@ -716,6 +747,7 @@ fn run(version: &str, scenario: fn(&PrivateContainerd)) {
 
 wasishim_e2e::scenarios!(
     hello_wasip1,
+    parallel_short_runs_keep_their_output,
     hello_wasip2,
     hello_wat,
     args_env_cwd,
