@@ -93,6 +93,9 @@ mod tests {
             x = x.wrapping_add(std::hint::black_box(i));
         }
         std::hint::black_box(x);
+        // The kernel adds up a running thread's time at ticks and switches:
+        // sleep once so that the loop is counted.
+        std::thread::sleep(std::time::Duration::from_millis(5));
         assert!(thread_cpu_nanos(tid) > 0);
         assert_eq!(thread_cpu_nanos(-1), 0);
     }
