@@ -147,7 +147,21 @@ pub fn http(lab: &Lab, cfg: &Config, api: &Api) -> Result<Vec<Row>> {
         wasm.push((name, m));
     }
 
+    let floor = bare_wasmtime_floor()?;
+    println!(
+        "   bare wasmtime, in process, no sockets: {:.1} us per GET / (store {:.1}, instantiate {:.1}, handle {:.1}, drop {:.1})",
+        floor.total_us, floor.store_us, floor.instantiate_us, floor.handle_us, floor.drop_us
+    );
+
     let base = &native[0];
+    // The most a fresh-instance-per-request server could do on one core:
+    // bare wasmtime's work per request plus the native server's (sockets,
+    // HTTP), nothing for the shim.
+    let ceiling = 1e6 / (floor.total_us + base.cpu_us_per_request);
+    println!(
+        "   ceiling on one core (1 / (bare wasmtime + native server per request)): {ceiling:.0} req/s, {:.2}x native",
+        ceiling / base.wrk.requests_per_sec
+    );
     let mut rows = vec![Row::new(
         CASE,
         "GET / hello, native hyper server on 1 thread (current-thread tokio): requests/s",
@@ -174,6 +188,15 @@ pub fn http(lab: &Lab, cfg: &Config, api: &Api) -> Result<Vec<Row>> {
         );
         rows.push(row);
     }
+    rows.push(
+        Row::new(
+            CASE,
+            "GET / hello, ceiling of one core: 1 s / (bare wasmtime's CPU per request + native server's)",
+            ceiling,
+            "req/s",
+        )
+        .baseline("native, 1 thread", base.wrk.requests_per_sec),
+    );
     rows.push(Row::new(
         CASE,
         "GET / hello, native hyper server on 2 threads (multi-thread tokio, sharing the 2 CPUs with wrk): requests/s",
@@ -203,6 +226,15 @@ pub fn http(lab: &Lab, cfg: &Config, api: &Api) -> Result<Vec<Row>> {
         base.cpu_us_per_request,
         "us",
     ));
+    rows.push(
+        Row::new(
+            CASE,
+            "CPU per request, bare wasmtime: store, instance, handle, drop (in process, no sockets)",
+            floor.total_us,
+            "us",
+        )
+        .baseline("native, 1 thread", base.cpu_us_per_request),
+    );
     for (name, m) in &wasm {
         rows.push(
             Row::new(
@@ -215,6 +247,62 @@ pub fn http(lab: &Lab, cfg: &Config, api: &Api) -> Result<Vec<Row>> {
         );
     }
     Ok(rows)
+}
+
+/// Bare wasmtime's time per request, from `http_floor` (an example of the
+/// engine crate, built with the release shims): microseconds in total and
+/// per phase.
+struct Floor {
+    total_us: f64,
+    store_us: f64,
+    instantiate_us: f64,
+    handle_us: f64,
+    drop_us: f64,
+}
+
+/// Runs `examples/http_floor` next to the release shims on the http fixture.
+fn bare_wasmtime_floor() -> Result<Floor> {
+    let shims = PathBuf::from(std::env::var_os("WASISHIM_SHIM_DIR").unwrap_or_default());
+    let program = shims.join("examples/http_floor");
+    if !program.exists() {
+        bail!(
+            "{} is missing: cargo build --release --example http_floor -p wasishim-engine builds it",
+            program.display()
+        );
+    }
+    let out = Command::new(&program)
+        .arg(fixture("wasip2/http.wasm"))
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", program.display()))?;
+    if !out.status.success() {
+        bail!("{} failed:\n{}", program.display(), output_text(&out));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_floor(&text).with_context(|| format!("reading http_floor's output {text:?}"))
+}
+
+/// Reads `us_per_request T store A instantiate B handle C drop D`.
+fn parse_floor(text: &str) -> Result<Floor> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let value = |name: &str| -> Result<f64> {
+        let at = words
+            .iter()
+            .position(|w| *w == name)
+            .with_context(|| format!("no {name}"))?;
+        let v = words
+            .get(at + 1)
+            .with_context(|| format!("no value after {name}"))?;
+        v.parse()
+            .with_context(|| format!("{name} {v:?} is not a number"))
+    };
+    Ok(Floor {
+        total_us: value("us_per_request")?,
+        store_us: value("store")?,
+        instantiate_us: value("instantiate")?,
+        handle_us: value("handle")?,
+        drop_us: value("drop")?,
+    })
 }
 
 fn print_measured(name: &str, m: &Measured) {
@@ -449,6 +537,17 @@ impl Drop for KillOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_floor() {
+        let f =
+            parse_floor("us_per_request 22.68 store 0.96 instantiate 9.27 handle 9.64 drop 2.80\n")
+                .unwrap();
+        assert_eq!(f.total_us, 22.68);
+        assert_eq!(f.instantiate_us, 9.27);
+        assert_eq!(f.drop_us, 2.80);
+        assert!(parse_floor("us_per_request x").is_err());
+    }
 
     const REPORT: &str = "Running 10s test @ http://127.0.0.1:41234/
   1 threads and 16 connections
