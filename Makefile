@@ -126,7 +126,7 @@ test-e2e: fixtures build
 BENCH_CONTAINERD ?= 1.6.20
 BENCH_ARGS ?=
 bench: deps fixtures $(OUT)/native/fib build
-	$(CARGO) build --release $(addprefix -p ,$(SHIMS)) -p wasishim-engine --example http_floor
+	$(CARGO) build --release $(addprefix -p ,$(SHIMS)) -p wasishim-engine --bins --example http_floor
 	WASISHIM_SHIM_DIR=$(CURDIR)/target/release WASISHIM_BENCH_CONTAINERD=$(BENCH_CONTAINERD) \
 		target/debug/wasishim-bench $(if $(filter --quick,$(BENCH_ARGS)),,--benchmarks BENCHMARKS.md) $(BENCH_ARGS)
 

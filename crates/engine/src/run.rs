@@ -206,7 +206,14 @@ impl Workload {
                 };
                 let (code, oom_killed) = run_guest(run, &thread_control);
                 thread_control.stdin.close();
-                crate::stdio::wait_until_read(&output_fifos);
+                // The race `wait_until_read` closes is that of a guest that
+                // ends by itself right after it started. A killed guest's
+                // client is the one waiting for this exit, and a detached
+                // one (`ctr run -d`, nobody reading) would add the whole
+                // wait to every kill.
+                if thread_control.signal.load(Ordering::SeqCst) == 0 {
+                    crate::stdio::wait_until_read(&output_fifos);
+                }
                 drop(output_fifos);
                 on_exit(ExitStatus {
                     code,

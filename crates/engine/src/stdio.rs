@@ -117,7 +117,8 @@ const UNREAD_OUTPUT_WAIT: Duration = Duration::from_millis(250);
 /// such as `ctr run --rm` stops waiting for a reader it has not finished
 /// opening once it sees the exit, and a guest that ends within milliseconds
 /// can end before that open completes: its output, still in the FIFO, would
-/// be lost. Nobody reading (a detached `ctr run -d`) costs the full wait.
+/// be lost. Nobody reading (a detached `ctr run -d`) costs the full wait;
+/// a killed guest does not wait (see `Workload::start`).
 pub(crate) fn wait_until_read(fifos: &[File]) {
     let deadline = std::time::Instant::now() + UNREAD_OUTPUT_WAIT;
     for fifo in fifos {
