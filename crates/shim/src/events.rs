@@ -24,6 +24,14 @@ use containerd_shim_protos::shim_async::Events;
 use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 
+// The protobuf full names containerd resolves the events' types by (checked
+// against protobuf's own in the tests).
+const TASK_CREATE_TYPE: &str = "containerd.events.TaskCreate";
+const TASK_START_TYPE: &str = "containerd.events.TaskStart";
+const TASK_EXIT_TYPE: &str = "containerd.events.TaskExit";
+const TASK_OOM_TYPE: &str = "containerd.events.TaskOOM";
+const TASK_DELETE_TYPE: &str = "containerd.events.TaskDelete";
+
 /// Publishes task events, each in its container's containerd namespace.
 pub struct EventPublisher {
     remote: Option<RemotePublisher>,
@@ -58,7 +66,7 @@ impl EventPublisher {
         self.publish(
             namespace,
             topics::TASK_CREATE_EVENT_TOPIC,
-            "containerd.events.TaskCreate",
+            TASK_CREATE_TYPE,
             &event,
         )
         .await;
@@ -73,7 +81,7 @@ impl EventPublisher {
         self.publish(
             namespace,
             topics::TASK_START_EVENT_TOPIC,
-            "containerd.events.TaskStart",
+            TASK_START_TYPE,
             &event,
         )
         .await;
@@ -98,7 +106,7 @@ impl EventPublisher {
         self.publish(
             namespace,
             topics::TASK_EXIT_EVENT_TOPIC,
-            "containerd.events.TaskExit",
+            TASK_EXIT_TYPE,
             &event,
         )
         .await;
@@ -114,7 +122,7 @@ impl EventPublisher {
         self.publish(
             namespace,
             topics::TASK_OOM_EVENT_TOPIC,
-            "containerd.events.TaskOOM",
+            TASK_OOM_TYPE,
             &event,
         )
         .await;
@@ -139,7 +147,7 @@ impl EventPublisher {
         self.publish(
             namespace,
             topics::TASK_DELETE_EVENT_TOPIC,
-            "containerd.events.TaskDelete",
+            TASK_DELETE_TYPE,
             &event,
         )
         .await;
@@ -192,5 +200,20 @@ pub fn timestamp(at: SystemTime) -> Timestamp {
         seconds: since_epoch.as_secs() as i64,
         nanos: since_epoch.subsec_nanos() as i32,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerd_shim_protos::protobuf::MessageFull;
+
+    #[test]
+    fn type_names_are_the_protobuf_full_names() {
+        assert_eq!(TASK_CREATE_TYPE, TaskCreate::descriptor().full_name());
+        assert_eq!(TASK_START_TYPE, TaskStart::descriptor().full_name());
+        assert_eq!(TASK_EXIT_TYPE, TaskExit::descriptor().full_name());
+        assert_eq!(TASK_OOM_TYPE, TaskOOM::descriptor().full_name());
+        assert_eq!(TASK_DELETE_TYPE, TaskDelete::descriptor().full_name());
     }
 }
