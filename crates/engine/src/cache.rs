@@ -223,8 +223,6 @@ struct Memory {
 }
 
 impl Memory {
-    /// The slot of `key`, created if needed and marked as just used. Drops
-    /// the least recently used slots beyond [`MEMORY_ENTRIES`].
     /// The slot of `key` if there is one (and marks it used).
     fn existing_slot(&mut self, key: &Key) -> Option<Arc<Slot>> {
         self.clock += 1;
@@ -234,6 +232,8 @@ impl Memory {
         Some(slot.clone())
     }
 
+    /// The slot of `key`, created if needed and marked as just used. Drops
+    /// the least recently used slots beyond [`MEMORY_ENTRIES`].
     fn slot(&mut self, key: Key) -> Arc<Slot> {
         self.clock += 1;
         let now = self.clock;
@@ -315,27 +315,16 @@ impl CodeCache {
         }
     }
 
-    /// The code of the wasm `binary` (a `kind`): from memory, from disk, or
-    /// from `compile`, which is called at most once per key at a time in
-    /// this process.
+    /// The code of the wasm `binary` (a `kind`), read from the file `file`
+    /// after `read_at`: from memory, from disk, or from `compile`, which is
+    /// called at most once per key at a time in this process. A file that
+    /// had settled by then is remembered, so that [`Self::get_known_file`]
+    /// can find its code without the bytes.
     ///
     /// # Errors
     ///
     /// Only `compile`'s: every cache failure is logged and falls back to
     /// compiling.
-    pub(crate) fn get(
-        &self,
-        engine: &Engine,
-        binary: &[u8],
-        kind: Kind,
-        compile: impl FnOnce() -> Result<Code>,
-    ) -> Result<Arc<Compiled>> {
-        self.get_keyed(engine, key(&self.fingerprint, binary), kind, compile)
-    }
-
-    /// [`Self::get`] for the bytes of the file `file`, read after `read_at`.
-    /// A file that had settled by then is remembered, so that
-    /// [`Self::get_known_file`] can find its code without the bytes.
     pub(crate) fn get_file(
         &self,
         engine: &Engine,
@@ -367,7 +356,7 @@ impl CodeCache {
         Some(found)
     }
 
-    /// Like [`Self::get`] for the wasm whose OCI digest (`sha256:<hex>`,
+    /// Like [`Self::get_file`] for the wasm whose OCI digest (`sha256:<hex>`,
     /// checked against the bytes by the caller) is `digest`: an image layer,
     /// which is then compiled once per node whatever image or container
     /// names it. Costs no hashing of the wasm.

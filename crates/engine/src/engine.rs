@@ -286,6 +286,18 @@ fn pool(total: u32) -> PoolingAllocationConfig {
     pool
 }
 
+/// Where a guest's bytes came from, which keys them in the code cache.
+pub(crate) enum CodeOrigin<'a> {
+    /// An image layer whose OCI digest (`sha256:<hex>`) was checked against
+    /// the bytes.
+    Layer { digest: &'a str },
+    /// The entrypoint file `identity`, read after `read_at`.
+    File {
+        identity: FileIdentity,
+        read_at: std::time::SystemTime,
+    },
+}
+
 /// A guest linked against WASI, kept with its compiled code so that later
 /// prepares of the same guest skip linking.
 #[derive(Clone)]
@@ -398,33 +410,35 @@ impl WasmEngine {
         file.read_to_end(&mut bytes)
             .with_context(|| format!("cannot read entrypoint {shown}"))?;
         drop(file);
-        let (binary, kind) = compile::binary(&self.engine, &bytes, &shown)?;
-        let compile = || compile::compile(&self.engine, &binary, kind, &shown);
-        let compiled =
-            self.cache
-                .get_file(&self.engine, identity, opened_at, &binary, kind, compile)?;
-        drop(binary);
-        self.prepare_compiled(spec, compiled, &shown, stdio)
+        let origin = CodeOrigin::File {
+            identity,
+            read_at: opened_at,
+        };
+        self.prepare_code(spec, &bytes, origin, &shown, stdio)
     }
 
-    /// [`Self::prepare`] once the guest's `bytes` are read (from the rootfs,
-    /// or an image layer whose verified OCI digest, `layer_digest`, then keys
-    /// the cache). `shown` names the code in errors.
+    /// [`Self::prepare`] once the guest's `bytes` are read, from `origin`,
+    /// which decides how the cache finds them again. `shown` names the code
+    /// in errors.
     pub(crate) fn prepare_code(
         &self,
         spec: WorkloadSpec,
         bytes: &[u8],
-        layer_digest: Option<&str>,
+        origin: CodeOrigin<'_>,
         shown: &str,
         stdio: Stdio,
     ) -> Result<Workload> {
         let (binary, kind) = compile::binary(&self.engine, bytes, shown)?;
         let compile = || compile::compile(&self.engine, &binary, kind, shown);
-        let compiled = match layer_digest {
-            Some(digest) => self
-                .cache
-                .get_by_digest(&self.engine, digest, kind, compile),
-            None => self.cache.get(&self.engine, &binary, kind, compile),
+        let compiled = match origin {
+            CodeOrigin::Layer { digest } => {
+                self.cache
+                    .get_by_digest(&self.engine, digest, kind, compile)
+            }
+            CodeOrigin::File { identity, read_at } => {
+                self.cache
+                    .get_file(&self.engine, identity, read_at, &binary, kind, compile)
+            }
         }?;
         drop(binary);
         self.prepare_compiled(spec, compiled, shown, stdio)
@@ -576,10 +590,8 @@ pub(crate) fn link_error(shown: &str, provided: &str, e: wasmtime::Error) -> any
     )
 }
 
-/// Finds the entrypoint in the rootfs and reads it, without following any
-/// link out of the rootfs.
-/// Opens the entrypoint file `shown` inside `rootfs`, and says which file
-/// it is (see [`FileIdentity`]).
+/// Opens the entrypoint file `shown` inside `rootfs`, without following any
+/// link out of the rootfs, and says which file it is (see [`FileIdentity`]).
 fn open_entrypoint(rootfs: &Path, shown: &str) -> Result<(File, FileIdentity)> {
     if !rootfs.is_dir() {
         bail!(

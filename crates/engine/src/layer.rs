@@ -107,7 +107,10 @@ impl WasmEngine {
         stdio: crate::Stdio,
     ) -> Result<Workload> {
         let shown = layer.name.clone();
-        self.prepare_code(spec, &layer.bytes, Some(&layer.digest), &shown, stdio)
+        let origin = crate::engine::CodeOrigin::Layer {
+            digest: &layer.digest,
+        };
+        self.prepare_code(spec, &layer.bytes, origin, &shown, stdio)
     }
 }
 
