@@ -10,8 +10,10 @@
 //! - 2 (containerd 1.x; 2.x migrates it):
 //!   `[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.NAME]`.
 //!   containerd 1.x replaces its default `runtimes` map with the file's, and
-//!   then refuses to start when `default_runtime_name` (`runc` by default)
-//!   is not in it; so `runc` is declared too when it is missing.
+//!   then fails to load the CRI plugin when `default_runtime_name` (`runc`
+//!   by default) is not in it ("no corresponding runtime configured in
+//!   `containerd.runtimes`", seen with 1.7.24); so `runc` is declared too
+//!   when it is missing. 2.x keeps its default runc (the e2e test checks).
 //! - 3 (containerd 2.x): `[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.NAME]`.
 //! - none: the version 1 format of containerd 1.x, which names plugins by
 //!   their short ID (`[plugins.cri]`) and ignores the long names wasishim

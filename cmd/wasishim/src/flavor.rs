@@ -113,6 +113,16 @@ impl Host {
         }
     }
 
+    /// The host path of `local`, a path as this process sees it (the
+    /// inverse of [`path`](Self::path)); what the install record keeps, so
+    /// an uninstall run on the host itself finds the same files.
+    pub fn to_host(&self, local: &Path) -> PathBuf {
+        match local.strip_prefix(&self.root) {
+            Ok(rel) if self.is_mounted() => Path::new("/").join(rel),
+            _ => local.to_path_buf(),
+        }
+    }
+
     /// Whether the host is not this process's `/`.
     pub fn is_mounted(&self) -> bool {
         self.root != Path::new("/")
@@ -154,6 +164,7 @@ mod tests {
             Flavor::of_config(Path::new("/tmp/x/config.toml")),
             Flavor::Containerd
         );
+        assert_eq!(host.to_host(&path), Path::new(Flavor::K3s.config()));
         assert_eq!(
             Host::new("/").path(Path::new("/etc/containerd")),
             Path::new("/etc/containerd")

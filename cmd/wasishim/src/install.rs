@@ -61,14 +61,15 @@ pub fn install(opts: &Options) -> Result<()> {
     let current = files::read_text(if created { &config } else { &edited })?;
     let state = opts.host.path(&opts.state);
     let previous = record::load(&state)?;
+    let edited_on_host = opts.host.to_host(&edited);
     if let Some(r) = &previous {
-        if r.config != edited {
+        if r.config != edited_on_host {
             bail!(
                 "the install record {} is of {}, not {}: run `wasishim uninstall` first, or \
                  pass another --state",
                 state.display(),
                 r.config.display(),
-                edited.display()
+                edited_on_host.display()
             );
         }
     }
@@ -92,9 +93,10 @@ pub fn install(opts: &Options) -> Result<()> {
             files::write_atomic(&dest, &bytes, Some(0o755))?;
             copied.push(dest.display().to_string());
         }
-        if !binaries.iter().any(|b| b.path == dest) {
+        let dest_on_host = opts.host.to_host(&dest);
+        if !binaries.iter().any(|b| b.path == dest_on_host) {
             binaries.push(Binary {
-                path: dest,
+                path: dest_on_host,
                 replaced: old.is_some(),
             });
         }
@@ -111,7 +113,7 @@ pub fn install(opts: &Options) -> Result<()> {
             r
         }
         None => Record {
-            config: edited.clone(),
+            config: edited_on_host,
             created_config: created,
             before: if created { String::new() } else { current },
             after_sha256,
@@ -163,34 +165,35 @@ pub fn uninstall(opts: &Options) -> Result<()> {
         );
     };
     let mut changed = false;
-    match std::fs::read_to_string(&record.config) {
+    let config = opts.host.path(&record.config);
+    match std::fs::read_to_string(&config) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            println!("{} is gone; nothing to restore", record.config.display())
+            println!("{} is gone; nothing to restore", config.display())
         }
-        Err(e) => return Err(files::explain(e, "reading", &record.config)),
+        Err(e) => return Err(files::explain(e, "reading", &config)),
         Ok(text) if files::sha256(text.as_bytes()) == record.after_sha256 => {
             if record.created_config {
-                files::remove(&record.config)?;
-                println!("removed {}", record.config.display());
+                files::remove(&config)?;
+                println!("removed {}", config.display());
             } else {
-                files::write_atomic(&record.config, record.before.as_bytes(), None)?;
+                files::write_atomic(&config, record.before.as_bytes(), None)?;
                 println!(
                     "restored {} to its bytes before the install",
-                    record.config.display()
+                    config.display()
                 );
             }
             changed = true;
         }
         Ok(text) => {
-            let removed = containerd_config::remove_runtimes(&text, &record.added, &record.config)?;
+            let removed = containerd_config::remove_runtimes(&text, &record.added, &config)?;
             if removed.text != text {
-                files::write_atomic(&record.config, removed.text.as_bytes(), None)?;
+                files::write_atomic(&config, removed.text.as_bytes(), None)?;
                 changed = true;
             }
             println!(
                 "{} was changed since the install: took out only the runtimes wasishim added \
                  ({}); the rest of the edits stay",
-                record.config.display(),
+                config.display(),
                 record.added.join(", ")
             );
             for k in removed.kept {
@@ -205,8 +208,9 @@ pub fn uninstall(opts: &Options) -> Result<()> {
                 b.path.display()
             );
         } else {
-            files::remove(&b.path)?;
-            println!("removed {}", b.path.display());
+            let local = opts.host.path(&b.path);
+            files::remove(&local)?;
+            println!("removed {}", local.display());
         }
     }
     files::remove(&state)?;
@@ -221,8 +225,12 @@ pub fn uninstall(opts: &Options) -> Result<()> {
 fn shim_sources(from: Option<&Path>) -> Result<Vec<PathBuf>> {
     let dir = match from {
         Some(d) => d.to_path_buf(),
+        // argv[0] when /proc is not mounted (a bare chroot).
         None => std::env::current_exe()
-            .context("finding the wasishim binary's directory; pass --from DIR")?
+            .ok()
+            .or_else(|| std::env::args_os().next().map(PathBuf::from))
+            .filter(|p| p.is_absolute())
+            .context("cannot tell the wasishim binary's directory; pass --from DIR")?
             .parent()
             .map(Path::to_path_buf)
             .context("the wasishim binary has no directory; pass --from DIR")?,
@@ -289,6 +297,15 @@ mod tests {
             .path()
             .join("usr/local/bin/containerd-shim-wasmtime-v1");
         assert!(shim.is_file());
+        // The record keeps host paths, for an uninstall run on the host.
+        let rec = record::load(&n.dir.path().join("var/lib/wasishim/install.json"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(rec.config, Path::new("/etc/containerd/config.toml"));
+        assert_eq!(
+            rec.binaries[0].path,
+            Path::new("/usr/local/bin/containerd-shim-wasmtime-v1")
+        );
         install(&n.opts).unwrap();
         assert_eq!(fs::read(&path).unwrap(), once);
         uninstall(&n.opts).unwrap();

@@ -116,7 +116,12 @@ pub fn status(opts: &Options) -> Result<bool> {
     );
     match loaded_runtimes(&address) {
         Err(e) => {
-            println!("containerd at {}: {e:#}", address.display());
+            // The transport error repeats its cause; the root cause is enough.
+            println!(
+                "containerd at {}: {e}: {}",
+                address.display(),
+                e.root_cause()
+            );
             ready = false;
         }
         Ok(loaded) => {
