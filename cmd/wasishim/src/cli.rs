@@ -18,7 +18,8 @@ install    copies containerd-shim-wasmtime-v1 and containerd-shim-wasmtimed-v1 t
            PREFIX/bin, declares the runtimes `wasmtime` and `wasmtimed` in
            containerd's config, and restarts containerd; a second run changes nothing
 uninstall  undoes what install did, as recorded in the install record
-status     shows the shims, the config's runtimes, and what the running containerd loaded
+status     shows the shims, the config's runtimes, and what the running containerd loaded;
+           exits with 3 when something is missing or not loaded
 
   --prefix DIR       shims go to DIR/bin (default /usr/local)
   --config FILE      containerd's config (default: the first of /etc/containerd/config.toml,

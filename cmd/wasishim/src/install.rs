@@ -79,20 +79,15 @@ pub fn install(opts: &Options) -> Result<()> {
     let sources = shim_sources(opts.from.as_deref())?;
 
     let bin = opts.host.path(&opts.prefix).join("bin");
-    std::fs::create_dir_all(&bin).map_err(|e| files::explain(e, "creating", &bin))?;
     let mut binaries = previous
         .as_ref()
         .map(|r| r.binaries.clone())
         .unwrap_or_default();
-    let mut copied = Vec::new();
+    let mut copies = Vec::new();
     for (name, src) in SHIMS.iter().zip(&sources) {
         let bytes = std::fs::read(src).map_err(|e| files::explain(e, "reading", src))?;
         let dest = bin.join(name);
         let old = std::fs::read(&dest).ok();
-        if old.as_deref() != Some(&bytes[..]) {
-            files::write_atomic(&dest, &bytes, Some(0o755))?;
-            copied.push(dest.display().to_string());
-        }
         let dest_on_host = opts.host.to_host(&dest);
         if !binaries.iter().any(|b| b.path == dest_on_host) {
             binaries.push(Binary {
@@ -100,9 +95,9 @@ pub fn install(opts: &Options) -> Result<()> {
                 replaced: old.is_some(),
             });
         }
-    }
-    if created || !added.added.is_empty() {
-        files::write_atomic(&edited, added.text.as_bytes(), None)?;
+        if old.as_deref() != Some(&bytes[..]) {
+            copies.push((dest, bytes));
+        }
     }
     let after_sha256 = files::sha256(added.text.as_bytes());
     let record = match previous {
@@ -121,7 +116,19 @@ pub fn install(opts: &Options) -> Result<()> {
             binaries,
         },
     };
+    // The record goes first: an install cut short is then still undone by
+    // `uninstall` (a config not yet written no longer matches the record,
+    // and only wasishim's tables, if any, are taken out of it).
     record::save(&state, &record)?;
+    std::fs::create_dir_all(&bin).map_err(|e| files::explain(e, "creating", &bin))?;
+    let mut copied = Vec::new();
+    for (dest, bytes) in copies {
+        files::write_atomic(&dest, &bytes, Some(0o755))?;
+        copied.push(dest.display().to_string());
+    }
+    if created || !added.added.is_empty() {
+        files::write_atomic(&edited, added.text.as_bytes(), None)?;
+    }
 
     for c in &copied {
         println!("copied {c}");
