@@ -1,6 +1,8 @@
 //! The node installer against real containerd: `wasishim install` edits a
-//! private containerd's config and copies the shims into a private prefix,
-//! containerd is restarted with that prefix first on its PATH, a CRI pod
+//! private containerd's config, copies the shims into a private prefix and
+//! stops the running containerd (`--pid`: SIGTERM, as for a containerd no
+//! systemd runs); containerd is started again with that prefix first on its
+//! PATH, `wasishim status` sees the runtimes loaded, a CRI pod
 //! runs through the installed runtime handler `wasmtime`, and `wasishim
 //! uninstall` leaves the config byte-identical to before.
 //!
@@ -116,26 +118,25 @@ fn install_run_uninstall(version: &str) {
     let config = cd.config_path();
     let before = config_without_runtimes(&fs::read_to_string(&config).unwrap());
     fs::write(&config, &before).unwrap();
+    // Running without the runtimes, for the install to stop it (--pid).
+    cd.restart().unwrap();
+    let pid = cd.pid().unwrap().to_string();
     let (config_s, prefix_s, state_s, target_s) = (
         config.display().to_string(),
         prefix.display().to_string(),
         state.display().to_string(),
         target.display().to_string(),
     );
-    let install = [
-        "install",
-        "--config",
-        &config_s,
-        "--prefix",
-        &prefix_s,
-        "--from",
-        &target_s,
-        "--state",
-        &state_s,
-        "--no-restart",
-    ];
+    let install = |restart: &[&str]| {
+        let mut args = vec![
+            "install", "--config", &config_s, "--prefix", &prefix_s, "--from", &target_s,
+            "--state", &state_s,
+        ];
+        args.extend_from_slice(restart);
+        wasishim(&target, &args)
+    };
 
-    let out = wasishim(&target, &install);
+    let out = install(&["--pid", &pid]);
     assert!(out.status.success(), "{}", output_text(&out));
     let expected = if version.starts_with("1.") {
         "declared runtimes wasmtime, wasmtimed, runc in"
@@ -143,7 +144,11 @@ fn install_run_uninstall(version: &str) {
         "declared runtimes wasmtime, wasmtimed in"
     };
     assert!(stdout(&out).contains(expected), "{}", output_text(&out));
-    assert!(stdout(&out).contains("--no-restart: restart containerd"));
+    assert!(
+        stdout(&out).contains(&format!("stopped containerd (pid {pid}) with SIGTERM")),
+        "{}",
+        output_text(&out)
+    );
     for s in SHIMS {
         assert_eq!(
             fs::read(bin.join(s)).unwrap(),
@@ -157,7 +162,7 @@ fn install_run_uninstall(version: &str) {
         "rest of the file changed"
     );
 
-    let again = wasishim(&target, &install);
+    let again = install(&["--no-restart"]);
     assert!(again.status.success(), "{}", output_text(&again));
     assert!(
         stdout(&again).contains("already installed"),
