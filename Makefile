@@ -41,9 +41,9 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 install:
-	$(CARGO) build --release $(addprefix -p ,$(SHIMS))
+	$(CARGO) build --release $(addprefix -p ,$(SHIMS)) -p wasishim
 	install -d $(PREFIX)/bin
-	install -m 0755 $(SHIMS:%=target/release/%) $(PREFIX)/bin/
+	install -m 0755 $(SHIMS:%=target/release/%) target/release/wasishim $(PREFIX)/bin/
 
 demo: deps fixtures build
 	test/demo.sh
