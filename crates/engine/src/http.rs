@@ -18,10 +18,10 @@
 //!
 //! Limits: the container's memory limit applies to each instance (each
 //! request) separately, not to their sum. Request bodies are capped by
-//! `WASISHIM_HTTP_MAX_BODY_BYTES` (http_settings.rs, http_body.rs): a larger `Content-Length` gets 413 without
-//! running the guest; a chunked body that grows past it fails the guest's
-//! read (`HTTP-request-body-size`) and the request gets 413, unless the guest
-//! had already sent its response headers.
+//! `WASISHIM_HTTP_MAX_BODY_BYTES` (http_settings.rs, http_body.rs): a larger
+//! `Content-Length` gets 413 without running the guest; a chunked body that
+//! grows past it fails the guest's read (`HTTP-request-body-size`) and the
+//! request gets 413, unless the guest had already sent its response headers.
 //!
 //! Ending: SIGTERM or SIGINT stops accepting connections, lets requests in
 //! flight finish (idle keep-alive connections are closed), and exits 0;
