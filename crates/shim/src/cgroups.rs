@@ -172,6 +172,8 @@ impl Limits {
 /// The cgroup directories made for one container; removed by [`Cgroup::remove`].
 #[derive(Debug)]
 pub struct Cgroup {
+    /// The path below each hierarchy's root (see [`relative_path`]).
+    path: PathBuf,
     /// (hierarchy mount, directory) pairs, in creation order.
     dirs: Vec<(PathBuf, PathBuf)>,
     /// A sandbox holds the shim process; a container only its guest thread.
@@ -201,10 +203,7 @@ impl Cgroup {
         limits: &Limits,
     ) -> Result<Cgroup> {
         if hierarchies.v2.is_some() {
-            return Ok(Cgroup {
-                dirs: Vec::new(),
-                holds_process: false,
-            });
+            return Ok(Cgroup::unmade(path));
         }
         let cgroup = Cgroup::make(hierarchies.v1_dirs(THREAD_CONTROLLERS), path, false)?;
         for (_, dir) in &cgroup.dirs {
@@ -228,8 +227,24 @@ impl Cgroup {
         Ok(cgroup)
     }
 
+    /// A cgroup with no directory made: what a container gets where threads
+    /// cannot join cgroups (v2), and what a stub OS hands out in unit tests.
+    pub fn unmade(path: &Path) -> Cgroup {
+        Cgroup {
+            path: path.to_path_buf(),
+            dirs: Vec::new(),
+            holds_process: false,
+        }
+    }
+
+    /// The path below each hierarchy's root.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn make(roots: Vec<PathBuf>, path: &Path, holds_process: bool) -> Result<Cgroup> {
         let mut cgroup = Cgroup {
+            path: path.to_path_buf(),
             dirs: Vec::new(),
             holds_process,
         };

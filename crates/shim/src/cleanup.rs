@@ -4,7 +4,6 @@
 //! the host is the rootfs mount and possibly the socket file. The reply tells
 //! containerd the task ended by SIGKILL.
 
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -13,7 +12,7 @@ use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::Message;
 
 use crate::events::timestamp;
-use crate::{cgroups, rootfs, server};
+use crate::{cgroups, rootfs, socket};
 
 /// Removes the container's cgroup named by its spec, if any.
 fn remove_cgroup(bundle: &Path) {
@@ -45,8 +44,8 @@ pub fn delete(bundle: &Path) -> Result<Vec<u8>> {
     if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
         let path = address.trim().trim_start_matches("unix://").to_string();
         // A live server still hosts other containers of the pod: keep its socket.
-        if UnixStream::connect(&path).is_err() {
-            server::remove_socket(&path);
+        if !socket::is_live(&path) {
+            socket::remove_socket(&path);
         }
     }
     let response = DeleteResponse {
