@@ -1,6 +1,7 @@
 //! wasishim-engine: turns an OCI bundle into a running WASI guest.
 //!
-//! The flow is `WorkloadSpec::from_bundle` (read and validate config.json) ->
+//! The flow is `Bundle::load` (config.json, read once into one typed value
+//! the shim reads too) -> `WorkloadSpec::from_loaded` (what runs the guest) ->
 //! `WasmEngine::prepare` (resolve the entrypoint, compile, link, open stdio) ->
 //! `Workload::start` (run the guest on its own thread) -> `ExitStatus` handed to
 //! the caller's callback. Nothing here knows about containerd or ttrpc.
@@ -24,6 +25,7 @@
 //! # anyhow::Ok(())
 //! ```
 
+mod bundle;
 mod cache;
 mod compile;
 mod engine;
@@ -39,6 +41,10 @@ mod spec;
 mod stdio;
 mod wasi;
 
+pub use bundle::{
+    Bundle, Capabilities, Mount, NetworkNamespace, Resources, User, CONTAINER_TYPE_ANNOTATION,
+    SANDBOX_ID_ANNOTATION,
+};
 pub use cache::CacheStats;
 pub use engine::{
     WasmEngine, WasmEngineBuilder, CACHE_DIR_ENV, CACHE_MAX_BYTES_ENV, DEFAULT_POOL_CAPACITY,
@@ -51,5 +57,5 @@ pub use http::{
 };
 pub use layer::WasmLayer;
 pub use run::{ExitStatus, Workload, WorkloadHandle};
-pub use spec::{Mount, NetworkNamespace, WorkloadSpec};
+pub use spec::WorkloadSpec;
 pub use stdio::Stdio;
