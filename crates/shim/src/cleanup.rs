@@ -10,23 +10,17 @@ use std::time::SystemTime;
 use anyhow::Result;
 use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::Message;
+use wasishim_engine::Bundle;
 
 use crate::events::timestamp;
 use crate::{cgroups, rootfs, socket};
 
 /// Removes the container's cgroup named by its spec, if any.
 fn remove_cgroup(bundle: &Path) {
-    let spec: Option<serde_json::Value> = std::fs::read(bundle.join("config.json"))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    let Some(path) = spec
-        .as_ref()
-        .and_then(|spec| spec["linux"]["cgroupsPath"].as_str())
-        .filter(|p| !p.is_empty())
-    else {
+    let Some(path) = Bundle::load(bundle).ok().and_then(|b| b.cgroups_path) else {
         return;
     };
-    match cgroups::relative_path(path) {
+    match cgroups::relative_path(&path) {
         Ok(relative) => cgroups::remove_dead(&cgroups::Hierarchies::detect(), &relative),
         Err(err) => log::warn!("{err:#}"),
     }

@@ -12,14 +12,14 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use containerd_shim_protos::types::mount::Mount;
-use wasishim_engine::Stdio;
+use wasishim_engine::{Bundle, Stdio};
 
-use crate::cgroups::{self, Cgroup, Limits};
+use crate::cgroups::{self, Cgroup};
 use crate::hosting::Hosting;
 use crate::keys::TaskKey;
 use crate::os::{CgroupRole, Os};
 use crate::pod_network::PodNetworks;
-use crate::process::{self, GuestRequest, Guests, Prepared};
+use crate::process::{GuestRequest, Guests, Prepared};
 
 /// A container made ready by `create`.
 pub struct Built {
@@ -51,25 +51,14 @@ pub fn stdio(stdin: &str, stdout: &str, stderr: &str) -> Stdio {
     }
 }
 
-/// Everything `create` does that blocks: cgroup, rootfs mount, compiling.
-/// Undoes what it did when a later step fails.
-pub fn build(bundle: &Path, mounts: &[Mount], stdio: Stdio, cx: &BuildContext) -> Result<Built> {
+/// Everything `create` does that blocks: reading the bundle, cgroup, rootfs
+/// mount, compiling. Undoes what it did when a later step fails.
+pub fn build(dir: &Path, mounts: &[Mount], stdio: Stdio, cx: &BuildContext) -> Result<Built> {
     let os = cx.os.as_ref();
-    // The shim reads only what the engine does not own: the container's kind
-    // and its cgroup. An unreadable spec is reported by the engine below.
-    let spec: serde_json::Value = std::fs::read(bundle.join("config.json"))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default();
-    let sandbox = process::is_sandbox(&spec);
-    let memory_limit = spec["linux"]["resources"]["memory"]["limit"]
-        .as_i64()
-        .and_then(|l| u64::try_from(l).ok())
-        .unwrap_or(0);
-    let cgroup = match spec["linux"]["cgroupsPath"]
-        .as_str()
-        .filter(|p| !p.is_empty())
-    {
+    // config.json is read once, here; everything below reads this value.
+    let bundle = Bundle::load(dir)?;
+    let sandbox = bundle.is_sandbox();
+    let cgroup = match bundle.cgroups_path.as_deref() {
         None => None,
         Some(path) => {
             let relative = cgroups::relative_path(path)?;
@@ -78,7 +67,7 @@ pub fn build(bundle: &Path, mounts: &[Mount], stdio: Stdio, cx: &BuildContext) -
                     holds_process: cx.hosting.sandbox_holds_process(),
                 }
             } else {
-                CgroupRole::Container(Limits::from_spec(&spec))
+                CgroupRole::Container(bundle.resources.clone())
             };
             Some(
                 os.create_cgroup(&relative, &role)
@@ -91,15 +80,13 @@ pub fn build(bundle: &Path, mounts: &[Mount], stdio: Stdio, cx: &BuildContext) -
             os.remove_cgroup(cgroup);
         }
     };
-    let sandbox_id = spec["annotations"][crate::SANDBOX_ID_ANNOTATION]
-        .as_str()
-        .unwrap_or(&cx.key.id)
-        .to_string();
-    let netns = spec_netns(&spec);
+    // Stats report the limit the engine enforces.
+    let memory_limit = bundle.resources.memory_limit.unwrap_or(0);
+    let sandbox_id = bundle.sandbox_id().unwrap_or(&cx.key.id).to_string();
     if sandbox {
-        if let Some(netns) = netns {
+        if let Some(netns) = &bundle.network_path {
             cx.pod_networks
-                .insert(&cx.key.namespace, &sandbox_id, netns);
+                .insert(&cx.key.namespace, &sandbox_id, netns.clone());
         }
         // The pod sandbox runs nothing, so its rootfs is not even mounted.
         return Ok(Built {
@@ -110,7 +97,7 @@ pub fn build(bundle: &Path, mounts: &[Mount], stdio: Stdio, cx: &BuildContext) -
             memory_limit,
         });
     }
-    let rootfs_mounted = match os.mount_rootfs(bundle, mounts) {
+    let rootfs_mounted = match os.mount_rootfs(dir, mounts) {
         Ok(mounted) => mounted,
         Err(err) => {
             undo_cgroup(&cgroup);
@@ -120,7 +107,7 @@ pub fn build(bundle: &Path, mounts: &[Mount], stdio: Stdio, cx: &BuildContext) -
     let guest = cx
         .pod_networks
         .replacement(
-            netns.as_deref(),
+            bundle.network_path.as_deref(),
             &os.own_network_namespace(),
             &cx.key.namespace,
             &sandbox_id,
@@ -128,7 +115,7 @@ pub fn build(bundle: &Path, mounts: &[Mount], stdio: Stdio, cx: &BuildContext) -
         )
         .and_then(|network| {
             cx.guests.prepare(GuestRequest {
-                bundle,
+                bundle: &bundle,
                 key: &cx.key,
                 stdio,
                 network,
@@ -145,7 +132,7 @@ pub fn build(bundle: &Path, mounts: &[Mount], stdio: Stdio, cx: &BuildContext) -
         }),
         Err(err) => {
             if rootfs_mounted {
-                if let Err(unmount_err) = os.unmount_rootfs(bundle) {
+                if let Err(unmount_err) = os.unmount_rootfs(dir) {
                     log::warn!("{unmount_err:#}");
                 }
             }
@@ -153,15 +140,4 @@ pub fn build(bundle: &Path, mounts: &[Mount], stdio: Stdio, cx: &BuildContext) -
             Err(err)
         }
     }
-}
-
-/// The network namespace path a spec names, if any.
-fn spec_netns(spec: &serde_json::Value) -> Option<PathBuf> {
-    spec["linux"]["namespaces"]
-        .as_array()?
-        .iter()
-        .find(|ns| ns["type"] == "network")?["path"]
-        .as_str()
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
 }

@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
 use containerd_shim::Flags;
+use wasishim_engine::Bundle;
 
 use crate::hosting::Runtime;
 use crate::negotiation::{caller_reply_form, start_reply};
@@ -38,14 +39,10 @@ pub fn start(runtime: Runtime, flags: &Flags, bundle: &Path) -> Result<String> {
 }
 
 /// The CRI sandbox id of the container in `bundle`, if it belongs to a pod.
+/// An unreadable bundle groups the container alone; its create reports why.
 fn grouping_id(bundle: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(bundle.join("config.json")).ok()?;
-    let spec: serde_json::Value = serde_json::from_str(&text).ok()?;
-    spec.get("annotations")?
-        .get(crate::SANDBOX_ID_ANNOTATION)?
-        .as_str()
-        .filter(|id| !id.is_empty())
-        .map(str::to_string)
+    let bundle = Bundle::load(bundle).ok()?;
+    bundle.sandbox_id().map(str::to_string)
 }
 
 /// Launches this binary as the detached server, in its own session, with the

@@ -32,6 +32,3 @@ mod socket;
 mod stats;
 
 pub use hosting::{Hosting, Runtime, PER_NODE, PER_POD};
-
-/// Annotation CRI sets on every container of a pod, the sandbox included.
-const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use anyhow::Result;
 use containerd_shim_protos::types::mount::Mount;
 
-use crate::cgroups::{Cgroup, Hierarchies, Limits};
+use wasishim_engine::Resources;
+
+use crate::cgroups::{Cgroup, Hierarchies};
 use crate::rootfs;
 
 /// What a container's cgroup is for.
@@ -24,7 +26,7 @@ pub enum CgroupRole {
     Sandbox { holds_process: bool },
     /// A container's cgroup with its CPU and pids limits; its guest thread
     /// joins it once started.
-    Container(Limits),
+    Container(Resources),
 }
 
 /// The kernel calls of the task service.
@@ -86,7 +88,7 @@ impl Os for RealOs {
             } => Cgroup::for_sandbox(&self.hierarchies, path, self.pid),
             CgroupRole::Sandbox {
                 holds_process: false,
-            } => Cgroup::for_container(&self.hierarchies, path, &Limits::default()),
+            } => Cgroup::for_container(&self.hierarchies, path, &Resources::default()),
             CgroupRole::Container(limits) => Cgroup::for_container(&self.hierarchies, path, limits),
         };
         cgroup.map(Arc::new)

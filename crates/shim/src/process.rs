@@ -5,20 +5,17 @@
 //! it; here the sandbox is a placeholder inside the shim that stays running
 //! until it is signalled, so a pod costs no extra process or thread.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use wasishim_engine::{
-    ExitStatus, NetworkNamespace, Stdio, WasmEngine, Workload, WorkloadHandle, WorkloadSpec,
+    Bundle, ExitStatus, NetworkNamespace, Stdio, WasmEngine, Workload, WorkloadHandle, WorkloadSpec,
 };
 
 use crate::cgroups::Cgroup;
 use crate::content;
 use crate::keys::TaskKey;
-
-/// Annotation CRI sets to tell a pod's sandbox container from its workloads.
-pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 
 /// Runs once when a started container ends.
 pub type OnExit = Box<dyn FnOnce(ExitStatus) + Send>;
@@ -42,7 +39,7 @@ pub trait RunningGuest: Send + Sync {
 
 /// What a guest is built from.
 pub struct GuestRequest<'a> {
-    pub bundle: &'a Path,
+    pub bundle: &'a Bundle,
     pub key: &'a TaskKey,
     pub stdio: Stdio,
     /// The pod network to join instead of the spec's (see [`crate::pod_network`]).
@@ -77,7 +74,7 @@ impl EngineGuests {
 
 impl Guests for EngineGuests {
     fn prepare(&self, request: GuestRequest<'_>) -> Result<Box<dyn Guest>> {
-        let mut spec = WorkloadSpec::from_bundle(request.bundle)?;
+        let mut spec = WorkloadSpec::from_loaded(request.bundle)?;
         if let Some(netns) = request.network {
             spec.network = NetworkNamespace::Join(netns);
         }
@@ -191,14 +188,6 @@ impl Handle {
     }
 }
 
-/// Whether the bundle's spec is a CRI pod sandbox.
-pub fn is_sandbox(spec: &serde_json::Value) -> bool {
-    spec.get("annotations")
-        .and_then(|a| a.get(CONTAINER_TYPE_ANNOTATION))
-        .and_then(|t| t.as_str())
-        == Some("sandbox")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,14 +206,5 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap(), 143);
         handle.kill(9).unwrap(); // already ended: no second exit
         assert!(rx.try_recv().is_err());
-    }
-
-    #[test]
-    fn sandbox_is_told_by_annotation() {
-        let spec = serde_json::json!({"annotations": {CONTAINER_TYPE_ANNOTATION: "sandbox"}});
-        assert!(is_sandbox(&spec));
-        let spec = serde_json::json!({"annotations": {CONTAINER_TYPE_ANNOTATION: "container"}});
-        assert!(!is_sandbox(&spec));
-        assert!(!is_sandbox(&serde_json::json!({})));
     }
 }
