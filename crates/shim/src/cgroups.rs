@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use wasishim_engine::Resources;
 
 /// Per-thread v1 controllers a guest thread joins.
 const THREAD_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "pids"];
@@ -148,30 +149,11 @@ fn expand_slice(slice: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// CPU and pids limits from `linux.resources`.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Limits {
-    pub cpu_quota: Option<i64>,
-    pub cpu_period: Option<u64>,
-    pub cpu_shares: Option<u64>,
-    pub pids_limit: Option<i64>,
-}
-
-impl Limits {
-    pub fn from_spec(spec: &serde_json::Value) -> Limits {
-        let resources = &spec["linux"]["resources"];
-        Limits {
-            cpu_quota: resources["cpu"]["quota"].as_i64().filter(|&q| q > 0),
-            cpu_period: resources["cpu"]["period"].as_u64().filter(|&p| p > 0),
-            cpu_shares: resources["cpu"]["shares"].as_u64().filter(|&s| s > 0),
-            pids_limit: resources["pids"]["limit"].as_i64().filter(|&l| l > 0),
-        }
-    }
-}
-
 /// The cgroup directories made for one container; removed by [`Cgroup::remove`].
 #[derive(Debug)]
 pub struct Cgroup {
+    /// The path below each hierarchy's root (see [`relative_path`]).
+    path: PathBuf,
     /// (hierarchy mount, directory) pairs, in creation order.
     dirs: Vec<(PathBuf, PathBuf)>,
     /// A sandbox holds the shim process; a container only its guest thread.
@@ -192,19 +174,17 @@ impl Cgroup {
         Ok(cgroup)
     }
 
-    /// Makes the cgroup of a container and applies its CPU and pids limits;
+    /// Makes the cgroup of a container and applies its CPU and pids limits
+    /// (its memory limit is the engine's);
     /// the guest thread joins it with [`Cgroup::add_thread`]. On a v2 host
     /// there is nothing to make (see the module docs).
     pub fn for_container(
         hierarchies: &Hierarchies,
         path: &Path,
-        limits: &Limits,
+        limits: &Resources,
     ) -> Result<Cgroup> {
         if hierarchies.v2.is_some() {
-            return Ok(Cgroup {
-                dirs: Vec::new(),
-                holds_process: false,
-            });
+            return Ok(Cgroup::unmade(path));
         }
         let cgroup = Cgroup::make(hierarchies.v1_dirs(THREAD_CONTROLLERS), path, false)?;
         for (_, dir) in &cgroup.dirs {
@@ -228,8 +208,24 @@ impl Cgroup {
         Ok(cgroup)
     }
 
+    /// A cgroup with no directory made: what a container gets where threads
+    /// cannot join cgroups (v2), and what a stub OS hands out in unit tests.
+    pub fn unmade(path: &Path) -> Cgroup {
+        Cgroup {
+            path: path.to_path_buf(),
+            dirs: Vec::new(),
+            holds_process: false,
+        }
+    }
+
+    /// The path below each hierarchy's root.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn make(roots: Vec<PathBuf>, path: &Path, holds_process: bool) -> Result<Cgroup> {
         let mut cgroup = Cgroup {
+            path: path.to_path_buf(),
             dirs: Vec::new(),
             holds_process,
         };
@@ -399,9 +395,9 @@ mod tests {
             v1: vec![(vec!["cpu".into()], cpu.clone())],
             v2: None,
         };
-        let limits = Limits {
+        let limits = Resources {
             cpu_quota: Some(50_000),
-            ..Limits::default()
+            ..Resources::default()
         };
         let cg = Cgroup::for_container(&h, Path::new("pod/c1"), &limits).unwrap();
         assert_eq!(
@@ -412,22 +408,5 @@ mod tests {
         cg.remove();
         assert!(!cpu.join("pod/c1").exists());
         fs::remove_dir_all(root).unwrap();
-    }
-
-    #[test]
-    fn limits_come_from_the_spec() {
-        let spec = serde_json::json!({"linux": {"resources": {
-            "cpu": {"quota": 20000, "period": 100000, "shares": 2},
-            "pids": {"limit": 0}
-        }}});
-        assert_eq!(
-            Limits::from_spec(&spec),
-            Limits {
-                cpu_quota: Some(20000),
-                cpu_period: Some(100000),
-                cpu_shares: Some(2),
-                pids_limit: None
-            }
-        );
     }
 }

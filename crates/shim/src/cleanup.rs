@@ -4,30 +4,23 @@
 //! the host is the rootfs mount and possibly the socket file. The reply tells
 //! containerd the task ended by SIGKILL.
 
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::SystemTime;
 
 use anyhow::Result;
 use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::Message;
+use wasishim_engine::Bundle;
 
 use crate::events::timestamp;
-use crate::{cgroups, rootfs, server};
+use crate::{cgroups, rootfs, socket};
 
 /// Removes the container's cgroup named by its spec, if any.
 fn remove_cgroup(bundle: &Path) {
-    let spec: Option<serde_json::Value> = std::fs::read(bundle.join("config.json"))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    let Some(path) = spec
-        .as_ref()
-        .and_then(|spec| spec["linux"]["cgroupsPath"].as_str())
-        .filter(|p| !p.is_empty())
-    else {
+    let Some(path) = Bundle::load(bundle).ok().and_then(|b| b.cgroups_path) else {
         return;
     };
-    match cgroups::relative_path(path) {
+    match cgroups::relative_path(&path) {
         Ok(relative) => cgroups::remove_dead(&cgroups::Hierarchies::detect(), &relative),
         Err(err) => log::warn!("{err:#}"),
     }
@@ -45,8 +38,8 @@ pub fn delete(bundle: &Path) -> Result<Vec<u8>> {
     if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
         let path = address.trim().trim_start_matches("unix://").to_string();
         // A live server still hosts other containers of the pod: keep its socket.
-        if UnixStream::connect(&path).is_err() {
-            server::remove_socket(&path);
+        if !socket::is_live(&path) {
+            socket::remove_socket(&path);
         }
     }
     let response = DeleteResponse {

@@ -13,8 +13,9 @@ use anyhow::{Context, Result};
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::types::introspection::RuntimeInfo;
 
+use crate::hosting::Runtime;
 use crate::server::{serve_inherited, ServeOptions};
-use crate::{cleanup, launch, logging, Hosting, Runtime};
+use crate::{cleanup, launch};
 
 /// Runs the shim binary for `runtime` and returns the process exit code.
 pub fn main(runtime: Runtime) -> i32 {
@@ -25,31 +26,6 @@ pub fn main(runtime: Runtime) -> i32 {
             eprintln!("{}: {err:#}", runtime.binary);
             1
         }
-    }
-}
-
-/// Makes every thread allocate from glibc's main arena. By default each
-/// thread that allocates (ttrpc, guest, stdin, blocking pool) gets an arena
-/// of its own, about 130 KiB resident each: a fifth of an idle per-pod
-/// shim's private memory. A per-pod shim runs one pod's few threads, so
-/// sharing one arena costs it nothing measurable; the per-node server, with
-/// a thread per guest, keeps the default.
-fn one_malloc_arena() {
-    // SAFETY: mallopt only changes allocator settings; called before the
-    // server starts any thread.
-    if unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) } != 1 {
-        log::debug!("mallopt(M_ARENA_MAX, 1) refused");
-    }
-}
-
-/// Sets up the server's log (see [`crate::logging`]).
-fn init_server_log(runtime: Runtime, flags: &containerd_shim::Flags) {
-    let result = match runtime.hosting {
-        Hosting::PerPod => logging::init_per_pod(flags.debug),
-        Hosting::PerNode => logging::init_per_node(&flags.socket, flags.debug),
-    };
-    if let Err(err) = result {
-        eprintln!("cannot open the shim log: {err}");
     }
 }
 
@@ -94,10 +70,10 @@ fn run(runtime: Runtime) -> Result<()> {
             Ok(())
         }
         "" if !flags.socket.is_empty() => {
-            if runtime.hosting == Hosting::PerPod {
-                one_malloc_arena();
+            runtime.hosting.prepare_process();
+            if let Err(err) = runtime.hosting.init_log(&flags.socket, flags.debug) {
+                eprintln!("cannot open the shim log: {err}");
             }
-            init_server_log(runtime, &flags);
             let runtime_threads = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 // Blocking work (creates) is occasional: an idle shim keeps no

@@ -32,9 +32,21 @@ const TASK_EXIT_TYPE: &str = "containerd.events.TaskExit";
 const TASK_OOM_TYPE: &str = "containerd.events.TaskOOM";
 const TASK_DELETE_TYPE: &str = "containerd.events.TaskDelete";
 
+/// Which of the two events that carry an exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// /tasks/exit: the guest ended.
+    Exit,
+    /// /tasks/delete: the task is gone.
+    Delete,
+}
+
 /// Publishes task events, each in its container's containerd namespace.
 pub struct EventPublisher {
     remote: Option<RemotePublisher>,
+    /// Unit tests read the topics published, in order.
+    #[cfg(test)]
+    pub published: std::sync::Mutex<Vec<String>>,
 }
 
 impl EventPublisher {
@@ -53,7 +65,11 @@ impl EventPublisher {
             },
             None => None,
         };
-        EventPublisher { remote }
+        EventPublisher {
+            remote,
+            #[cfg(test)]
+            published: std::sync::Mutex::default(),
+        }
     }
 
     pub async fn task_create(&self, namespace: &str, container_id: &str, bundle: &str, pid: u32) {
@@ -87,29 +103,52 @@ impl EventPublisher {
         .await;
     }
 
-    pub async fn task_exit(
+    /// The task's guest ended (/tasks/exit) or the task was deleted
+    /// (/tasks/delete): the two events carry the same exit fields.
+    pub async fn task_ended(
         &self,
+        event: Ended,
         namespace: &str,
         container_id: &str,
         pid: u32,
         code: u32,
         at: SystemTime,
     ) {
-        let event = TaskExit {
-            container_id: container_id.to_string(),
-            id: container_id.to_string(),
-            pid,
-            exit_status: code,
-            exited_at: Some(timestamp(at)).into(),
-            ..Default::default()
-        };
-        self.publish(
-            namespace,
-            topics::TASK_EXIT_EVENT_TOPIC,
-            TASK_EXIT_TYPE,
-            &event,
-        )
-        .await;
+        // TaskExit and TaskDelete are distinct messages with the same fields.
+        macro_rules! ended {
+            ($message:ident) => {
+                $message {
+                    container_id: container_id.to_string(),
+                    id: container_id.to_string(),
+                    pid,
+                    exit_status: code,
+                    exited_at: Some(timestamp(at)).into(),
+                    ..Default::default()
+                }
+            };
+        }
+        match event {
+            Ended::Exit => {
+                let event = ended!(TaskExit);
+                self.publish(
+                    namespace,
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    TASK_EXIT_TYPE,
+                    &event,
+                )
+                .await
+            }
+            Ended::Delete => {
+                let event = ended!(TaskDelete);
+                self.publish(
+                    namespace,
+                    topics::TASK_DELETE_EVENT_TOPIC,
+                    TASK_DELETE_TYPE,
+                    &event,
+                )
+                .await
+            }
+        }
     }
 
     /// The guest ran out of memory under its limit; sent before its exit,
@@ -128,35 +167,14 @@ impl EventPublisher {
         .await;
     }
 
-    pub async fn task_delete(
-        &self,
-        namespace: &str,
-        container_id: &str,
-        pid: u32,
-        code: u32,
-        at: SystemTime,
-    ) {
-        let event = TaskDelete {
-            container_id: container_id.to_string(),
-            id: container_id.to_string(),
-            pid,
-            exit_status: code,
-            exited_at: Some(timestamp(at)).into(),
-            ..Default::default()
-        };
-        self.publish(
-            namespace,
-            topics::TASK_DELETE_EVENT_TOPIC,
-            TASK_DELETE_TYPE,
-            &event,
-        )
-        .await;
-    }
-
     /// Queues `event`, of protobuf type `type_name` (its full name, which
     /// containerd resolves), for containerd.
     async fn publish<M: Message>(&self, namespace: &str, topic: &str, type_name: &str, event: &M) {
         log::debug!("event {topic} in namespace {namespace}");
+        #[cfg(test)]
+        if let Ok(mut published) = self.published.lock() {
+            published.push(format!("{topic} {namespace}"));
+        }
         let Some(remote) = &self.remote else {
             return;
         };

@@ -1,54 +1,35 @@
 //! The `start` subcommand: find or launch the shim server for a container and
 //! tell containerd its address.
 //!
-//! Per-pod: containers that carry the same CRI sandbox id share one server
-//! (one process per pod); any other container gets its own. Per-node: every
-//! container of a containerd instance shares one server, whatever its
-//! namespace; the socket name includes the binary's identity, so a new
-//! binary never joins a server of an older one (see [`node_identity`]).
-//!
-//! The socket is bound here and handed to the server as descriptor 3, so
-//! containerd can connect the moment `start` returns. Starts are serialized by
-//! a lock on the socket directory, so concurrent first starts launch exactly
-//! one server, also when a dead server left its socket behind.
+//! Which server a container joins is the hosting's decision
+//! ([`Runtime::socket_address`]); binding, reusing and locking the socket are
+//! [`crate::socket`]'s. Here: the steps of `start` in order, and launching
+//! the detached server.
 
-use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
 use containerd_shim::Flags;
+use wasishim_engine::Bundle;
 
+use crate::hosting::Runtime;
 use crate::negotiation::{caller_reply_form, start_reply};
-use crate::server::LISTENER_FD;
-use crate::{Hosting, Runtime, SANDBOX_ID_ANNOTATION};
+use crate::socket::{self, LISTENER_FD};
 
 /// Runs `start` in `bundle` and returns what to print for containerd.
 pub fn start(runtime: Runtime, flags: &Flags, bundle: &Path) -> Result<String> {
-    let address = match runtime.hosting {
-        Hosting::PerPod => {
-            let grouping = grouping_id(bundle).unwrap_or_else(|| flags.id.clone());
-            containerd_shim::socket_address(&flags.address, &flags.namespace, &grouping)
-        }
-        // One server for all namespaces of this containerd.
-        Hosting::PerNode => {
-            containerd_shim::socket_address(&flags.address, runtime.binary, &node_identity())
-        }
-    };
-    let socket_path = address.trim_start_matches("unix://").to_string();
+    let address = runtime.socket_address(flags, grouping_id(bundle).as_deref());
+    let socket_path = socket::socket_path(&address).to_string();
 
-    let _lock = lock_socket_dir(&socket_path)?;
-    if let Some(listener) = bind_or_reuse(&socket_path)? {
-        let workdir = match runtime.hosting {
-            Hosting::PerPod => bundle,
-            // The node server outlives this bundle.
-            Hosting::PerNode => Path::new("/"),
-        };
+    let _lock = socket::lock_socket_dir(&socket_path)?;
+    if let Some(listener) = socket::bind_or_reuse(&socket_path)? {
+        let workdir = runtime.hosting.server_workdir(bundle);
         spawn_server(flags, workdir, &address, &listener)
-            .inspect_err(|_| crate::server::remove_socket(&address))?;
+            .inspect_err(|_| socket::remove_socket(&address))?;
     } else {
         log::info!("container {} joins the shim at {address}", flags.id);
     }
@@ -57,80 +38,11 @@ pub fn start(runtime: Runtime, flags: &Flags, bundle: &Path) -> Result<String> {
     Ok(start_reply(&address, caller_reply_form()))
 }
 
-/// Identifies this build of the binary: its version and the executable's
-/// modification time, so that replacing the binary (an upgrade) makes the
-/// next start launch a new node server instead of reusing the old one.
-pub fn node_identity() -> String {
-    let modified = std::env::current_exe()
-        .and_then(std::fs::metadata)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!("node-{}-{modified}", env!("CARGO_PKG_VERSION"))
-}
-
-/// Holds an exclusive lock on the socket's directory until dropped.
-pub fn lock_socket_dir(socket_path: &str) -> Result<nix::fcntl::Flock<std::fs::File>> {
-    let dir = Path::new(socket_path)
-        .parent()
-        .context("shim socket path has no directory")?;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
-    let handle = std::fs::File::open(dir)
-        .with_context(|| format!("cannot open socket directory {}", dir.display()))?;
-    nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, err)| err)
-        .with_context(|| format!("cannot lock socket directory {}", dir.display()))
-}
-
-/// Sets the socket file's times to now. An idle node server reads them,
-/// under the same lock, to tell that a container was just sent its way and
-/// is about to be created, so it must not exit yet.
-fn mark_reused(socket_path: &str) {
-    let Ok(path) = std::ffi::CString::new(socket_path) else {
-        return;
-    };
-    // SAFETY: `path` is a valid C string; null times mean "now".
-    unsafe {
-        libc::utimensat(libc::AT_FDCWD, path.as_ptr(), std::ptr::null(), 0);
-    }
-}
-
 /// The CRI sandbox id of the container in `bundle`, if it belongs to a pod.
+/// An unreadable bundle groups the container alone; its create reports why.
 fn grouping_id(bundle: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(bundle.join("config.json")).ok()?;
-    let spec: serde_json::Value = serde_json::from_str(&text).ok()?;
-    spec.get("annotations")?
-        .get(SANDBOX_ID_ANNOTATION)?
-        .as_str()
-        .filter(|id| !id.is_empty())
-        .map(str::to_string)
-}
-
-/// Binds the socket, or returns `None` when a live server already listens on it.
-fn bind_or_reuse(socket_path: &str) -> Result<Option<UnixListener>> {
-    if let Some(dir) = Path::new(socket_path).parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
-    }
-    match UnixListener::bind(socket_path) {
-        Ok(listener) => Ok(Some(listener)),
-        Err(err) if err.kind() == ErrorKind::AddrInUse => {
-            if UnixStream::connect(socket_path).is_ok() {
-                mark_reused(socket_path);
-                return Ok(None);
-            }
-            // A socket file left by a server that died: replace it.
-            std::fs::remove_file(socket_path)
-                .with_context(|| format!("cannot remove stale shim socket {socket_path}"))?;
-            UnixListener::bind(socket_path)
-                .map(Some)
-                .with_context(|| format!("cannot bind shim socket {socket_path}"))
-        }
-        Err(err) => Err(err).with_context(|| format!("cannot bind shim socket {socket_path}")),
-    }
+    let bundle = Bundle::load(bundle).ok()?;
+    bundle.sandbox_id().map(str::to_string)
 }
 
 /// Launches this binary as the detached server, in its own session, with the

@@ -5,26 +5,129 @@
 //! it; here the sandbox is a placeholder inside the shim that stays running
 //! until it is signalled, so a pod costs no extra process or thread.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
-use wasishim_engine::{ExitStatus, Workload, WorkloadHandle};
+use wasishim_engine::{
+    Bundle, ExitStatus, NetworkNamespace, Stdio, WasmEngine, Workload, WorkloadHandle, WorkloadSpec,
+};
 
-/// Annotation CRI sets to tell a pod's sandbox container from its workloads.
-pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+use crate::cgroups::Cgroup;
+use crate::content;
+use crate::keys::TaskKey;
+
+/// Runs once when a started container ends.
+pub type OnExit = Box<dyn FnOnce(ExitStatus) + Send>;
+
+/// A guest ready to start: the engine's [`Workload`], or a fake in unit tests.
+pub trait Guest: Send {
+    /// Starts the guest on its own thread; `on_exit` runs once when it ends.
+    fn start(self: Box<Self>, on_exit: OnExit) -> Result<Arc<dyn RunningGuest>>;
+}
+
+/// Controls a started guest.
+pub trait RunningGuest: Send + Sync {
+    /// Delivers a signal (9 and 15 end it; see the engine's `WorkloadHandle::kill`).
+    fn kill(&self, signal: u32) -> Result<()>;
+    fn close_stdin(&self);
+    /// The thread running the guest, once it runs.
+    fn thread_id(&self) -> Option<i32>;
+    /// Bytes of linear memory the guest holds.
+    fn memory_bytes(&self) -> u64;
+}
+
+/// What a guest is built from.
+pub struct GuestRequest<'a> {
+    pub bundle: &'a Bundle,
+    pub key: &'a TaskKey,
+    pub stdio: Stdio,
+    /// The pod network to join instead of the spec's (see [`crate::pod_network`]).
+    pub network: Option<PathBuf>,
+    /// The container's cgroup, which the guest's thread joins.
+    pub cgroup: Option<Arc<Cgroup>>,
+}
+
+/// Builds guests: the engine (and containerd's content store for Wasm OCI
+/// artifacts), or a fake in unit tests.
+pub trait Guests: Send + Sync {
+    /// Compiles and links the guest, opens its stdio. Blocking.
+    fn prepare(&self, request: GuestRequest<'_>) -> Result<Box<dyn Guest>>;
+}
+
+/// Guests built by the wasmtime engine.
+pub struct EngineGuests {
+    engine: WasmEngine,
+    /// containerd's gRPC socket, where Wasm OCI artifacts' layers are read;
+    /// without it, every image's code must be a file in its rootfs.
+    containerd_address: Option<String>,
+}
+
+impl EngineGuests {
+    pub fn new(engine: WasmEngine, containerd_address: &str) -> EngineGuests {
+        EngineGuests {
+            engine,
+            containerd_address: Some(containerd_address.to_string()).filter(|a| !a.is_empty()),
+        }
+    }
+}
+
+impl Guests for EngineGuests {
+    fn prepare(&self, request: GuestRequest<'_>) -> Result<Box<dyn Guest>> {
+        let mut spec = WorkloadSpec::from_loaded(request.bundle)?;
+        if let Some(netns) = request.network {
+            spec.network = NetworkNamespace::Join(netns);
+        }
+        let container = content::ContainerRef {
+            address: self.containerd_address.as_deref(),
+            namespace: &request.key.namespace,
+            id: &request.key.id,
+        };
+        let workload = content::prepare_guest(&self.engine, spec, request.stdio, &container)?;
+        let workload = match request.cgroup {
+            Some(cgroup) => workload
+                .on_thread_start(move || cgroup.place_thread(nix::unistd::gettid().as_raw())),
+            None => workload,
+        };
+        Ok(Box::new(workload))
+    }
+}
+
+impl Guest for Workload {
+    fn start(self: Box<Self>, on_exit: OnExit) -> Result<Arc<dyn RunningGuest>> {
+        let handle = Workload::start(*self, on_exit)?;
+        Ok(Arc::new(handle))
+    }
+}
+
+impl RunningGuest for WorkloadHandle {
+    fn kill(&self, signal: u32) -> Result<()> {
+        WorkloadHandle::kill(self, signal as i32)
+    }
+
+    fn close_stdin(&self) {
+        WorkloadHandle::close_stdin(self)
+    }
+
+    fn thread_id(&self) -> Option<i32> {
+        WorkloadHandle::thread_id(self)
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        WorkloadHandle::memory_bytes(self)
+    }
+}
 
 /// A container ready to start.
 pub enum Prepared {
-    Guest(Box<Workload>),
+    Guest(Box<dyn Guest>),
     Sandbox,
 }
-
-type OnExit = Box<dyn FnOnce(ExitStatus) + Send>;
 
 /// Controls a started container.
 #[derive(Clone)]
 pub enum Handle {
-    Guest(WorkloadHandle),
+    Guest(Arc<dyn RunningGuest>),
     /// Holds the exit callback until a terminating signal arrives.
     Sandbox(Arc<Mutex<Option<OnExit>>>),
 }
@@ -33,7 +136,7 @@ impl Prepared {
     /// Starts the container; `on_exit` runs once when it ends.
     pub fn start(self, on_exit: impl FnOnce(ExitStatus) + Send + 'static) -> Result<Handle> {
         match self {
-            Prepared::Guest(workload) => workload.start(on_exit).map(Handle::Guest),
+            Prepared::Guest(guest) => guest.start(Box::new(on_exit)).map(Handle::Guest),
             Prepared::Sandbox => Ok(Handle::Sandbox(Arc::new(Mutex::new(Some(Box::new(
                 on_exit,
             )))))),
@@ -46,7 +149,7 @@ impl Handle {
     /// like the pause process, and ignores every other signal.
     pub fn kill(&self, signal: u32) -> Result<()> {
         match self {
-            Handle::Guest(guest) => guest.kill(signal as i32),
+            Handle::Guest(guest) => guest.kill(signal),
             Handle::Sandbox(on_exit) => {
                 const SIGINT: u32 = 2;
                 const SIGKILL: u32 = 9;
@@ -85,14 +188,6 @@ impl Handle {
     }
 }
 
-/// Whether the bundle's spec is a CRI pod sandbox.
-pub fn is_sandbox(spec: &serde_json::Value) -> bool {
-    spec.get("annotations")
-        .and_then(|a| a.get(CONTAINER_TYPE_ANNOTATION))
-        .and_then(|t| t.as_str())
-        == Some("sandbox")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,14 +206,5 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap(), 143);
         handle.kill(9).unwrap(); // already ended: no second exit
         assert!(rx.try_recv().is_err());
-    }
-
-    #[test]
-    fn sandbox_is_told_by_annotation() {
-        let spec = serde_json::json!({"annotations": {CONTAINER_TYPE_ANNOTATION: "sandbox"}});
-        assert!(is_sandbox(&spec));
-        let spec = serde_json::json!({"annotations": {CONTAINER_TYPE_ANNOTATION: "container"}});
-        assert!(!is_sandbox(&spec));
-        assert!(!is_sandbox(&serde_json::json!({})));
     }
 }

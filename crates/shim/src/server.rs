@@ -5,7 +5,6 @@
 
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixListener;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -15,12 +14,13 @@ use containerd_shim_protos::ttrpc::r#async::Server;
 use wasishim_engine::WasmEngine;
 
 use crate::events::EventPublisher;
+use crate::hosting::Runtime;
+use crate::keys::ConnectionIds;
 use crate::negotiation::{TASK_SERVICE_V2, TASK_SERVICE_V3};
-use crate::service::{ConnectionIds, TaskService};
-use crate::{Hosting, Runtime};
-
-/// File descriptor on which `start` hands the bound listener to the server.
-pub const LISTENER_FD: i32 = 3;
+use crate::os::RealOs;
+use crate::process::EngineGuests;
+use crate::service::TaskService;
+use crate::socket::{self, LISTENER_FD};
 
 /// Where the server listens and for whom.
 pub struct ServeOptions {
@@ -45,34 +45,27 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
         .context("cannot use the inherited shim socket")?;
     let listener = Listener::try_from(listener).context("cannot serve the shim socket")?;
 
-    // A per-node server hosts every guest of the node: room for thousands
-    // of instances, and a network namespace made ahead for a container that
-    // asks for a new one (plain `ctr run`).
-    let (pool_capacity, spare_network_namespaces) = match options.runtime.hosting {
-        Hosting::PerPod => (wasishim_engine::DEFAULT_POOL_CAPACITY, 0),
-        Hosting::PerNode => (10_000, 2),
-    };
+    let hosting = options.runtime.hosting;
     let engine = WasmEngine::builder()
         .from_env()
         .map(|builder| {
             builder
-                .pool_capacity(pool_capacity)
-                .spare_network_namespaces(spare_network_namespaces)
+                .pool_capacity(hosting.pool_capacity())
+                .spare_network_namespaces(hosting.spare_network_namespaces())
         })
         .and_then(|builder| builder.build())
         .context("cannot create the wasmtime engine")?;
     let events = EventPublisher::connect(options.ttrpc_address.as_deref()).await;
     let shutdown = Arc::new(tokio::sync::Notify::new());
-    let service = Arc::new(
-        TaskService::new(
-            options.runtime,
-            &options.namespace,
-            engine,
-            events,
-            shutdown.clone(),
-        )
-        .with_containerd_address(&options.containerd_address),
-    );
+    let guests = EngineGuests::new(engine, &options.containerd_address);
+    let service = Arc::new(TaskService::new(
+        options.runtime,
+        &options.namespace,
+        Arc::new(RealOs::new()),
+        Arc::new(guests),
+        events,
+        shutdown.clone(),
+    ));
 
     let mut server = Server::new()
         .set_accept_hook(ConnectionIds::default())
@@ -90,13 +83,9 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
 
     loop {
         shutdown.notified().await;
-        match options.runtime.hosting {
-            Hosting::PerPod => break,
-            Hosting::PerNode => {
-                if linger_then_exit(&service, &options.socket_address).await {
-                    break;
-                }
-            }
+        if !hosting.lingers_when_idle() || linger_then_exit(&service, &options.socket_address).await
+        {
+            break;
         }
     }
     log::info!("no tasks left: shutting down");
@@ -105,16 +94,13 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
     if let Err(err) = server.shutdown().await {
         log::warn!("ttrpc server shutdown: {err}");
     }
-    remove_socket(&options.socket_address);
-    if options.runtime.hosting == Hosting::PerNode {
-        // A clean exit leaves nothing to investigate, and the log is in memory (tmpfs).
-        crate::logging::remove_node_log(&options.socket_address);
-    }
+    socket::remove_socket(&options.socket_address);
+    hosting.remove_log(&options.socket_address);
     Ok(())
 }
 
 /// Environment variable setting how long an idle per-node server lingers.
-pub const NODE_IDLE_ENV: &str = "WASISHIM_NODE_IDLE_SECONDS";
+const NODE_IDLE_ENV: &str = "WASISHIM_NODE_IDLE_SECONDS";
 const NODE_IDLE_DEFAULT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// How long an idle per-node server lingers before it exits.
@@ -134,23 +120,19 @@ fn node_idle_time() -> std::time::Duration {
 /// before the check (and keeps it alive) or launches a new one after it.
 async fn linger_then_exit(service: &TaskService, socket_address: &str) -> bool {
     let idle = node_idle_time();
-    let socket_path = socket_address.trim_start_matches("unix://");
+    let socket_path = socket::socket_path(socket_address);
     log::info!("no tasks left: exiting after {idle:?} without work");
     loop {
         tokio::time::sleep(idle).await;
         if service.task_count().await > 0 {
             return false;
         }
-        let Ok(_lock) = crate::launch::lock_socket_dir(socket_path) else {
+        let Ok(_lock) = socket::lock_socket_dir(socket_path) else {
             continue;
         };
-        let start_was_here = std::fs::metadata(socket_path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|at| at.elapsed().ok())
-            .is_some_and(|ago| ago < idle);
+        let start_was_here = socket::reused_within(socket_path, idle);
         if service.task_count().await == 0 && service.idle_for() >= idle && !start_was_here {
-            remove_socket(socket_address);
+            socket::remove_socket(socket_address);
             return true;
         }
     }
@@ -159,7 +141,7 @@ async fn linger_then_exit(service: &TaskService, socket_address: &str) -> bool {
 /// The task service under both API names: containerd 1.x calls
 /// `containerd.task.v2.Task`, 2.x `containerd.task.v3.Task`; the messages are
 /// the same.
-pub fn task_services(
+fn task_services(
     service: Arc<TaskService>,
 ) -> std::collections::HashMap<String, containerd_shim_protos::ttrpc::r#async::Service> {
     let service: Arc<dyn Task + Send + Sync> = service;
@@ -171,14 +153,4 @@ pub fn task_services(
     services.extend(v2);
     debug_assert!(services.contains_key(TASK_SERVICE_V3));
     services
-}
-
-/// Removes the socket file behind `address` (`unix://path`), if it is one.
-pub fn remove_socket(address: &str) {
-    let path = Path::new(address.strip_prefix("unix://").unwrap_or(address));
-    if let Err(err) = std::fs::remove_file(path) {
-        if err.kind() != std::io::ErrorKind::NotFound {
-            log::warn!("cannot remove shim socket {}: {err}", path.display());
-        }
-    }
 }
