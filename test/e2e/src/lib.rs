@@ -81,8 +81,11 @@ pub const NAMESPACE: &str = "wasishim-e2e";
 pub const CTR_TIMEOUT: Duration = Duration::from_secs(60);
 /// Namespace containerd's CRI plugin keeps pods, containers and images in.
 pub const CRI_NAMESPACE: &str = "k8s.io";
+/// Where the per-node shim server writes its log, `<socket name>.log`.
+pub const NODE_LOG_DIR: &str = "/run/containerd/wasishim";
 
 pub mod cri;
+pub mod http;
 pub mod registry;
 
 /// The repository root.
@@ -271,6 +274,11 @@ pub struct PrivateContainerd {
     cri: bool,
     /// Pod sandbox IDs seen through the CRI helpers, for the shim socket check.
     pods: Mutex<BTreeSet<String>>,
+    /// Namespaces `ctr` was run in, for the task state and socket checks.
+    namespaces: Mutex<BTreeSet<String>>,
+    /// Sockets of the shim servers seen running (their `-socket`), for the
+    /// socket and per-node log checks once they are gone.
+    servers: Mutex<BTreeSet<PathBuf>>,
 }
 
 impl PrivateContainerd {
@@ -316,6 +324,8 @@ impl PrivateContainerd {
             ids: Mutex::new(BTreeSet::new()),
             cri,
             pods: Mutex::new(BTreeSet::new()),
+            namespaces: Mutex::new(BTreeSet::new()),
+            servers: Mutex::new(BTreeSet::new()),
         };
         if cri {
             cri::prepare_dirs(&cd)?;
@@ -555,6 +565,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        self.namespaces
+            .lock()
+            .unwrap()
+            .insert(namespace.to_string());
         let mut cmd = Command::new(self.bin_dir.join("ctr"));
         cmd.arg("--address")
             .arg(self.address())
@@ -793,7 +807,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     /// code. ctr itself exits 0 either way and only warns "task ID exit with
     /// non-zero exit code N" on stderr, so the code is read from there.
     pub fn task_delete(&self, id: &str) -> Result<i32> {
-        let out = self.ctr(["task", "delete", id]);
+        self.task_delete_in(NAMESPACE, id)
+    }
+
+    /// [`task_delete`](Self::task_delete) in another namespace.
+    pub fn task_delete_in(&self, namespace: &str, id: &str) -> Result<i32> {
+        let out = self.ctr_in(namespace, ["task", "delete", id]);
         if !out.status.success() {
             bail!("ctr task delete {id} failed:\n{}", output_text(&out));
         }
@@ -817,18 +836,32 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// PIDs of `containerd-shim-wasmtime-v1` processes started for this
     /// instance (their command line names this instance's socket or
-    /// directory).
+    /// directory). Notes the socket of each server among them, which
+    /// [`leaks`](Self::leaks) then checks.
     pub fn shim_pids(&self) -> Vec<i32> {
         let dir = self.dir.display().to_string();
-        processes()
+        let shims: Vec<(i32, String)> = processes()
             .into_iter()
             .filter(|(pid, cmdline)| {
                 *pid != std::process::id() as i32
                     && cmdline.contains(&shim_binary())
                     && cmdline.contains(&dir)
             })
-            .map(|(pid, _)| pid)
-            .collect()
+            .collect();
+        let mut servers = self.servers.lock().unwrap();
+        for (_, cmdline) in &shims {
+            let mut args = cmdline.split(' ');
+            if let Some(socket) = args.by_ref().skip_while(|a| *a != "-socket").nth(1) {
+                servers.insert(PathBuf::from(socket.trim_start_matches("unix://")));
+            }
+        }
+        shims.into_iter().map(|(pid, _)| pid).collect()
+    }
+
+    /// The sockets of the shim servers seen running so far (see
+    /// [`shim_pids`](Self::shim_pids)).
+    pub fn seen_server_sockets(&self) -> Vec<PathBuf> {
+        self.servers.lock().unwrap().iter().cloned().collect()
     }
 
     /// The shim socket path containerd expects for container `id`:
@@ -840,9 +873,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 
     /// Everything this instance left behind, one line each: shim processes,
-    /// mounts under its directory, task bundles in its state directory, shim
-    /// sockets of the containers the harness ran, and stray sockets in its
-    /// directory. Empty when clean.
+    /// mounts under its directory, task bundles in its state directory (of
+    /// every namespace `ctr` was run in), shim sockets of the containers the
+    /// harness ran, sockets and per-node logs of the shim servers seen
+    /// running, and stray sockets in its directory. Empty when clean.
     pub fn leaks(&self) -> Vec<String> {
         let mut leaks = Vec::new();
         for pid in self.shim_pids() {
@@ -854,15 +888,40 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         for m in mounts_under(&self.dir) {
             leaks.push(format!("mount {m}"));
         }
-        if let Ok(entries) = fs::read_dir(self.task_state_dir()) {
-            for e in entries.flatten() {
+        let namespaces: Vec<String> = self
+            .namespaces
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|ns| ns.as_str() != CRI_NAMESPACE)
+            .cloned()
+            .collect();
+        for ns in &namespaces {
+            let dir = self
+                .state_dir()
+                .join("io.containerd.runtime.v2.task")
+                .join(ns);
+            for e in fs::read_dir(dir).into_iter().flatten().flatten() {
                 leaks.push(format!("task state dir {}", e.path().display()));
             }
         }
-        for id in self.ids.lock().unwrap().iter() {
-            let sock = self.shim_socket(id);
+        for sock in self.seen_server_sockets() {
             if sock.exists() {
-                leaks.push(format!("shim socket {} of container {id}", sock.display()));
+                leaks.push(format!("shim server socket {}", sock.display()));
+            }
+            if let Some(name) = sock.file_name() {
+                let log = Path::new(NODE_LOG_DIR).join(format!("{}.log", name.to_string_lossy()));
+                if log.exists() {
+                    leaks.push(format!("shim server log {}", log.display()));
+                }
+            }
+        }
+        for id in self.ids.lock().unwrap().iter() {
+            for ns in &namespaces {
+                let sock = self.shim_socket_in(ns, id);
+                if sock.exists() {
+                    leaks.push(format!("shim socket {} of container {id}", sock.display()));
+                }
             }
             // ctr gives each container the cgroup /<namespace>/<id>.
             for hierarchy in ["cpu", "cpuacct", "pids", "memory"] {
@@ -1057,7 +1116,7 @@ fn parse_delete_exit_code(stderr: &str) -> i32 {
 }
 
 /// Runs `cmd` with piped stdout/stderr, feeding `input` if given; kills it
-/// after `limit`.
+/// after `limit` (then its status is SIGKILL's and stderr says so).
 fn run_with_timeout(mut cmd: Command, input: Option<Vec<u8>>, limit: Duration) -> Output {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = match cmd.spawn() {
@@ -1077,18 +1136,56 @@ fn run_with_timeout(mut cmd: Command, input: Option<Vec<u8>>, limit: Duration) -
         })),
         _ => None,
     };
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let out_reader = thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = stdout.read_to_end(&mut b);
-        b
-    });
-    let err_reader = thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = stderr.read_to_end(&mut b);
-        b
-    });
+    let (mut out, timed_out) = collect_within(child, limit);
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
+    if timed_out {
+        out.stderr.extend_from_slice(
+            format!(
+                "\nwasishim-e2e: killed after {limit:?} ({:?})\n",
+                cmd.get_args().collect::<Vec<_>>()
+            )
+            .as_bytes(),
+        );
+    }
+    out
+}
+
+/// Waits for `child` (spawned with piped stdout and stderr, e.g. by
+/// [`PrivateContainerd::spawn_ctr`]) and returns its output. Use it instead
+/// of `Child::wait_with_output`, which hangs a stuck test for ever.
+///
+/// # Panics
+///
+/// If `child` has not exited after `limit`: it is killed and the panic
+/// names `what`, the limit and the output so far (a killed child's status
+/// would look like a SIGKILLed task's 137 and could pass a test).
+pub fn wait_with_timeout(child: Child, limit: Duration, what: &str) -> Output {
+    let (out, timed_out) = collect_within(child, limit);
+    if timed_out {
+        panic!(
+            "{what} did not exit within {limit:?}; killed it.\n{}",
+            output_text(&out)
+        );
+    }
+    out
+}
+
+/// Reads `child`'s piped stdout and stderr until it exits, killing it after
+/// `limit`; says whether it had to.
+fn collect_within(mut child: Child, limit: Duration) -> (Output, bool) {
+    fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<Vec<u8>> {
+        thread::spawn(move || {
+            let mut b = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut b);
+            }
+            b
+        })
+    }
+    let out_reader = drain(child.stdout.take());
+    let err_reader = drain(child.stderr.take());
     let deadline = Instant::now() + limit;
     let mut timed_out = false;
     let status = loop {
@@ -1097,31 +1194,21 @@ fn run_with_timeout(mut cmd: Command, input: Option<Vec<u8>>, limit: Duration) -
             Ok(None) if Instant::now() > deadline => {
                 timed_out = true;
                 let _ = child.kill();
-                break child.wait().expect("waiting for a killed child");
+                match child.wait() {
+                    Ok(status) => break status,
+                    Err(e) => panic!("waiting for a killed child {}: {e}", child.id()),
+                }
             }
             Ok(None) => thread::sleep(Duration::from_millis(10)),
-            Err(e) => panic!("waiting for {:?}: {e}", cmd.get_program()),
+            Err(e) => panic!("waiting for child {}: {e}", child.id()),
         }
     };
-    if let Some(f) = feeder {
-        let _ = f.join();
-    }
-    let stdout = out_reader.join().unwrap_or_default();
-    let mut stderr = err_reader.join().unwrap_or_default();
-    if timed_out {
-        stderr.extend_from_slice(
-            format!(
-                "\nwasishim-e2e: killed after {limit:?} ({:?})\n",
-                cmd.get_args().collect::<Vec<_>>()
-            )
-            .as_bytes(),
-        );
-    }
-    Output {
+    let output = Output {
         status,
-        stdout,
-        stderr,
-    }
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    };
+    (output, timed_out)
 }
 
 /// Every process as (pid, command line with NULs as spaces).
@@ -1270,6 +1357,25 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(5));
         assert_eq!(exit_code(&out.status), 137);
         assert!(String::from_utf8_lossy(&out.stderr).contains("killed after"));
+    }
+
+    #[test]
+    fn a_stuck_child_fails_the_wait() {
+        let child = Command::new("sleep")
+            .arg("10")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let waited = std::panic::catch_unwind(|| {
+            wait_with_timeout(child, Duration::from_millis(200), "sleep 10")
+        });
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert!(
+            waited.is_err(),
+            "a child still running after the limit passed"
+        );
     }
 
     #[test]
