@@ -400,24 +400,33 @@ fn pooling_and_on_demand_engines_do_not_discard_each_others_artifacts() {
     let dir = cache_dir();
     let b = Bundle::new(&["/app.wat"]);
     b.file("app.wat", exit_module(13));
-    let pooled = match WasmEngine::builder()
+    let pooled_engine = || match WasmEngine::builder()
         .cache_dir(Some(dir.path.clone()))
         .build()
     {
         Ok(e) => e,
         Err(e) => panic!("build: {e:#}"),
     };
+    let pooled = pooled_engine();
     assert_eq!(run(&pooled, &b), 13);
+    assert_eq!(pooled.cache_stats(), stats(1, 0, 0));
     let artifact = only_artifact(&dir.path);
     let on_demand = engine_in(&dir.path);
     assert_eq!(run(&on_demand, &b), 13);
     assert_eq!(warnings_about(&artifact), Vec::<String>::new());
-    let both = [pooled.cache_stats(), on_demand.cache_stats()];
-    println!(
-        "pooling: {}, stats {both:?}, artifacts {:?}",
-        pooled.pooling(),
-        artifacts(&dir.path)
-    );
+    assert!(artifact.is_file(), "the pooled engine's artifact is gone");
+    // Whether the two configurations share an artifact or not, a new engine
+    // of each kind now loads its code from disk instead of compiling it.
+    for (kind, engine) in [
+        ("pooling", pooled_engine()),
+        ("on demand", engine_in(&dir.path)),
+    ] {
+        assert_eq!(run(&engine, &b), 13);
+        assert_eq!(engine.cache_stats(), stats(0, 1, 0), "a new {kind} engine");
+    }
+    for a in artifacts(&dir.path) {
+        assert_eq!(warnings_about(&a), Vec::<String>::new());
+    }
 }
 
 #[test]

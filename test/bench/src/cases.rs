@@ -9,9 +9,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use wasishim_e2e::children_of;
 
 use crate::api::Api;
-use crate::lab::{children_of, parallel, pss_kib, Lab, NODE, POD, RUNC};
+use crate::lab::{parallel, pss_kib, Lab, NODE, POD, RUNC};
 use crate::report::{median, ms, quantile, Row};
 use crate::{bigwasm, Config, Images};
 

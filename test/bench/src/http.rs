@@ -41,6 +41,30 @@ pub struct Wrk {
     pub socket_errors: Option<String>,
 }
 
+impl Wrk {
+    /// Why this run cannot stand as a measurement: responses that were not
+    /// 2xx, or socket errors (connect, read, write, timeout), which wrk
+    /// leaves out of its latency figures. `None` when clean.
+    pub fn failure(&self) -> Option<String> {
+        let errors: u64 = self
+            .socket_errors
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|kv| kv.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        match (self.non_2xx, errors) {
+            (0, 0) => None,
+            (bad, 0) => Some(format!("{bad} of {} responses were not 2xx", self.requests)),
+            (bad, _) => Some(format!(
+                "socket errors ({}) and {bad} non-2xx responses in {} requests",
+                self.socket_errors.as_deref().unwrap_or(""),
+                self.requests
+            )),
+        }
+    }
+}
+
 /// One server's figures: wrk's, and the server's CPU time per request.
 struct Measured {
     wrk: Wrk,
@@ -330,8 +354,8 @@ fn measure(cfg: &Config, address: SocketAddr, cpu_ns: impl Fn() -> u64) -> Resul
     let wall = started.elapsed();
     let used = cpu_ns().saturating_sub(before) as f64;
     show_wrk(&text);
-    if w.non_2xx > 0 {
-        bail!("{} of {} responses were not 2xx", w.non_2xx, w.requests);
+    if let Some(failure) = w.failure() {
+        bail!("{failure}");
     }
     Ok(Measured {
         cpu_us_per_request: used / 1e3 / w.requests.max(1) as f64,
@@ -579,6 +603,33 @@ Transfer/sec:     10.03MB
             Some("connect 0, read 0, write 0, timeout 2")
         );
         assert!(parse_wrk("Running 1s test\n").is_err());
+    }
+
+    #[test]
+    fn socket_errors_and_non_2xx_fail_a_run() {
+        let w = parse_wrk(REPORT).unwrap();
+        let failure = w.failure().unwrap();
+        assert!(failure.contains("timeout 2"), "{failure}");
+        let timeouts_only = Wrk {
+            non_2xx: 0,
+            ..w.clone()
+        };
+        assert!(timeouts_only.failure().is_some());
+        let clean = Wrk {
+            socket_errors: Some("connect 0, read 0, write 0, timeout 0".into()),
+            ..timeouts_only.clone()
+        };
+        assert_eq!(clean.failure(), None);
+        let non_2xx_only = Wrk {
+            non_2xx: 1,
+            ..clean.clone()
+        };
+        assert!(non_2xx_only.failure().unwrap().contains("not 2xx"));
+        let unprinted = Wrk {
+            socket_errors: None,
+            ..clean
+        };
+        assert_eq!(unprinted.failure(), None);
     }
 
     #[test]

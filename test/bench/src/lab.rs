@@ -282,21 +282,3 @@ pub fn pss_kib(pid: i32) -> u64 {
         })
         .unwrap_or(0)
 }
-
-/// Direct children of the given processes (from /proc/*/stat).
-pub fn children_of(parents: &[i32]) -> Vec<i32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = fs::read_to_string(e.path().join("stat")).ok()?;
-            // Fields after the command name, which is in parentheses.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let ppid: i32 = rest.split(' ').nth(1)?.parse().ok()?;
-            parents.contains(&ppid).then_some(pid)
-        })
-        .collect()
-}

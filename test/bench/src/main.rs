@@ -4,9 +4,13 @@
 //! a private containerd. `make bench` runs it; see BENCHMARKS.md.
 //!
 //! ```text
-//! wasishim-bench [--quick] [--containerd 1.6.20] [--cases 1,2,3,3b,4,5,6,7]
-//!                [--out target/bench] [--benchmarks BENCHMARKS.md]
+//! wasishim-bench [--quick] [--explore] [--containerd 1.6.20]
+//!                [--cases 1,2,3,3b,4,5,6,7] [--out target/bench]
+//!                [--benchmarks BENCHMARKS.md]
 //! ```
+//!
+//! Exits non-zero when a case fails or a figure misses its goal (after
+//! writing the report); `--explore` reports missed goals without failing.
 //!
 //! Needs root, cgroup v1 `cpuacct`, runc, gcc (static libc), the fixtures
 //! (`make fixtures`), the native fib (`make bench` builds it), and for case 7
@@ -122,6 +126,8 @@ impl Images {
 
 struct Args {
     quick: bool,
+    /// Missed goals are reported but do not fail the run.
+    explore: bool,
     containerd: String,
     cases: Vec<String>,
     out: PathBuf,
@@ -131,6 +137,7 @@ struct Args {
 fn parse_args() -> Result<Args> {
     let mut a = Args {
         quick: false,
+        explore: false,
         containerd: std::env::var("WASISHIM_BENCH_CONTAINERD")
             .ok()
             .filter(|v| !v.is_empty())
@@ -144,6 +151,7 @@ fn parse_args() -> Result<Args> {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
         match arg.as_str() {
             "--quick" => a.quick = true,
+            "--explore" => a.explore = true,
             "--containerd" => a.containerd = value("--containerd")?,
             "--cases" => {
                 a.cases = value("--cases")?
@@ -160,7 +168,7 @@ fn parse_args() -> Result<Args> {
             "--out" => a.out = value("--out")?.into(),
             "--benchmarks" => a.benchmarks = Some(value("--benchmarks")?.into()),
             "-h" | "--help" => {
-                println!("wasishim-bench [--quick] [--containerd VERSION] [--cases {}] [--out DIR] [--benchmarks BENCHMARKS.md]", CASES.join(","));
+                println!("wasishim-bench [--quick] [--explore] [--containerd VERSION] [--cases {}] [--out DIR] [--benchmarks BENCHMARKS.md]", CASES.join(","));
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?}; see --help"),
@@ -367,10 +375,38 @@ fn run() -> Result<()> {
         fs::write(path, new)?;
         println!("wrote the results into {}", path.display());
     }
+    let missed = missed_goals(&rows);
+    for m in &missed {
+        eprintln!("wasishim-bench: goal missed: {m}");
+    }
     if !failures.is_empty() {
         bail!("{} case(s) failed", failures.len());
     }
+    if !missed.is_empty() && !args.explore {
+        bail!(
+            "{} goal(s) missed (listed above); --explore reports them without failing",
+            missed.len()
+        );
+    }
     Ok(())
+}
+
+/// One line per figure that misses its goal.
+fn missed_goals(rows: &[Row]) -> Vec<String> {
+    rows.iter()
+        .filter_map(|r| {
+            let goal = r.goal.as_ref().filter(|g| !g.met)?;
+            Some(format!(
+                "case {}: {} is {:.3} {}{}, goal {}",
+                r.case,
+                r.figure,
+                r.value,
+                r.unit,
+                r.ratio().map(|x| format!(" ({x:.2}x)")).unwrap_or_default(),
+                goal.text
+            ))
+        })
+        .collect()
 }
 
 /// Where the figures were taken: date, CPUs, memory, kernel, containerd.
@@ -430,4 +466,24 @@ fn machine(lab: &Lab) -> Result<String> {
         lab.cd.bin_dir().display(),
         runc.unwrap_or_else(|| "runc ?".into())
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missed_goals_are_listed() {
+        let rows = [
+            Row::new("6 kill", "SIGKILL -> exit, p50", 5.0, "ms").goal_max(10.0),
+            Row::new("6 kill", "SIGKILL -> exit, p99", 50.0, "ms").goal_max(10.0),
+            Row::new("1 start", "no goal", 1.0, "ms"),
+        ];
+        let missed = missed_goals(&rows);
+        assert_eq!(missed.len(), 1, "{missed:?}");
+        assert!(
+            missed[0].contains("p99 is 50.000 ms, goal <= 10 ms"),
+            "{missed:?}"
+        );
+    }
 }

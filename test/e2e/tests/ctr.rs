@@ -25,11 +25,14 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use wasishim_e2e::{
-    exit_code, fixture, fixture_image, image_name, output_text, Image, PrivateContainerd,
+    exit_code, fixture, fixture_image, image_name, output_text, wait_with_timeout, Image,
+    PrivateContainerd,
 };
 
-/// How quickly a killed guest must be reported stopped.
-const KILL_DEADLINE: Duration = Duration::from_secs(1);
+/// How soon after the Kill RPC a guest spinning in wasm must be STOPPED.
+/// The README's "about 10 ms" is `make bench`'s figure; this is that with
+/// the margin a loaded 2-core CI machine needs.
+const KILL_LIMIT: Duration = Duration::from_millis(200);
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -198,14 +201,108 @@ fn args_env_cwd(cd: &PrivateContainerd) {
             );
         }
         assert!(
-            lines.contains(&"cwd=/work") || lines.contains(&"env PWD=/work"),
-            "{kind}: working directory not /work:\n{}",
+            lines.contains(&"env PWD=/work"),
+            "{kind}: PWD is not the working directory /work:\n{}",
             output_text(&out)
         );
-        assert!(
-            !lines.iter().any(|l| l.starts_with("env CONTAINERD_")),
-            "{kind}: the shim's own environment leaked into the guest:\n{text}"
+        assert_env_is_the_specs(kind, &lines);
+    }
+    working_directory(cd);
+}
+
+/// The guest's environment is the spec's and nothing of the shim's:
+/// containerd gives the shim TTRPC_ADDRESS, GRPC_ADDRESS, NAMESPACE and
+/// more, the harness WASISHIM_NODE_IDLE_SECONDS, and the shim has the
+/// test's HOME and a PATH starting with the shim's directory.
+fn assert_env_is_the_specs(kind: &str, lines: &[&str]) {
+    let env: Vec<(&str, &str)> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("env ")?.split_once('='))
+        .collect();
+    let mut names: Vec<&str> = env.iter().map(|(k, _)| *k).collect();
+    names.sort();
+    // The image's config has FROM_IMAGE (and no PATH, so ctr's spec has
+    // none either); --env gives FOO; the shim adds PWD. Anything else, PATH
+    // or HOME included, came from the shim's own environment.
+    assert_eq!(
+        names,
+        ["FOO", "FROM_IMAGE", "PWD"],
+        "{kind}: the guest's environment is not the spec's:\n{}",
+        lines.join("\n")
+    );
+}
+
+/// What `getcwd` returns in a guest whatever `process.cwd` is: wasi-libc
+/// keeps its own working directory, "/" until the guest calls `chdir`, and
+/// reads neither `PWD` nor the `.` preopen.
+const GETCWD: &str = "/\n";
+
+/// An image with `/work/note.txt` and `/note.txt` and the `files` fixture
+/// of `kind` (p1, p2).
+fn notes_image(cd: &PrivateContainerd, name: &str, rel: &str) -> String {
+    let image = Image::new(&image_name(name))
+        .wasm(fs::read(fixture(rel)).unwrap())
+        .file("/work/note.txt", "in the working directory\n", 0o644)
+        .file("/note.txt", "at the root\n", 0o644);
+    cd.import(&image).unwrap()
+}
+
+/// With a working directory, an absolute path still opens the rootfs's file.
+///
+/// Fails today (shim bug): wasi-libc strips the leading `/` of both the
+/// rootfs preopen `/` and the working directory's `.`, and a guest that
+/// never called `chdir` resolves every path against the preopen added
+/// last, `.`, so `/note.txt` opens `/work/note.txt`.
+fn absolute_path_beside_a_working_directory(cd: &PrivateContainerd) {
+    for (kind, rel) in [("p1", "wasip1/files.wasm"), ("p2", "wasip2/files.wasm")] {
+        let name = format!("abs-{kind}");
+        let image = notes_image(cd, &name, rel);
+        let out = run_expect(
+            cd,
+            &["--cwd", "/work"],
+            &image,
+            &name,
+            &["/app.wasm", "read", "/note.txt"],
+            0,
         );
+        assert_eq!(
+            stdout(&out),
+            "at the root\n",
+            "{kind}: an absolute path resolved in the working directory:\n{}",
+            output_text(&out)
+        );
+    }
+}
+
+/// `process.cwd` is preopened as `.`: a relative path opens the file in the
+/// working directory, not the one of that name at the root.
+fn working_directory(cd: &PrivateContainerd) {
+    for (kind, rel) in [("p1", "wasip1/files.wasm"), ("p2", "wasip2/files.wasm")] {
+        let name = format!("cwd-{kind}");
+        let image = notes_image(cd, &name, rel);
+        let out = run_expect(
+            cd,
+            &["--cwd", "/work"],
+            &image,
+            &name,
+            &["/app.wasm", "read", "note.txt"],
+            0,
+        );
+        assert_eq!(
+            stdout(&out),
+            "in the working directory\n",
+            "{kind}: a relative path did not resolve in the working directory:\n{}",
+            output_text(&out)
+        );
+        let out = run_expect(
+            cd,
+            &["--cwd", "/work"],
+            &image,
+            &format!("{name}-pwd"),
+            &["/app.wasm", "cwd"],
+            0,
+        );
+        assert_eq!(stdout(&out), GETCWD, "{kind}:\n{}", output_text(&out));
     }
 }
 
@@ -293,6 +390,131 @@ fn rw_mount(cd: &PrivateContainerd) {
     );
 }
 
+/// A running guest reaches nothing outside its rootfs and mounts, through
+/// `..` or through symlinks in a mount (absolute or relative, to a host
+/// file it must not see), while a symlink that stays inside the mount
+/// works, so the refusals are about the escape.
+fn no_escape_from_a_running_guest(cd: &PrivateContainerd) {
+    let mount_dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.txt");
+    fs::write(&secret, "host secret\n").unwrap();
+    let data = mount_dir.path();
+    fs::write(data.join("in.txt"), "inside the mount\n").unwrap();
+    std::os::unix::fs::symlink("in.txt", data.join("inside")).unwrap();
+    std::os::unix::fs::symlink(&secret, data.join("absolute")).unwrap();
+    let up = "../".repeat(20);
+    let relative_secret = format!(
+        "{up}{}",
+        secret.display().to_string().trim_start_matches('/')
+    );
+    std::os::unix::fs::symlink(&relative_secret, data.join("relative")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", data.join("hostname")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), data.join("dir")).unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:ro",
+        data.display()
+    );
+    let image = import(cd, "files", "wasip1/files.wasm");
+
+    for (i, path) in ["/data/in.txt", "/data/inside"].into_iter().enumerate() {
+        let out = run_expect(
+            cd,
+            &["--mount", &mount],
+            &image,
+            &format!("inside-{i}"),
+            &["/app.wasm", "read", path],
+            0,
+        );
+        assert_eq!(
+            stdout(&out),
+            "inside the mount\n",
+            "{path}:\n{}",
+            output_text(&out)
+        );
+    }
+    let secret_path = secret.display().to_string();
+    let attempts = [
+        format!("/data/{relative_secret}"),
+        format!("/{relative_secret}"),
+        format!("{up}etc/hostname"),
+        "/../../../etc/hostname".to_string(),
+        "/data/absolute".to_string(),
+        "/data/relative".to_string(),
+        "/data/hostname".to_string(),
+        "/data/dir/secret.txt".to_string(),
+        secret_path,
+    ];
+    let hostname = fs::read_to_string("/etc/hostname").unwrap_or_default();
+    for (i, path) in attempts.iter().enumerate() {
+        let out = run_expect(
+            cd,
+            &["--mount", &mount],
+            &image,
+            &format!("escape-{i}"),
+            &["/app.wasm", "read", path],
+            1,
+        );
+        let text = stdout(&out);
+        assert!(
+            !text.contains("host secret")
+                && (hostname.is_empty() || !text.contains(hostname.trim())),
+            "{path} reached the host:\n{}",
+            output_text(&out)
+        );
+        assert!(
+            stderr(&out).contains(&format!("cannot read {path}")),
+            "{path}:\n{}",
+            output_text(&out)
+        );
+    }
+}
+
+// ---------------------------------------------------------------- network
+
+/// With the host's network (`--net-host`), a guest sends a UDP datagram to
+/// a socket of the test and gets its reply, and resolves `localhost`.
+fn udp_and_name_lookup(cd: &PrivateContainerd) {
+    let image = import(cd, "net", "wasip2/net.wasm");
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let address = socket.local_addr().unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        let (n, from) = socket.recv_from(&mut buf)?;
+        socket.send_to(b"pong", from)?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf[..n]).into_owned())
+    });
+    let out = run_expect(
+        cd,
+        &["--net-host"],
+        &image,
+        "udp",
+        &["/app.wasm", "udp", &address.to_string(), "ping"],
+        0,
+    );
+    assert_eq!(stdout(&out), "udp reply: pong\n", "{}", output_text(&out));
+    assert_eq!(echo.join().unwrap().unwrap(), "ping");
+
+    let out = run_expect(
+        cd,
+        &["--net-host"],
+        &image,
+        "lookup",
+        &["/app.wasm", "lookup", "localhost"],
+        0,
+    );
+    assert!(
+        stdout(&out)
+            .lines()
+            .any(|l| l == "lookup localhost: 127.0.0.1"),
+        "{}",
+        output_text(&out)
+    );
+}
+
 // ---------------------------------------------------------------- exits
 
 fn exit_codes(cd: &PrivateContainerd) {
@@ -365,24 +587,37 @@ fn memory_limit(cd: &PrivateContainerd) {
 
 // ---------------------------------------------------------------- signals
 
+/// `ctr task kill -s SIGNAL id`, then polls until the task is STOPPED.
+/// Fails if a `ctr task ls` begun more than [`KILL_LIMIT`] after the Kill
+/// RPC returned still sees the task running (each poll is a `ctr` process,
+/// so a task may stop up to one poll's time after the limit unnoticed).
+fn kill_stops_within_limit(cd: &PrivateContainerd, id: &str, signal: &str) {
+    let out = cd.ctr(["task", "kill", "-s", signal, id]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let killed = Instant::now();
+    loop {
+        let began = killed.elapsed();
+        let status = cd.task_status(id).unwrap();
+        if status.as_deref() == Some("STOPPED") {
+            return;
+        }
+        assert!(
+            began <= KILL_LIMIT,
+            "{id} still {status:?} {began:?} after {signal} (limit {KILL_LIMIT:?})"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// `ctr task kill` (SIGTERM) ends a guest spinning in wasm code: stopped
-/// within a second, exit code 143.
+/// within [`KILL_LIMIT`], exit code 143.
 fn kill_term_spinning(cd: &PrivateContainerd) {
     for (name, rel) in [("spin", "wasip1/spin.wasm"), ("loop-wat", "wat/loop.wasm")] {
         let image = import(cd, name, rel);
         cd.run_detached(&[], &image, name, &[]).unwrap();
         cd.wait_task_status(name, "RUNNING", Duration::from_secs(10))
             .unwrap();
-        let start = Instant::now();
-        let out = cd.ctr(["task", "kill", name]);
-        assert!(out.status.success(), "{}", output_text(&out));
-        cd.wait_task_status(name, "STOPPED", Duration::from_secs(10))
-            .unwrap();
-        let took = start.elapsed();
-        assert!(
-            took <= KILL_DEADLINE,
-            "{name} took {took:?} to stop after SIGTERM"
-        );
+        kill_stops_within_limit(cd, name, "SIGTERM");
         assert_eq!(cd.task_delete(name).unwrap(), 143);
         remove(cd, name);
     }
@@ -393,16 +628,7 @@ fn kill_sigkill(cd: &PrivateContainerd) {
     cd.run_detached(&[], &image, "spin-p2", &[]).unwrap();
     cd.wait_task_status("spin-p2", "RUNNING", Duration::from_secs(10))
         .unwrap();
-    let start = Instant::now();
-    let out = cd.ctr(["task", "kill", "-s", "SIGKILL", "spin-p2"]);
-    assert!(out.status.success(), "{}", output_text(&out));
-    cd.wait_task_status("spin-p2", "STOPPED", Duration::from_secs(10))
-        .unwrap();
-    assert!(
-        start.elapsed() <= KILL_DEADLINE,
-        "took {:?}",
-        start.elapsed()
-    );
+    kill_stops_within_limit(cd, "spin-p2", "SIGKILL");
     assert_eq!(cd.task_delete("spin-p2").unwrap(), 137);
     remove(cd, "spin-p2");
 }
@@ -446,7 +672,7 @@ fn sleeper_running(cd: &PrivateContainerd) {
     std::thread::sleep(Duration::from_millis(300));
     let out = cd.ctr(["task", "kill", "-s", "SIGKILL", "sleeper-fg"]);
     assert!(out.status.success(), "{}", output_text(&out));
-    let out = child.wait_with_output().unwrap();
+    let out = wait_with_timeout(child, Duration::from_secs(30), "ctr run sleeper-fg");
     assert_eq!(exit_code(&out.status), 137, "{}", output_text(&out));
     assert!(stdout(&out).contains("sleeping"), "{}", output_text(&out));
 }
@@ -468,9 +694,11 @@ fn sleeper_finishes(cd: &PrivateContainerd) {
 
 /// Containers carrying the same CRI sandbox id share one shim process; it
 /// outlives the first container's deletion and exits with the last.
-/// ctr 1.6 has no `--annotation`, so 1.6 is covered by the CRI tests instead.
+/// ctr 1.6 has no `--annotation`, so on 1.6 a CRI-enabled instance of the
+/// same version plays kubelet instead ([`pod_shares_one_shim_through_cri`]).
 fn pod_shares_one_shim(cd: &PrivateContainerd) {
     if cd.version().starts_with("1.6") {
+        pod_shares_one_shim_through_cri(cd.version());
         return;
     }
     let image = import(cd, "sleep", "wasip1/sleep.wasm");
@@ -496,6 +724,11 @@ fn pod_shares_one_shim(cd: &PrivateContainerd) {
     );
 
     remove(cd, "pod-a-two");
+    wait_no_shim(cd);
+}
+
+/// Waits (5 s at most) until no shim of `cd` runs.
+fn wait_no_shim(cd: &PrivateContainerd) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !cd.shim_pids().is_empty() {
         assert!(
@@ -504,6 +737,94 @@ fn pod_shares_one_shim(cd: &PrivateContainerd) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// [`pod_shares_one_shim`] through CRI: a pod sandbox and two containers in
+/// it share one shim, which outlives one container's removal and exits
+/// with the pod.
+fn pod_shares_one_shim_through_cri(version: &str) {
+    use wasishim_e2e::cri::{self, api, Client};
+    let cd = PrivateContainerd::start_with_cri(version).unwrap();
+    {
+        let client = Client::connect(&cd).unwrap();
+        let image =
+            cri::import(&cd, &fixture_image("sleep", "wasip1/sleep.wasm").unwrap()).unwrap();
+        let pod = client.run_pod(client.pod_config("shared")).unwrap();
+        let ids: Vec<String> = ["one", "two"]
+            .into_iter()
+            .map(|name| {
+                let config = cri::with_args(client.container_config(name, &image), &["3600"]);
+                let id = client.run_container(&pod, config).unwrap();
+                client
+                    .wait_state(
+                        &id,
+                        api::ContainerState::ContainerRunning,
+                        Duration::from_secs(20),
+                    )
+                    .unwrap();
+                id
+            })
+            .collect();
+        let shims = cd.shim_pids();
+        assert_eq!(shims.len(), 1, "one shim per pod, found {shims:?}");
+
+        client.stop_container(&ids[0], 0).unwrap();
+        client.remove_container(&ids[0]).unwrap();
+        assert_eq!(
+            cd.shim_pids(),
+            shims,
+            "the pod's shim exited with tasks left"
+        );
+        let status = client.container_status(&ids[1]).unwrap();
+        assert_eq!(
+            status.state,
+            api::ContainerState::ContainerRunning as i32,
+            "{status:?}"
+        );
+
+        client.remove_pod(&pod.id).unwrap();
+        wait_no_shim(&cd);
+    }
+    cd.assert_no_leaks();
+}
+
+/// The leak check sees what it looks for: while a task runs, it lists the
+/// shim process, the task's state directory and the shim's socket (the
+/// container's own, per pod; the server's, per node), each at the path it
+/// then checks is gone.
+fn leak_check_sees_a_live_task(cd: &PrivateContainerd) {
+    let image = import(cd, "sleep", "wasip1/sleep.wasm");
+    cd.run_detached(&[], &image, "live", &["/app.wasm", "3600"])
+        .unwrap();
+    cd.wait_task_status("live", "RUNNING", Duration::from_secs(10))
+        .unwrap();
+    let leaks = cd.leaks();
+    let shims = cd.shim_pids();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    let servers = cd.seen_server_sockets();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    let socket = if wasishim_e2e::runtime() == "io.containerd.wasmtime.v1" {
+        let socket = cd.shim_socket("live");
+        assert_eq!(servers[0], socket, "the pod's server listens elsewhere");
+        socket
+    } else {
+        servers[0].clone()
+    };
+    assert!(socket.exists(), "{} does not exist", socket.display());
+    let bundle = cd.task_state_dir().join("live");
+    for needle in [
+        format!("shim process {}", shims[0]),
+        format!("task state dir {}", bundle.display()),
+        format!("socket {}", socket.display()),
+    ] {
+        assert!(
+            leaks.iter().any(|l| l.contains(&needle)),
+            "the leak check does not see {needle:?} of a live task: {leaks:?}"
+        );
+    }
+    remove(cd, "live");
+    cd.assert_no_leaks();
+    assert!(!socket.exists(), "{} left behind", socket.display());
 }
 
 /// /tasks/create, /tasks/start, /tasks/exit and /tasks/delete reach
@@ -516,7 +837,7 @@ fn task_events(cd: &PrivateContainerd) {
     run_expect(cd, &[], &image, "evented", &["/app.wasm", "3"], 3);
     std::thread::sleep(Duration::from_millis(300));
     let _ = events.kill();
-    let out = events.wait_with_output().unwrap();
+    let out = wait_with_timeout(events, Duration::from_secs(10), "ctr events");
     let text = stdout(&out);
     let lines: Vec<&str> = text
         .lines()
@@ -542,6 +863,72 @@ fn task_events(cd: &PrivateContainerd) {
     assert!(exit.contains("\"exited_at\":"), "no timestamp in {exit}");
     let delete = lines.iter().find(|l| l.contains("/tasks/delete")).unwrap();
     assert!(delete.contains("\"exit_status\":3"), "{delete}");
+}
+
+/// A guest that dies after it was refused memory under its limit ends with
+/// 137, and containerd gets a `/tasks/oom` event for it.
+fn oom_event(cd: &PrivateContainerd) {
+    let image = import(cd, "grow", "wasip1/grow.wasm");
+    let events = cd.spawn_ctr(["events"]).unwrap();
+    // `ctr events` subscribes asynchronously; give it a moment before the run.
+    std::thread::sleep(Duration::from_millis(300));
+    let limit = (32u64 << 20).to_string();
+    run_expect(
+        cd,
+        &["--memory-limit", &limit],
+        &image,
+        "hog",
+        &["/app.wasm", "abort"],
+        137,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = nix::sys::signal::kill(Pid::from_raw(events.id() as i32), Signal::SIGKILL);
+    let out = wait_with_timeout(events, Duration::from_secs(10), "ctr events");
+    let text = stdout(&out);
+    let topics: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("hog"))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
+        .collect();
+    assert!(
+        topics.contains(&"/tasks/oom"),
+        "no /tasks/oom event for hog:\n{text}"
+    );
+    let oom = topics.iter().position(|t| *t == "/tasks/oom");
+    let exit = topics.iter().position(|t| *t == "/tasks/exit");
+    assert!(oom < exit, "/tasks/oom after /tasks/exit: {topics:?}");
+}
+
+/// pause, resume and checkpoint (refused at the pause containerd asks for
+/// first) are refused with "X is not supported by RUNTIME", and the task
+/// keeps running. (No ctr version has `task update`.)
+fn unsupported_task_calls(cd: &PrivateContainerd) {
+    let image = import(cd, "sleep", "wasip1/sleep.wasm");
+    cd.run_detached(&[], &image, "steady", &["/app.wasm", "3600"])
+        .unwrap();
+    cd.wait_task_status("steady", "RUNNING", Duration::from_secs(10))
+        .unwrap();
+    let runtime = wasishim_e2e::runtime();
+    for (what, args) in [
+        ("pause", &["task", "pause", "steady"][..]),
+        ("resume", &["task", "resume", "steady"][..]),
+        // containerd pauses a task before it checkpoints it.
+        ("pause", &["task", "checkpoint", "steady"][..]),
+    ] {
+        let out = cd.ctr(args);
+        let text = output_text(&out);
+        assert!(!out.status.success(), "{what} was not refused:\n{text}");
+        assert!(
+            text.contains(&format!("{what} is not supported by {runtime}")),
+            "{what}:\n{text}"
+        );
+        assert_eq!(
+            cd.task_status("steady").unwrap().as_deref(),
+            Some("RUNNING"),
+            "after {what}"
+        );
+    }
+    remove(cd, "steady");
 }
 
 // ---------------------------------------------------------------- failures
@@ -725,17 +1112,21 @@ fn config_without_args(cd: &PrivateContainerd) {
     assert_still_serves(cd, "noargs");
 }
 
-/// An entrypoint climbing out with `..` resolves inside the rootfs (where
-/// there is no /bin/true), never to the host's file.
+/// An entrypoint climbing out with `..` is refused for leaving the rootfs
+/// (the host's /bin/true, which it points at, is an ELF file: any other
+/// refusal would not tell an escaping shim from a confined one).
 fn entrypoint_outside_rootfs(cd: &PrivateContainerd) {
     let image = fixture_image("escape", "wasip1/hello.wasm")
         .unwrap()
         .entrypoint(["/../../../../bin/true"]);
     let image = cd.import(&image).unwrap();
-    let out = cd.run_rm(&[], &image, "escape", &[]);
-    assert!(!out.status.success(), "{}", output_text(&out));
     assert!(Path::new("/bin/true").exists());
-    assert_still_serves(cd, "escape");
+    assert_refused(
+        cd,
+        &image,
+        "escape",
+        "entrypoint /../../../../bin/true leaves the image's rootfs",
+    );
 }
 
 /// Starts containerd `version`, runs `scenario` on it and checks for leaks.
@@ -754,6 +1145,9 @@ wasishim_e2e::scenarios!(
     stdin,
     ro_mount,
     rw_mount,
+    no_escape_from_a_running_guest,
+    absolute_path_beside_a_working_directory,
+    udp_and_name_lookup,
     exit_codes,
     trap,
     memory_limit,
@@ -764,7 +1158,10 @@ wasishim_e2e::scenarios!(
     containerd_restart,
     shim_killed,
     pod_shares_one_shim,
+    leak_check_sees_a_live_task,
     task_events,
+    oom_event,
+    unsupported_task_calls,
     corrupt_wasm,
     missing_entrypoint,
     elf_entrypoint,

@@ -16,12 +16,12 @@
 //! `cargo test -p wasishim-e2e --test http -- v1_6::ctr_serves`.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use wasishim_e2e::cri::{self, api, Client, Pod};
-use wasishim_e2e::{exit_code, fixture_image, output_text, PrivateContainerd};
+use wasishim_e2e::http::{self, Answer};
+use wasishim_e2e::{exit_code, fixture_image, output_text, wait_with_timeout, PrivateContainerd};
 
 /// Where the server listens inside a pod (the default address).
 const POD_PORT: u16 = 8080;
@@ -30,78 +30,16 @@ const LISTEN_LIMIT: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------- client
 
-/// One HTTP response: status and body.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    body: String,
-}
-
-/// Reads one HTTP/1.1 response (Content-Length, chunked, or until close).
-fn read_response(reader: &mut impl BufRead) -> std::io::Result<Answer> {
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-    let (mut length, mut chunked) = (None, false);
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            match k.trim().to_ascii_lowercase().as_str() {
-                "content-length" => length = v.trim().parse::<usize>().ok(),
-                "transfer-encoding" => chunked = v.contains("chunked"),
-                _ => {}
-            }
-        }
-    }
-    let mut body = Vec::new();
-    if let Some(length) = length {
-        body.resize(length, 0);
-        reader.read_exact(&mut body)?;
-    } else if chunked {
-        loop {
-            let mut size = String::new();
-            reader.read_line(&mut size)?;
-            let size = usize::from_str_radix(size.trim(), 16)
-                .map_err(|e| std::io::Error::other(format!("bad chunk size {size:?}: {e}")))?;
-            let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk)?;
-            if size == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..size]);
-        }
-    } else {
-        reader.read_to_end(&mut body)?;
-    }
-    Ok(Answer {
-        status,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
-}
-
 /// `GET path` on a new connection to `address` (loopback only), with
 /// extra header lines.
 fn get_with(address: SocketAddr, path: &str, headers: &str) -> std::io::Result<Answer> {
     assert!(address.ip().is_loopback(), "tests only connect to loopback");
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{headers}\r\n");
-    stream.write_all(request.as_bytes())?;
-    read_response(&mut BufReader::new(stream))
+    http::get_with(address, path, headers)
 }
 
 fn get(address: SocketAddr, path: &str) -> Answer {
-    get_with(address, path, "").unwrap_or_else(|e| panic!("GET {path} on {address}: {e}"))
+    assert!(address.ip().is_loopback(), "tests only connect to loopback");
+    http::get(address, path)
 }
 
 /// Waits until something accepts connections on `address` (loopback).
@@ -243,7 +181,8 @@ fn ctr_graceful_stop(cd: &PrivateContainerd) {
     let answer = slow.join().unwrap().unwrap();
     assert_eq!((answer.status, answer.body.as_str()), (200, "slow done\n"));
 
-    let out = child.wait_with_output().unwrap();
+    // The guest drains in a second; a ctr stuck past that fails here.
+    let out = wait_with_timeout(child, Duration::from_secs(30), "ctr run http-fg");
     let text = output_text(&out);
     assert_eq!(exit_code(&out.status), 0, "{text}");
     for needle in [

@@ -131,8 +131,7 @@ fn two_namespaces(cd: &PrivateContainerd) {
         Some("RUNNING"),
         "killing the other namespace's twin stopped this one"
     );
-    let out = cd.ctr_in(OTHER_NAMESPACE, ["task", "delete", "twin"]);
-    assert!(output_text(&out).contains("137"), "{}", output_text(&out));
+    assert_eq!(cd.task_delete_in(OTHER_NAMESPACE, "twin").unwrap(), 137);
     let out = cd.ctr_in(OTHER_NAMESPACE, ["containers", "rm", "twin"]);
     assert!(out.status.success(), "{}", output_text(&out));
     remove(cd, "twin");
