@@ -18,10 +18,10 @@ use k8s_cri::v1::{
     AttachRequest, ContainerConfig, ContainerMetadata, ContainerState, ContainerStats,
     ContainerStatsFilter, ContainerStatsRequest, ContainerStatus, ContainerStatusRequest,
     CreateContainerRequest, ExecRequest, ExecSyncRequest, ExecSyncResponse, ImageSpec,
-    ImageStatusRequest, KeyValue, LinuxContainerConfig, LinuxContainerResources,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainerStatsRequest,
-    ListContainersRequest, ListPodSandboxRequest, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, PodSandboxStatusRequest, PodSandboxStatusResponse, RemoveContainerRequest,
+    ImageStatusRequest, LinuxContainerConfig, LinuxContainerResources, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, ListContainerStatsRequest, ListContainersRequest,
+    ListPodSandboxRequest, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+    PodSandboxStatusRequest, PodSandboxStatusResponse, RemoveContainerRequest,
     RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
     StopPodSandboxRequest, VersionRequest, VersionResponse,
 };
@@ -278,8 +278,8 @@ impl<'a> Client<'a> {
 
     /// A container config for `name` from `image`, logging to `<name>.log`
     /// in the pod's log directory. Set `command`/`args`/`envs`/`linux`
-    /// on the result as needed (see [`with_args`], [`with_env`],
-    /// [`with_resources`]).
+    /// on the result as needed (see [`with_args`](crate::cri::with_args), [`with_env`](crate::cri::with_env),
+    /// [`with_resources`](crate::cri::with_resources)).
     pub fn container_config(&self, name: &str, image: &str) -> ContainerConfig {
         ContainerConfig {
             metadata: Some(ContainerMetadata {
@@ -439,6 +439,22 @@ impl<'a> Client<'a> {
         self.wait_state(id, ContainerState::ContainerExited, limit)
     }
 
+    /// `UpdateContainerResources` with `resources` (what `kubectl`'s
+    /// in-place resize sends).
+    pub fn update_resources(&self, id: &str, resources: LinuxContainerResources) -> Result<()> {
+        call!(
+            self,
+            runtime,
+            update_container_resources,
+            api::UpdateContainerResourcesRequest {
+                container_id: id.to_string(),
+                linux: Some(resources),
+                ..Default::default()
+            }
+        )
+        .map(drop)
+    }
+
     /// `ContainerStats`.
     pub fn container_stats(&self, id: &str) -> Result<ContainerStats> {
         call!(
@@ -517,30 +533,6 @@ impl<'a> Client<'a> {
         )?
         .url)
     }
-}
-
-/// Sets the container's `args` (after the image's entrypoint).
-pub fn with_args(mut config: ContainerConfig, args: &[&str]) -> ContainerConfig {
-    config.args = args.iter().map(|s| s.to_string()).collect();
-    config
-}
-
-/// Adds environment variables.
-pub fn with_env(mut config: ContainerConfig, env: &[(&str, &str)]) -> ContainerConfig {
-    config.envs.extend(env.iter().map(|(k, v)| KeyValue {
-        key: k.to_string(),
-        value: v.to_string(),
-    }));
-    config
-}
-
-/// Sets `linux.resources`.
-pub fn with_resources(
-    mut config: ContainerConfig,
-    resources: LinuxContainerResources,
-) -> ContainerConfig {
-    config.linux.get_or_insert_with(Default::default).resources = Some(resources);
-    config
 }
 
 /// The network namespace path in a sandbox's verbose `info` JSON.

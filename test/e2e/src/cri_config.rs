@@ -17,6 +17,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use k8s_cri::v1::{ContainerConfig, KeyValue, LinuxContainerResources};
 use wasishim_image::Image;
 
 use crate::command::output_text;
@@ -297,6 +298,30 @@ pub fn cri_plugin_problems(cd: &PrivateContainerd) -> Result<Vec<String>> {
         .filter(|l| l.split_whitespace().last() != Some("ok"))
         .map(str::to_string)
         .collect())
+}
+
+/// Sets the container's `args` (after the image's entrypoint).
+pub fn with_args(mut config: ContainerConfig, args: &[&str]) -> ContainerConfig {
+    config.args = args.iter().map(|s| s.to_string()).collect();
+    config
+}
+
+/// Adds environment variables.
+pub fn with_env(mut config: ContainerConfig, env: &[(&str, &str)]) -> ContainerConfig {
+    config.envs.extend(env.iter().map(|(k, v)| KeyValue {
+        key: k.to_string(),
+        value: v.to_string(),
+    }));
+    config
+}
+
+/// Sets `linux.resources`.
+pub fn with_resources(
+    mut config: ContainerConfig,
+    resources: LinuxContainerResources,
+) -> ContainerConfig {
+    config.linux.get_or_insert_with(Default::default).resources = Some(resources);
+    config
 }
 
 #[cfg(test)]

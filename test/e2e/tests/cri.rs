@@ -486,6 +486,29 @@ fn exec_unsupported(cd: &PrivateContainerd, cri: &Client) {
     remove_pod(cd, cri, &pod);
 }
 
+/// i. UpdateContainerResources (an in-place resize) is refused with
+/// "update is not supported by RUNTIME"; the container keeps running.
+fn update_refused(cd: &PrivateContainerd, cri: &Client) {
+    let sleep = import(cd, "sleep", "wasip1/sleep.wasm");
+    let pod = run_pod(cri, "update");
+    let id = run_running(cri, &pod, cri.container_config("sleeper", &sleep));
+    let err = cri
+        .update_resources(
+            &id,
+            api::LinuxContainerResources {
+                memory_limit_in_bytes: 64 << 20,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    let needle = format!("update is not supported by {}", wasishim_e2e::runtime());
+    assert!(format!("{err:#}").contains(&needle), "{err:#}");
+    let status = cri.container_status(&id).unwrap();
+    assert_eq!(status.state, api::ContainerState::ContainerRunning as i32);
+    cri.stop_container(&id, 0).unwrap();
+    remove_pod(cd, cri, &pod);
+}
+
 /// Starts a CRI-enabled containerd `version`, runs `scenario` on it and
 /// checks for leaks.
 fn run(version: &str, scenario: fn(&PrivateContainerd, &Client)) {
@@ -507,4 +530,5 @@ wasishim_e2e::scenarios!(
     networking,
     bad_input,
     exec_unsupported,
+    update_refused,
 );

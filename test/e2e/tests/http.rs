@@ -82,7 +82,7 @@ fn kill_and_remove(cd: &PrivateContainerd, id: &str) -> i32 {
 
 /// `ctr run -d --net-host`: responses (keep-alive aside), a mounted file,
 /// 16 parallel requests, a trapping request (500) after which the server
-/// still answers; SIGKILL ends it with 137.
+/// still answers, a fresh instance per request; SIGKILL ends it with 137.
 fn ctr_serves(cd: &PrivateContainerd) {
     let image = import(cd);
     let address = free_address();
@@ -147,6 +147,13 @@ fn ctr_serves(cd: &PrivateContainerd) {
     assert_eq!(answer.status, 500, "{answer:?}");
     let answer = get(address, "/");
     assert_eq!(answer.status, 200, "after a trap: {answer:?}");
+
+    // A fresh instance per request: the handler's static counter is 1 in
+    // each, after all the requests above.
+    for _ in 0..2 {
+        let answer = get(address, "/count");
+        assert_eq!((answer.status, answer.body.as_str()), (200, "1\n"));
+    }
 
     assert_eq!(kill_and_remove(cd, "http"), 137);
 }
