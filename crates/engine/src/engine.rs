@@ -1,14 +1,12 @@
 //! The one `wasmtime::Engine` of a shim process, and preparing guests with it.
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use nix::fcntl::OFlag;
 use wasmtime::component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, PoolingAllocationConfig};
 
@@ -189,10 +187,13 @@ impl WasmEngineBuilder {
     ///
     /// # Errors
     ///
-    /// Fails if wasmtime rejects its configuration for this host, or the
+    /// Fails if wasmtime rejects its configuration for this host, the
+    /// guests' seccomp filter cannot be built for this architecture, or the
     /// epoch thread cannot be started. A cache directory that cannot be used
     /// is not an error (see [`cache_dir`](Self::cache_dir)).
     pub fn build(self) -> Result<WasmEngine> {
+        // Guests' seccomp filter: a bad one fails here, not at a guest's start.
+        crate::confine::check()?;
         if self.spare_network_namespaces > 0 {
             crate::netns::keep_spares(self.spare_network_namespaces);
         }
@@ -407,7 +408,9 @@ impl WasmEngine {
             return self.prepare_compiled(spec, compiled, &shown, stdio);
         }
         let mut bytes = Vec::with_capacity(usize::try_from(identity.size()).unwrap_or(0));
-        file.read_to_end(&mut bytes)
+        file.by_ref()
+            .take(rootfs::MAX_ENTRYPOINT_BYTES)
+            .read_to_end(&mut bytes)
             .with_context(|| format!("cannot read entrypoint {shown}"))?;
         drop(file);
         let origin = CodeOrigin::File {
@@ -514,22 +517,27 @@ impl WasmEngine {
             .context("cannot duplicate the container's output handles")?;
         let stdin = GuestStdin::new();
         let guest_stdin = opened.stdin.as_ref().map(|_| stdin.clone());
+        // Opens every preopen once now: a missing mount fails task
+        // creation, and nothing is opened by path later.
+        let template = wasi::WasiTemplate::new(&spec)?;
+        let confinement = template.confinement(&spec);
         let guest = match ready {
             Ready::Module(pre, entry) => Guest::Module {
                 pre,
-                wasi: wasi::context(&spec, guest_stdin, opened.stdout, opened.stderr)?.build_p1(),
+                wasi: template
+                    .builder(guest_stdin, opened.stdout, opened.stderr)?
+                    .build_p1(),
                 entry,
             },
             Ready::Component(pre, entry) => Guest::Component {
                 pre,
-                wasi: wasi::context(&spec, guest_stdin, opened.stdout, opened.stderr)?.build(),
+                wasi: template
+                    .builder(guest_stdin, opened.stdout, opened.stderr)?
+                    .build(),
                 entry,
             },
             Ready::Http(pre) => {
                 let settings = HttpSettings::from_env(&spec.env)?;
-                let template = wasi::WasiTemplate::new(&spec)?;
-                // Opens every preopen once now, so a missing mount fails task
-                // creation rather than each request.
                 drop(template.builder(None, None, None)?);
                 Guest::Http(Box::new(HttpGuest::new(
                     pre,
@@ -551,6 +559,7 @@ impl WasmEngine {
             stderr,
             output_fifos,
             on_thread_start: None,
+            confinement,
         })
     }
 
@@ -619,18 +628,8 @@ fn open_entrypoint(rootfs: &Path, shown: &str) -> Result<(File, FileIdentity)> {
                 .with_context(|| format!("cannot look up entrypoint {shown} in the image's rootfs"))
         }
     };
-    // O_NOFOLLOW: the resolved path has no symlinks; refuse one appearing now.
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(OFlag::O_NOFOLLOW.bits())
-        .open(&host)
-        .with_context(|| format!("cannot open entrypoint {shown}"))?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("cannot read entrypoint {shown}"))?;
-    if meta.is_dir() {
-        bail!("entrypoint {shown} is a directory, not a WebAssembly file");
-    }
+    // No final symlink, no FIFO, device or directory, a bounded size.
+    let (file, meta) = rootfs::open_entrypoint_file(&host, shown)?;
     Ok((file, FileIdentity::of(&meta)))
 }
 

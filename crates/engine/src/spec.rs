@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use oci_spec::runtime::Spec;
 
 use crate::entrypoint::split_export;
-use crate::Entrypoint;
+use crate::{Capabilities, Credentials, Entrypoint};
 
 /// A bind mount the guest sees as a preopened directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,10 @@ pub struct WorkloadSpec {
     pub memory_limit: Option<u64>,
     /// The network namespace the guest's sockets live in.
     pub network: NetworkNamespace,
+    /// `process.user` and `process.capabilities`: what the guest's threads
+    /// run as (umask 0022 unless the spec sets one; no capabilities unless
+    /// the spec grants them).
+    pub credentials: Credentials,
 }
 
 /// Where a guest's sockets live, from the spec's `linux.namespaces`.
@@ -168,6 +172,29 @@ impl WorkloadSpec {
             })
             .unwrap_or(NetworkNamespace::Host);
 
+        let user = process.user();
+        let sets = process.capabilities().as_ref();
+        let mask = |set: Option<&oci_spec::runtime::Capabilities>| {
+            let names: Vec<String> = set
+                .into_iter()
+                .flatten()
+                .map(|c| c.to_string())
+                .collect();
+            Capabilities::mask(&names)
+        };
+        let credentials = Credentials {
+            uid: user.uid(),
+            gid: user.gid(),
+            additional_gids: user.additional_gids().clone().unwrap_or_default(),
+            umask: Some(user.umask().unwrap_or(0o022)),
+            capabilities: Capabilities {
+                effective: mask(sets.and_then(|c| c.effective().as_ref())),
+                permitted: mask(sets.and_then(|c| c.permitted().as_ref())),
+                inheritable: mask(sets.and_then(|c| c.inheritable().as_ref())),
+                bounding: mask(sets.and_then(|c| c.bounding().as_ref())),
+            },
+        };
+
         Ok(WorkloadSpec {
             rootfs,
             readonly_rootfs,
@@ -178,6 +205,7 @@ impl WorkloadSpec {
             mounts,
             memory_limit,
             network,
+            credentials,
         })
     }
 }

@@ -480,7 +480,7 @@ fn build(
     let workload = match &cgroup {
         Some(cgroup) => {
             let cgroup = cgroup.clone();
-            workload.on_thread_start(move || cgroup.place_thread(nix::unistd::gettid().as_raw()))
+            workload.on_thread_start(move |tid| cgroup.place_thread(tid))
         }
         None => workload,
     };
