@@ -41,11 +41,11 @@ mod stdio;
 mod wasi;
 
 pub use cache::CacheStats;
+pub use confine::{Applied, Capabilities, Confinement, Credentials, CONFINE_LAYERS_ENV};
 pub use engine::{
     WasmEngine, WasmEngineBuilder, CACHE_DIR_ENV, CACHE_MAX_BYTES_ENV, DEFAULT_POOL_CAPACITY,
     POOLING_BY_DEFAULT,
 };
-pub use confine::{Applied, Capabilities, Confinement, Credentials, CONFINE_LAYERS_ENV};
 pub use entrypoint::Entrypoint;
 pub use http::{
     DEFAULT_HTTP_ADDRESS, DEFAULT_HTTP_MAX_BODY_BYTES, HTTP_ADDRESS_ENV, HTTP_MAX_BODY_BYTES_ENV,

@@ -269,16 +269,22 @@ mod tests {
             (dev, "a character device"),
             (root.join("bin"), "a directory"),
         ] {
-            let err = open_entrypoint_file(&path, "/x.wasm").map(|_| ()).unwrap_err();
+            let err = open_entrypoint_file(&path, "/x.wasm")
+                .map(|_| ())
+                .unwrap_err();
             let text = format!("{err:#}");
-            assert!(text.contains("entrypoint /x.wasm is") && text.contains(kind), "{text}");
+            assert!(
+                text.contains("entrypoint /x.wasm is") && text.contains(kind),
+                "{text}"
+            );
         }
         // Nothing blocked (a FIFO without writer) or read a device.
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
-        let (mut file, meta) = match open_entrypoint_file(&root.join("bin/app.wasm"), "/bin/app.wasm") {
-            Ok(opened) => opened,
-            Err(e) => panic!("a regular file was refused: {e:#}"),
-        };
+        let (mut file, meta) =
+            match open_entrypoint_file(&root.join("bin/app.wasm"), "/bin/app.wasm") {
+                Ok(opened) => opened,
+                Err(e) => panic!("a regular file was refused: {e:#}"),
+            };
         assert_eq!(meta.len(), 1);
         let mut text = String::new();
         assert!(io::Read::read_to_string(&mut file, &mut text).is_ok());

@@ -43,7 +43,8 @@ pub struct WorkloadSpec {
     pub network: NetworkNamespace,
     /// `process.user` and `process.capabilities`: what the guest's threads
     /// run as (umask 0022 unless the spec sets one; no capabilities unless
-    /// the spec grants them).
+    /// the spec grants them; a non-root user only its ambient ones, as
+    /// after runc's `execve`).
     pub credentials: Credentials,
 }
 
@@ -175,11 +176,7 @@ impl WorkloadSpec {
         let user = process.user();
         let sets = process.capabilities().as_ref();
         let mask = |set: Option<&oci_spec::runtime::Capabilities>| {
-            let names: Vec<String> = set
-                .into_iter()
-                .flatten()
-                .map(|c| c.to_string())
-                .collect();
+            let names: Vec<String> = set.into_iter().flatten().map(|c| c.to_string()).collect();
             Capabilities::mask(&names)
         };
         let credentials = Credentials {
@@ -192,6 +189,7 @@ impl WorkloadSpec {
                 permitted: mask(sets.and_then(|c| c.permitted().as_ref())),
                 inheritable: mask(sets.and_then(|c| c.inheritable().as_ref())),
                 bounding: mask(sets.and_then(|c| c.bounding().as_ref())),
+                ambient: mask(sets.and_then(|c| c.ambient().as_ref())),
             },
         };
 

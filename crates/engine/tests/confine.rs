@@ -28,10 +28,7 @@ impl Drop for Dir {
 }
 
 fn temp_dir(name: &str) -> Dir {
-    let dir = std::env::temp_dir().join(format!(
-        "wasishim-confine-{name}-{}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("wasishim-confine-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     check("create temp dir", std::fs::create_dir_all(&dir));
     check(
@@ -44,7 +41,10 @@ fn temp_dir(name: &str) -> Dir {
 /// Writes `path` with `mode`, owned by `uid`:`gid`.
 fn file_owned(path: &Path, uid: u32, gid: u32, mode: u32) {
     check("write file", std::fs::write(path, b"secret"));
-    check("chown", std::os::unix::fs::chown(path, Some(uid), Some(gid)));
+    check(
+        "chown",
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)),
+    );
     check(
         "chmod",
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)),
@@ -136,10 +136,9 @@ fn root_without_cap_dac_override_cannot_read_another_users_0600_file() {
     file_owned(&theirs, 1000, 1000, 0o600);
 
     let path = theirs.clone();
-    let read = confined(
-        Confinement::new().credentials(user(0, 0)),
-        move || errno_of(std::fs::read(&path)),
-    );
+    let read = confined(Confinement::new().credentials(user(0, 0)), move || {
+        errno_of(std::fs::read(&path))
+    });
     assert_eq!(read, Some(libc::EACCES));
 
     // With CAP_DAC_OVERRIDE granted, as in runc's default set, it can.
@@ -150,6 +149,7 @@ fn root_without_cap_dac_override_cannot_read_another_users_0600_file() {
         permitted: mask,
         inheritable: 0,
         bounding: mask,
+        ambient: 0,
     };
     let path = theirs.clone();
     let read = confined(Confinement::new().credentials(granted), move || {
@@ -190,7 +190,8 @@ fn created_files_belong_to_the_container_user_with_its_umask() {
     // The umask was the thread's own: this thread's is unchanged.
     let mine = check(
         "write",
-        std::fs::write(dir.0.join("mine"), b"x").and_then(|_| std::fs::metadata(dir.0.join("mine"))),
+        std::fs::write(dir.0.join("mine"), b"x")
+            .and_then(|_| std::fs::metadata(dir.0.join("mine"))),
     );
     assert_ne!(mine.mode() & 0o777, 0o640);
 }
@@ -251,7 +252,11 @@ fn landlock_alone_refuses_host_paths_outside_the_allowed_dirs() {
     assert_eq!(write_in, None);
     assert_eq!(read_ro, None);
     assert_eq!(write_ro, Some(libc::EACCES), "wrote under a read-only rule");
-    assert_eq!(read_out, Some(libc::EACCES), "read outside the rules as root");
+    assert_eq!(
+        read_out,
+        Some(libc::EACCES),
+        "read outside the rules as root"
+    );
     assert_eq!(shadow, Some(libc::EACCES));
     assert_eq!(root_dir, Some(libc::EACCES));
     // This thread is not confined.
@@ -294,7 +299,11 @@ fn seccomp_alone_refuses_exec_namespaces_and_raising_credentials() {
     assert_eq!(got.0, (-1, Some(libc::EPERM)), "execve was not refused");
     assert_eq!(got.1, (-1, Some(libc::EPERM)), "unshare was not refused");
     assert_eq!(got.2, (-1, Some(libc::EPERM)), "setresuid was not refused");
-    assert_eq!(got.3, Some((-1, Some(libc::EPERM))), "a child thread escaped");
+    assert_eq!(
+        got.3,
+        Some((-1, Some(libc::EPERM))),
+        "a child thread escaped"
+    );
     assert!(got.4, "a confined thread started a process");
     // Not this thread.
     let status = check("run true", std::process::Command::new("true").status());
@@ -321,11 +330,8 @@ fn all_layers_together_still_run_threads_and_io() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build();
-        let blocking = rt.map(|rt| {
-            rt.block_on(async {
-                tokio::task::spawn_blocking(thread_uids).await.ok()
-            })
-        });
+        let blocking =
+            rt.map(|rt| rt.block_on(async { tokio::task::spawn_blocking(thread_uids).await.ok() }));
         (wrote, blocking.ok().flatten())
     });
     assert_eq!(ok, (true, Some((1000, 1000, 1000))));
@@ -334,8 +340,8 @@ fn all_layers_together_still_run_threads_and_io() {
 /// A file in the rootfs owned by root, mode 0600, read by a guest running
 /// as `uid`: the `files` fixture (`make fixtures`), else skipped.
 fn files_fixture() -> Option<Vec<u8>> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../test/fixtures/out/wasip1/files.wasm");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../test/fixtures/out/wasip1/files.wasm");
     match std::fs::read(&path) {
         Ok(bytes) => Some(bytes),
         Err(e) => {

@@ -23,8 +23,17 @@ fn chmod(path: &Path, mode: u32) {
 
 /// `files ARGS` as `--user 1000:1000` with `host` mounted read-write at
 /// /data; returns (exit code, output).
-fn files_as_1000(cd: &PrivateContainerd, image: &str, host: &Path, id: &str, args: &[&str]) -> (i32, String) {
-    let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", host.display());
+fn files_as_1000(
+    cd: &PrivateContainerd,
+    image: &str,
+    host: &Path,
+    id: &str,
+    args: &[&str],
+) -> (i32, String) {
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:rw",
+        host.display()
+    );
     let mut all = vec!["/app.wasm"];
     all.extend_from_slice(args);
     let out = cd.run_rm(&["--user", "1000:1000", "--mount", &mount], image, id, &all);
@@ -42,12 +51,27 @@ fn user_1000_in_a_bind_mount(cd: &PrivateContainerd) {
     chmod(&host.path().join("open"), 0o777);
     let image = import(cd, "files", "wasip1/files.wasm");
 
-    let (code, text) = files_as_1000(cd, &image, host.path(), "user-read", &["read", "/data/secret"]);
+    let (code, text) = files_as_1000(
+        cd,
+        &image,
+        host.path(),
+        "user-read",
+        &["read", "/data/secret"],
+    );
     assert_eq!(code, 1, "uid 1000 read a root 0600 file:\n{text}");
     assert!(text.contains("cannot read /data/secret"), "{text}");
 
-    let (code, text) = files_as_1000(cd, &image, host.path(), "user-write", &["write", "/data/new", "x"]);
-    assert_eq!(code, 1, "uid 1000 wrote into a root 0755 directory:\n{text}");
+    let (code, text) = files_as_1000(
+        cd,
+        &image,
+        host.path(),
+        "user-write",
+        &["write", "/data/new", "x"],
+    );
+    assert_eq!(
+        code, 1,
+        "uid 1000 wrote into a root 0755 directory:\n{text}"
+    );
     assert!(!host.path().join("new").exists());
 
     let (code, text) = files_as_1000(
@@ -59,13 +83,29 @@ fn user_1000_in_a_bind_mount(cd: &PrivateContainerd) {
     );
     assert_eq!(code, 0, "{text}");
     let meta = fs::metadata(host.path().join("open/new")).unwrap();
-    assert_eq!((meta.uid(), meta.gid()), (1000, 1000), "owner of a created file");
-    assert_eq!(meta.mode() & 0o777, 0o644, "mode of a created file (umask 022)");
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (1000, 1000),
+        "owner of a created file"
+    );
+    assert_eq!(
+        meta.mode() & 0o777,
+        0o644,
+        "mode of a created file (umask 022)"
+    );
 
     // Root, as ctr runs it by default (with runc's default capabilities),
     // still reads it.
-    let mount = format!("type=bind,src={},dst=/data,options=rbind:ro", host.path().display());
-    let out = cd.run_rm(&["--mount", &mount], &image, "root-read", &["/app.wasm", "read", "/data/secret"]);
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:ro",
+        host.path().display()
+    );
+    let out = cd.run_rm(
+        &["--mount", &mount],
+        &image,
+        "root-read",
+        &["/app.wasm", "read", "/data/secret"],
+    );
     assert_eq!(exit_code(&out.status), 0, "{}", output_text(&out));
 }
 
@@ -79,7 +119,10 @@ fn special_file_entrypoints(cd: &PrivateContainerd) {
     cd.wait_task_status("bystander", "RUNNING", Duration::from_secs(20))
         .unwrap();
 
-    for (id, kind) in [("fifo-entry", "a FIFO"), ("chardev-entry", "a character device")] {
+    for (id, kind) in [
+        ("fifo-entry", "a FIFO"),
+        ("chardev-entry", "a character device"),
+    ] {
         let rootfs = tempfile::tempdir().unwrap();
         chmod(rootfs.path(), 0o755);
         let entry = rootfs.path().join("app.wasm");
@@ -88,8 +131,13 @@ fn special_file_entrypoints(cd: &PrivateContainerd) {
             nix::unistd::mkfifo(&entry, mode).unwrap();
         } else {
             // The numbers of /dev/zero: reading it never ends.
-            nix::sys::stat::mknod(&entry, nix::sys::stat::SFlag::S_IFCHR, mode, nix::sys::stat::makedev(1, 5))
-                .unwrap();
+            nix::sys::stat::mknod(
+                &entry,
+                nix::sys::stat::SFlag::S_IFCHR,
+                mode,
+                nix::sys::stat::makedev(1, 5),
+            )
+            .unwrap();
         }
         let started = Instant::now();
         let path = rootfs.path().display().to_string();

@@ -56,8 +56,9 @@ const CAPABILITY_NAMES: [&str; 41] = [
 ];
 
 /// Capability sets as bit masks (bit N: capability number N), from a spec's
-/// `process.capabilities`. The ambient set only matters across `execve`,
-/// which a guest cannot do; it is cleared.
+/// `process.capabilities`, as runc sets them before it executes the
+/// container's first program. A guest's thread gets the sets that program
+/// ends up with (see [`Capabilities::after_exec`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Capabilities {
     /// What the kernel checks.
@@ -68,6 +69,8 @@ pub struct Capabilities {
     pub inheritable: u64,
     /// Upper bound of what the thread can ever gain.
     pub bounding: u64,
+    /// What a program executed by a non-root user keeps.
+    pub ambient: u64,
 }
 
 impl Capabilities {
@@ -96,6 +99,30 @@ impl Capabilities {
             }
         }
         mask
+    }
+
+    /// The sets a program has once a process with these sets and user `uid`
+    /// executed it (a file without file capabilities, which is what a runc
+    /// container's first program is): for uid 0, permitted and effective
+    /// become inheritable plus bounding; for any other uid, only the ambient
+    /// capabilities (those also permitted and inheritable) remain, in both.
+    /// So a uid-1000 container gets no capabilities from runc's default set,
+    /// exactly as its process would under runc. The ambient and inheritable
+    /// sets are kept.
+    pub fn after_exec(self, uid: u32) -> Capabilities {
+        let ambient = self.ambient & self.permitted & self.inheritable & self.bounding;
+        let permitted = if uid == 0 {
+            (self.inheritable | self.bounding) & self.bounding
+        } else {
+            ambient
+        };
+        Capabilities {
+            effective: permitted,
+            permitted,
+            inheritable: self.inheritable & self.bounding,
+            bounding: self.bounding,
+            ambient,
+        }
     }
 
     /// The names of the capabilities in `mask`, for messages.
@@ -151,7 +178,7 @@ pub(super) fn apply(c: &Credentials) -> Result<()> {
             c.additional_gids.len()
         );
     }
-    let caps = c.capabilities;
+    let caps = c.capabilities.after_exec(c.uid);
     // Keep the permitted set across the uid change, then cut it below.
     prctl(libc::PR_SET_KEEPCAPS, 1).context("cannot keep capabilities across the uid change")?;
     // The bounding set needs CAP_SETPCAP, which the capset below takes away.
@@ -164,17 +191,20 @@ pub(super) fn apply(c: &Credentials) -> Result<()> {
             if e.raw_os_error() == Some(libc::EINVAL) {
                 break;
             }
-            return Err(e).with_context(|| {
-                format!("cannot drop capability {cap} from the bounding set")
-            });
+            return Err(e)
+                .with_context(|| format!("cannot drop capability {cap} from the bounding set"));
         }
     }
     // SAFETY: raw system calls with valid arguments; each changes only the
     // calling thread's credentials.
     unsafe {
         let gids: Vec<libc::gid_t> = c.additional_gids.clone();
-        check(libc::syscall(libc::SYS_setgroups, gids.len(), gids.as_ptr()))
-            .with_context(|| format!("cannot set additional gids {:?}", c.additional_gids))?;
+        check(libc::syscall(
+            libc::SYS_setgroups,
+            gids.len(),
+            gids.as_ptr(),
+        ))
+        .with_context(|| format!("cannot set additional gids {:?}", c.additional_gids))?;
         check(libc::syscall(libc::SYS_setresgid, c.gid, c.gid, c.gid))
             .with_context(|| format!("cannot set gid {}", c.gid))?;
         check(libc::syscall(libc::SYS_setresuid, c.uid, c.uid, c.uid))
@@ -187,7 +217,8 @@ pub(super) fn apply(c: &Credentials) -> Result<()> {
         )
     })?;
     prctl(libc::PR_SET_KEEPCAPS, 0).context("cannot reset keep-capabilities")?;
-    // Ambient capabilities would survive an execve; a guest has none.
+    // Ambient capabilities only matter across an execve, which a guest's
+    // thread cannot make; none are kept.
     if let Err(e) = prctl4(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as u64) {
         // EINVAL: a kernel older than 4.3 has no ambient set.
         if e.raw_os_error() != Some(libc::EINVAL) {
@@ -272,5 +303,33 @@ mod tests {
             vec!["CAP_CHOWN", "CAP_NET_BIND_SERVICE"]
         );
         assert_eq!(Capabilities::mask(&["CAP_CHECKPOINT_RESTORE"]), 1 << 40);
+    }
+
+    #[test]
+    fn sets_after_exec_follow_the_kernels_rules() {
+        let dac = Capabilities::mask(&["CAP_DAC_OVERRIDE"]);
+        let bind = Capabilities::mask(&["CAP_NET_BIND_SERVICE"]);
+        let default = Capabilities {
+            effective: dac | bind,
+            permitted: dac | bind,
+            inheritable: 0,
+            bounding: dac | bind,
+            ambient: 0,
+        };
+        // Root keeps its bounding set.
+        let root = default.after_exec(0);
+        assert_eq!((root.effective, root.permitted), (dac | bind, dac | bind));
+        // Another user keeps only ambient capabilities: none here.
+        let user = default.after_exec(1000);
+        assert_eq!((user.effective, user.permitted), (0, 0));
+        let with_ambient = Capabilities {
+            inheritable: bind,
+            ambient: bind,
+            ..default
+        };
+        let user = with_ambient.after_exec(1000);
+        assert_eq!((user.effective, user.permitted), (bind, bind));
+        // Nothing at all for root without a bounding set.
+        assert_eq!(Capabilities::none().after_exec(0).effective, 0);
     }
 }

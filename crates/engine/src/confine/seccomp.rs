@@ -117,8 +117,12 @@ fn compile() -> Result<(BpfProgram, BpfProgram)> {
     let mut clone_rules = Vec::new();
     for flag in CLONE_NAMESPACES {
         let flag = flag as u64;
-        let condition =
-            SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(flag), flag)?;
+        let condition = SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(flag),
+            flag,
+        )?;
         clone_rules.push(SeccompRule::new(vec![condition])?);
     }
     rules.insert(libc::SYS_clone, clone_rules);
