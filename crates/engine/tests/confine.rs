@@ -549,3 +549,45 @@ fn http_requests_keep_the_cwd_opened_at_create_after_a_symlink_swap() {
     check("kill", running.handle.kill(9));
     running.wait(Duration::from_secs(10));
 }
+
+#[test]
+fn a_guest_cannot_open_device_nodes_in_a_bind_mount() {
+    let Some(wasm) = files_fixture() else { return };
+    let volume = temp_dir("devmount");
+    let made = nix::sys::stat::mknod(
+        &volume.0.join("zero"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 5),
+    );
+    check("mknod", made);
+    let mut b = files_bundle(&wasm, &["read", "/data/zero"], 0);
+    let source = volume.0.display().to_string();
+    b.config(|c| {
+        c["mounts"] = json!([{
+            "destination": "/data", "type": "bind", "source": source,
+            "options": ["rbind", "rw"]
+        }])
+    });
+    assert_eq!(b.run(), 1, "a guest read a character device in a mount");
+    assert_contains(&b.stderr(), "cannot read /data/zero");
+}
+
+#[test]
+fn a_guest_blocked_opening_a_fifo_stays_killable() {
+    let Some(wasm) = files_fixture() else { return };
+    let b = files_bundle(&wasm, &["read", "/fifo"], 0);
+    let made = nix::unistd::mkfifo(
+        &b.rootfs().join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+    );
+    check("mkfifo", made);
+    let running = b.start();
+    assert!(
+        running.still_running_after(Duration::from_millis(300)),
+        "the guest did not wait for a writer: {}",
+        b.stderr()
+    );
+    check("kill", running.handle.kill(9));
+    assert_eq!(running.wait(Duration::from_secs(10)).code, 137);
+}
