@@ -1,6 +1,7 @@
 //! wasishim-engine: turns an OCI bundle into a running WASI guest.
 //!
-//! The flow is `WorkloadSpec::from_bundle` (read and validate config.json) ->
+//! The flow is `Bundle::load` (config.json, read once into one typed value
+//! the shim reads too) -> `WorkloadSpec::from_loaded` (what runs the guest) ->
 //! `WasmEngine::prepare` (resolve the entrypoint, compile, link, open stdio) ->
 //! `Workload::start` (run the guest on its own thread) -> `ExitStatus` handed to
 //! the caller's callback. Nothing here knows about containerd or ttrpc.
@@ -24,34 +25,49 @@
 //! # anyhow::Ok(())
 //! ```
 
+mod bundle;
 mod cache;
+mod cache_key;
 mod compile;
 mod confine;
+mod control;
+mod disk_cache;
 mod engine;
 mod entrypoint;
 mod http;
+mod http_body;
+mod http_settings;
+mod http_state;
 mod layer;
 mod limits;
+mod link;
 mod netns;
+mod prepare;
 mod rootfs;
 mod run;
 mod signal;
+mod source;
 mod spec;
 mod stdio;
 mod wasi;
 
+pub use bundle::{
+    Bundle, Capabilities, Mount, NetworkNamespace, Resources, User, CONTAINER_TYPE_ANNOTATION,
+    SANDBOX_ID_ANNOTATION,
+};
 pub use cache::CacheStats;
-pub use confine::{Applied, Capabilities, Confinement, Credentials, CONFINE_LAYERS_ENV};
+pub use confine::{Applied, CapabilitySets, Confinement, Credentials, CONFINE_LAYERS_ENV};
 pub use engine::{
     WasmEngine, WasmEngineBuilder, CACHE_DIR_ENV, CACHE_MAX_BYTES_ENV, DEFAULT_POOL_CAPACITY,
     POOLING_BY_DEFAULT,
 };
 pub use entrypoint::Entrypoint;
-pub use http::{
+pub use http_settings::{
     DEFAULT_HTTP_ADDRESS, DEFAULT_HTTP_MAX_BODY_BYTES, HTTP_ADDRESS_ENV, HTTP_MAX_BODY_BYTES_ENV,
     HTTP_OUTGOING_ENV,
 };
 pub use layer::WasmLayer;
 pub use run::{ExitStatus, Workload, WorkloadHandle};
-pub use spec::{Mount, NetworkNamespace, WorkloadSpec};
+pub use source::{EntrypointFile, RootfsEntrypoint};
+pub use spec::WorkloadSpec;
 pub use stdio::Stdio;

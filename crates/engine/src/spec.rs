@@ -1,22 +1,13 @@
-//! OCI runtime spec (config.json) -> what a WASI guest needs.
+//! A loaded bundle ([`Bundle`]) -> what a WASI guest needs, validated.
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use oci_spec::runtime::Spec;
 
+use crate::bundle::{Bundle, Mount, NetworkNamespace};
 use crate::entrypoint::split_export;
-use crate::{Capabilities, Credentials, Entrypoint};
-
-/// A bind mount the guest sees as a preopened directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
-    /// Host directory.
-    pub source: PathBuf,
-    /// Absolute path inside the guest.
-    pub destination: String,
-    /// Whether the guest may only read under `destination` (the `ro` option).
-    pub readonly: bool,
-}
+use crate::source::{open_entrypoint, RootfsEntrypoint};
+use crate::{CapabilitySets, Credentials, Entrypoint};
 
 /// Everything from a bundle that decides how the guest runs.
 #[derive(Debug, Clone)]
@@ -48,163 +39,100 @@ pub struct WorkloadSpec {
     pub credentials: Credentials,
 }
 
-/// Where a guest's sockets live, from the spec's `linux.namespaces`.
-///
-/// Joined (or created) by the guest's own thread before it runs, so guests
-/// of different pods in one process each see their own network.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NetworkNamespace {
-    /// No network namespace in the spec: the host's network (`--net-host`).
-    Host,
-    /// A network namespace without a path: a new, empty one, as runc makes.
-    New,
-    /// Join the namespace at this path (a CRI pod's, pinned by containerd).
-    Join(PathBuf),
-}
-
 impl WorkloadSpec {
-    /// Reads `<bundle>/config.json`. Fails with a message naming the problem
+    /// Reads `<bundle>/config.json`: [`Bundle::load`] then
+    /// [`WorkloadSpec::from_loaded`]. Fails with a message naming the problem
     /// (unreadable or invalid JSON, no `process.args`, `terminal: true`, ...).
     ///
     /// Reads one small file; does not look at the rootfs (see
     /// [`WasmEngine::prepare`](crate::WasmEngine::prepare) for that).
     pub fn from_bundle(bundle: &Path) -> Result<WorkloadSpec> {
-        let path = bundle.join("config.json");
-        let spec = std::fs::read(&path)
-            .map_err(anyhow::Error::from)
-            .and_then(|bytes| Ok(serde_json::from_slice::<Spec>(&bytes)?))
-            .with_context(|| format!("invalid config.json in bundle {}", bundle.display()))?;
-        WorkloadSpec::from_spec(&spec, bundle)
+        WorkloadSpec::from_loaded(&Bundle::load(bundle)?)
     }
 
-    /// Translates an already parsed spec. `bundle` is only used to anchor a
+    /// Translates an already parsed spec: [`Bundle::from_spec`] then
+    /// [`WorkloadSpec::from_loaded`]. `bundle` is only used to anchor a
     /// relative `root.path` (default `rootfs`) and relative mount sources.
     ///
     /// # Errors
     ///
-    /// Fails if `process` or `process.args` is missing or empty, if
-    /// `process.terminal` is true (no tty support), or if a bind mount has no
-    /// source.
+    /// As [`Bundle::from_spec`] and [`WorkloadSpec::from_loaded`].
     pub fn from_spec(spec: &Spec, bundle: &Path) -> Result<WorkloadSpec> {
-        let Some(process) = spec.process() else {
+        WorkloadSpec::from_loaded(&Bundle::from_spec(spec, bundle)?)
+    }
+
+    /// What of a loaded bundle runs the guest, validated for a guest. No I/O.
+    ///
+    /// # Errors
+    ///
+    /// Fails if `process` or `process.args` is missing or empty, if
+    /// `process.terminal` is true (no tty support), or if `process.args[0]`
+    /// is not a usable entrypoint.
+    pub fn from_loaded(bundle: &Bundle) -> Result<WorkloadSpec> {
+        if !bundle.has_process {
             bail!("config.json has no process: set process.args to the .wasm file to run, e.g. [\"/app.wasm\"]");
-        };
-        if process.terminal() == Some(true) {
+        }
+        if bundle.terminal {
             bail!("terminal (tty) is not supported by wasishim: run without -t");
         }
-        let args = match process.args() {
-            Some(args) if !args.is_empty() => args,
-            _ => bail!("config.json has no process.args: set the image's entrypoint (or the command) to the .wasm file to run, e.g. [\"/app.wasm\"]"),
+        let Some(first) = bundle.args.first() else {
+            bail!("config.json has no process.args: set the image's entrypoint (or the command) to the .wasm file to run, e.g. [\"/app.wasm\"]");
         };
+        let entrypoint = Entrypoint::parse(first, &bundle.cwd)?;
 
-        let cwd = match process.cwd().to_str() {
-            Some("") => "/".to_string(),
-            Some(cwd) if cwd.starts_with('/') => cwd.to_string(),
-            Some(cwd) => format!("/{cwd}"),
-            None => bail!(
-                "process.cwd {:?} is not valid UTF-8, which WASI requires",
-                process.cwd()
-            ),
-        };
-        let entrypoint = Entrypoint::parse(&args[0], &cwd)?;
+        let mut args = bundle.args.clone();
+        args[0] = split_export(first).0.to_string();
 
-        let mut guest_args = args.clone();
-        guest_args[0] = split_export(&args[0]).0.to_string();
-
-        let env = process
-            .env()
-            .iter()
-            .flatten()
-            // An entry without '=' has no value to pass; runc drops it too.
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-
-        let (rootfs, readonly_rootfs) = match spec.root() {
-            Some(root) => (bundle.join(root.path()), root.readonly().unwrap_or(false)),
-            None => (bundle.join("rootfs"), false),
-        };
-
-        let mut mounts = Vec::new();
-        for m in spec.mounts().iter().flatten() {
-            let options = m.options().as_deref().unwrap_or_default();
-            let is_bind = m.typ().as_deref() == Some("bind")
-                || options.iter().any(|o| o == "bind" || o == "rbind");
-            if !is_bind {
-                continue;
-            }
-            let destination = m.destination().to_string_lossy();
-            let destination = if destination.starts_with('/') {
-                destination.into_owned()
-            } else {
-                format!("/{destination}")
-            };
-            let Some(source) = m.source() else {
-                bail!("bind mount at {destination} has no source: set the host directory to mount");
-            };
-            mounts.push(Mount {
-                source: bundle.join(source),
-                destination,
-                readonly: options.iter().any(|o| o == "ro"),
-            });
-        }
-
-        let memory_limit = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.resources().as_ref())
-            .and_then(|r| r.memory().as_ref())
-            .and_then(|m| m.limit())
-            .and_then(|limit| u64::try_from(limit).ok())
-            .filter(|&limit| limit > 0);
-
-        let network = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().as_ref())
-            .and_then(|namespaces| {
-                namespaces
-                    .iter()
-                    .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
-            })
-            .map(|n| match n.path() {
-                Some(path) if !path.as_os_str().is_empty() => NetworkNamespace::Join(path.clone()),
-                _ => NetworkNamespace::New,
-            })
-            .unwrap_or(NetworkNamespace::Host);
-
-        let user = process.user();
-        let sets = process.capabilities().as_ref();
-        let mask = |set: Option<&oci_spec::runtime::Capabilities>| {
-            let names: Vec<String> = set.into_iter().flatten().map(|c| c.to_string()).collect();
-            Capabilities::mask(&names)
-        };
+        let user = &bundle.user;
+        let caps = &bundle.capabilities;
         let credentials = Credentials {
-            uid: user.uid(),
-            gid: user.gid(),
-            additional_gids: user.additional_gids().clone().unwrap_or_default(),
-            umask: Some(user.umask().unwrap_or(0o022)),
-            capabilities: Capabilities {
-                effective: mask(sets.and_then(|c| c.effective().as_ref())),
-                permitted: mask(sets.and_then(|c| c.permitted().as_ref())),
-                inheritable: mask(sets.and_then(|c| c.inheritable().as_ref())),
-                bounding: mask(sets.and_then(|c| c.bounding().as_ref())),
-                ambient: mask(sets.and_then(|c| c.ambient().as_ref())),
+            uid: user.uid,
+            gid: user.gid,
+            additional_gids: user.additional_gids.clone(),
+            umask: Some(user.umask.unwrap_or(0o022)),
+            capabilities: CapabilitySets {
+                effective: CapabilitySets::mask(&caps.effective),
+                permitted: CapabilitySets::mask(&caps.permitted),
+                inheritable: CapabilitySets::mask(&caps.inheritable),
+                bounding: CapabilitySets::mask(&caps.bounding),
+                ambient: CapabilitySets::mask(&caps.ambient),
             },
         };
 
         Ok(WorkloadSpec {
-            rootfs,
-            readonly_rootfs,
+            rootfs: bundle.rootfs.clone(),
+            readonly_rootfs: bundle.readonly_rootfs,
             entrypoint,
-            args: guest_args,
-            env,
-            cwd,
-            mounts,
-            memory_limit,
-            network,
+            args,
+            env: bundle.env.clone(),
+            cwd: bundle.cwd.clone(),
+            mounts: bundle.mounts.clone(),
+            memory_limit: bundle.resources.memory_limit,
+            network: bundle.network.clone(),
             credentials,
         })
+    }
+
+    /// Looks `process.args[0]` up in the rootfs, once, as
+    /// [`WasmEngine::prepare`](crate::WasmEngine::prepare) does: the file,
+    /// opened, or why there is none. The one place that decides whether the
+    /// guest's code is a rootfs file; a caller that may also find it in an
+    /// image layer ([`WasmEngine::prepare_layer`](crate::WasmEngine::prepare_layer))
+    /// goes on to that on [`RootfsEntrypoint::Missing`].
+    ///
+    /// A few file system lookups and an open; nothing is read.
+    ///
+    /// # Errors
+    ///
+    /// Only if the file is there but cannot be opened (e.g. permissions).
+    pub fn find_entrypoint(&self) -> Result<RootfsEntrypoint> {
+        open_entrypoint(&self.rootfs, &self.entrypoint.path)
+    }
+
+    /// Whether `process.args[0]` names a regular file inside the rootfs
+    /// (see [`Self::find_entrypoint`], which also says why not).
+    pub fn entrypoint_in_rootfs(&self) -> bool {
+        matches!(self.find_entrypoint(), Ok(RootfsEntrypoint::Found(_)))
     }
 }
 

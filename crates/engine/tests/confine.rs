@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::{assert_contains, check, Bundle};
 use nix::libc;
 use serde_json::json;
-use wasishim_engine::{Capabilities, Confinement, Credentials};
+use wasishim_engine::{CapabilitySets, Confinement, Credentials};
 
 /// A temp directory removed on drop.
 struct Dir(PathBuf);
@@ -143,8 +143,8 @@ fn root_without_cap_dac_override_cannot_read_another_users_0600_file() {
 
     // With CAP_DAC_OVERRIDE granted, as in runc's default set, it can.
     let mut granted = user(0, 0);
-    let mask = Capabilities::mask(&["CAP_DAC_OVERRIDE"]);
-    granted.capabilities = Capabilities {
+    let mask = CapabilitySets::mask(&["CAP_DAC_OVERRIDE"]);
+    granted.capabilities = CapabilitySets {
         effective: mask,
         permitted: mask,
         inheritable: 0,

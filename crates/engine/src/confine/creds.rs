@@ -58,9 +58,9 @@ const CAPABILITY_NAMES: [&str; 41] = [
 /// Capability sets as bit masks (bit N: capability number N), from a spec's
 /// `process.capabilities`, as runc sets them before it executes the
 /// container's first program. A guest's thread gets the sets that program
-/// ends up with (see [`Capabilities::after_exec`]).
+/// ends up with (see [`CapabilitySets::after_exec`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Capabilities {
+pub struct CapabilitySets {
     /// What the kernel checks.
     pub effective: u64,
     /// What the thread may make effective.
@@ -73,11 +73,11 @@ pub struct Capabilities {
     pub ambient: u64,
 }
 
-impl Capabilities {
+impl CapabilitySets {
     /// No capability at all: a root thread without them is checked like any
     /// other user (no `CAP_DAC_OVERRIDE`, ...).
-    pub fn none() -> Capabilities {
-        Capabilities::default()
+    pub fn none() -> CapabilitySets {
+        CapabilitySets::default()
     }
 
     /// The bit mask of `names` (`"CAP_NET_BIND_SERVICE"`, or without the
@@ -109,14 +109,14 @@ impl Capabilities {
     /// So a uid-1000 container gets no capabilities from runc's default set,
     /// exactly as its process would under runc. The ambient and inheritable
     /// sets are kept.
-    pub fn after_exec(self, uid: u32) -> Capabilities {
+    pub fn after_exec(self, uid: u32) -> CapabilitySets {
         let ambient = self.ambient & self.permitted & self.inheritable & self.bounding;
         let permitted = if uid == 0 {
             (self.inheritable | self.bounding) & self.bounding
         } else {
             ambient
         };
-        Capabilities {
+        CapabilitySets {
             effective: permitted,
             permitted,
             inheritable: self.inheritable & self.bounding,
@@ -149,7 +149,7 @@ pub struct Credentials {
     /// File mode creation mask; `None` keeps the process's (runc: 0022).
     pub umask: Option<u32>,
     /// What the thread may do beyond its uid's file permissions.
-    pub capabilities: Capabilities,
+    pub capabilities: CapabilitySets,
 }
 
 impl Credentials {
@@ -161,7 +161,7 @@ impl Credentials {
             gid,
             additional_gids: Vec::new(),
             umask: Some(0o022),
-            capabilities: Capabilities::none(),
+            capabilities: CapabilitySets::none(),
         }
     }
 }
@@ -213,7 +213,7 @@ pub(super) fn apply(c: &Credentials) -> Result<()> {
     capset(&caps).with_context(|| {
         format!(
             "cannot set capabilities (effective {:?})",
-            Capabilities::names(caps.effective)
+            CapabilitySets::names(caps.effective)
         )
     })?;
     prctl(libc::PR_SET_KEEPCAPS, 0).context("cannot reset keep-capabilities")?;
@@ -252,7 +252,7 @@ fn prctl4(option: libc::c_int, arg: u64) -> io::Result<()> {
 }
 
 /// `capset(2)` with version 3 (64-bit sets) on the calling thread.
-fn capset(caps: &Capabilities) -> io::Result<()> {
+fn capset(caps: &CapabilitySets) -> io::Result<()> {
     #[repr(C)]
     struct Header {
         version: u32,
@@ -296,20 +296,20 @@ mod tests {
 
     #[test]
     fn capability_names_map_to_bits() {
-        let mask = Capabilities::mask(&["CAP_CHOWN", "net_bind_service", "CAP_NOPE"]);
+        let mask = CapabilitySets::mask(&["CAP_CHOWN", "net_bind_service", "CAP_NOPE"]);
         assert_eq!(mask, 1 | 1 << 10);
         assert_eq!(
-            Capabilities::names(mask),
+            CapabilitySets::names(mask),
             vec!["CAP_CHOWN", "CAP_NET_BIND_SERVICE"]
         );
-        assert_eq!(Capabilities::mask(&["CAP_CHECKPOINT_RESTORE"]), 1 << 40);
+        assert_eq!(CapabilitySets::mask(&["CAP_CHECKPOINT_RESTORE"]), 1 << 40);
     }
 
     #[test]
     fn sets_after_exec_follow_the_kernels_rules() {
-        let dac = Capabilities::mask(&["CAP_DAC_OVERRIDE"]);
-        let bind = Capabilities::mask(&["CAP_NET_BIND_SERVICE"]);
-        let default = Capabilities {
+        let dac = CapabilitySets::mask(&["CAP_DAC_OVERRIDE"]);
+        let bind = CapabilitySets::mask(&["CAP_NET_BIND_SERVICE"]);
+        let default = CapabilitySets {
             effective: dac | bind,
             permitted: dac | bind,
             inheritable: 0,
@@ -322,7 +322,7 @@ mod tests {
         // Another user keeps only ambient capabilities: none here.
         let user = default.after_exec(1000);
         assert_eq!((user.effective, user.permitted), (0, 0));
-        let with_ambient = Capabilities {
+        let with_ambient = CapabilitySets {
             inheritable: bind,
             ambient: bind,
             ..default
@@ -330,6 +330,6 @@ mod tests {
         let user = with_ambient.after_exec(1000);
         assert_eq!((user.effective, user.permitted), (bind, bind));
         // Nothing at all for root without a bounding set.
-        assert_eq!(Capabilities::none().after_exec(0).effective, 0);
+        assert_eq!(CapabilitySets::none().after_exec(0).effective, 0);
     }
 }

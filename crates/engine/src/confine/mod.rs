@@ -50,7 +50,7 @@ mod landlock;
 mod seccomp;
 pub(crate) mod view;
 
-pub use creds::{Capabilities, Credentials};
+pub use creds::{CapabilitySets, Credentials};
 
 /// Names the confinement layers a debugging or test run applies (a comma
 /// separated subset of `creds,landlock,seccomp`, or empty for none).
