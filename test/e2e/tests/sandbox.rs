@@ -11,6 +11,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use wasishim_e2e::cri::{self, api, Client};
 use wasishim_e2e::{exit_code, fixture_image, output_text, PrivateContainerd};
 
 fn import(cd: &PrivateContainerd, name: &str, rel: &str) -> String {
@@ -169,6 +170,115 @@ fn special_file_entrypoints(cd: &PrivateContainerd) {
     cd.task_delete("bystander").unwrap();
     let out = cd.ctr(["containers", "rm", "bystander"]);
     assert!(out.status.success(), "{}", output_text(&out));
+}
+
+/// Through CRI: `runAsUser`/`runAsGroup` 1000 cannot read root's 0600 file
+/// in a hostPath mount and creates files as 1000:1000;
+/// `supplementalGroups` grant group access; `readOnlyRootFilesystem`
+/// refuses writes to the rootfs.
+fn cri_security_context(cd: &PrivateContainerd, cri: &Client) {
+    let host = tempfile::tempdir().unwrap();
+    chmod(host.path(), 0o755);
+    fs::write(host.path().join("secret"), "root only\n").unwrap();
+    chmod(&host.path().join("secret"), 0o600);
+    fs::write(host.path().join("grouped"), "group 2000\n").unwrap();
+    std::os::unix::fs::chown(host.path().join("grouped"), Some(0), Some(2000)).unwrap();
+    chmod(&host.path().join("grouped"), 0o640);
+    fs::create_dir(host.path().join("open")).unwrap();
+    chmod(&host.path().join("open"), 0o777);
+    let image = cri::import(cd, &fixture_image("files", "wasip1/files.wasm").unwrap()).unwrap();
+    let pod = cri.run_pod(cri.pod_config("sandbox")).unwrap();
+
+    let run = |name: &str, args: &[&str], groups: Vec<i64>, readonly_rootfs: bool| -> i32 {
+        let mut all = vec!["/app.wasm"];
+        all.extend_from_slice(args);
+        let mut config = cri.container_config(name, &image);
+        config.command = all.iter().map(|a| a.to_string()).collect();
+        config.mounts = vec![api::Mount {
+            container_path: "/data".to_string(),
+            host_path: host.path().display().to_string(),
+            ..Default::default()
+        }];
+        if let Some(linux) = config.linux.as_mut() {
+            linux.security_context = Some(api::LinuxContainerSecurityContext {
+                run_as_user: Some(api::Int64Value { value: 1000 }),
+                run_as_group: Some(api::Int64Value { value: 1000 }),
+                supplemental_groups: groups,
+                readonly_rootfs,
+                ..Default::default()
+            });
+        }
+        let id = cri.run_container(&pod, config).unwrap();
+        cri.wait_exited(&id, Duration::from_secs(30))
+            .unwrap()
+            .exit_code
+    };
+    assert_eq!(
+        run("read-secret", &["read", "/data/secret"], vec![], false),
+        1
+    );
+    assert_eq!(
+        run("read-grouped", &["read", "/data/grouped"], vec![], false),
+        1
+    );
+    assert_eq!(
+        run(
+            "read-grouped-2000",
+            &["read", "/data/grouped"],
+            vec![2000],
+            false
+        ),
+        0
+    );
+    assert_eq!(
+        run("create", &["write", "/data/open/new", "x"], vec![], false),
+        0
+    );
+    let meta = fs::metadata(host.path().join("open/new")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+    assert_eq!(
+        run(
+            "write-rootfs",
+            &["write", "/data/open/ro", "x"],
+            vec![],
+            true
+        ),
+        0
+    );
+    assert_eq!(
+        run("write-ro-rootfs", &["write", "/new", "x"], vec![], true),
+        1
+    );
+    cri.stop_pod(&pod.id).unwrap();
+    cri.remove_pod(&pod.id).unwrap();
+}
+
+fn run_cri(version: &str, scenario: fn(&PrivateContainerd, &Client)) {
+    let cd = PrivateContainerd::start_with_cri(version).unwrap();
+    {
+        let cri = Client::connect(&cd).unwrap();
+        scenario(&cd, &cri);
+    }
+    cd.assert_no_leaks();
+}
+
+mod cri_v1_6 {
+    #[test]
+    fn cri_security_context() {
+        super::run_cri("1.6.20", super::cri_security_context)
+    }
+}
+mod cri_v1_7 {
+    #[test]
+    fn cri_security_context() {
+        super::run_cri("1.7.24", super::cri_security_context)
+    }
+}
+mod cri_v2_1 {
+    #[test]
+    fn cri_security_context() {
+        super::run_cri("2.1.9", super::cri_security_context)
+    }
 }
 
 /// Starts containerd `version`, runs `scenario` on it and checks for leaks.
