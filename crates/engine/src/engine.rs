@@ -185,10 +185,13 @@ impl WasmEngineBuilder {
     ///
     /// # Errors
     ///
-    /// Fails if wasmtime rejects its configuration for this host, or the
+    /// Fails if wasmtime rejects its configuration for this host, the
+    /// guests' seccomp filter cannot be built for this architecture, or the
     /// epoch thread cannot be started. A cache directory that cannot be used
     /// is not an error (see [`cache_dir`](Self::cache_dir)).
     pub fn build(self) -> Result<WasmEngine> {
+        // Guests' seccomp filter: a bad one fails here, not at a guest's start.
+        crate::confine::check()?;
         if self.spare_network_namespaces > 0 {
             crate::netns::keep_spares(self.spare_network_namespaces);
         }

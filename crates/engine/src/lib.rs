@@ -29,6 +29,7 @@ mod bundle;
 mod cache;
 mod cache_key;
 mod compile;
+mod confine;
 mod control;
 mod disk_cache;
 mod engine;
@@ -55,6 +56,7 @@ pub use bundle::{
     SANDBOX_ID_ANNOTATION,
 };
 pub use cache::CacheStats;
+pub use confine::{Applied, CapabilitySets, Confinement, Credentials, CONFINE_LAYERS_ENV};
 pub use engine::{
     WasmEngine, WasmEngineBuilder, CACHE_DIR_ENV, CACHE_MAX_BYTES_ENV, DEFAULT_POOL_CAPACITY,
     POOLING_BY_DEFAULT,

@@ -55,7 +55,9 @@ pub(crate) fn prepare_file(
         return prepare_compiled(engine, spec, compiled, &shown, stdio);
     }
     let mut bytes = Vec::with_capacity(usize::try_from(identity.size()).unwrap_or(0));
-    file.read_to_end(&mut bytes)
+    file.by_ref()
+        .take(crate::rootfs::MAX_ENTRYPOINT_BYTES)
+        .read_to_end(&mut bytes)
         .with_context(|| format!("cannot read entrypoint {shown}"))?;
     drop(file);
     let origin = CodeOrigin::File {
@@ -158,22 +160,27 @@ fn prepare_compiled(
         .context("cannot duplicate the container's output handles")?;
     let stdin = GuestStdin::new();
     let guest_stdin = opened.stdin.as_ref().map(|_| stdin.clone());
+    // Opens every preopen once now: a missing mount fails task creation,
+    // and nothing is opened by path later.
+    let template = wasi::WasiTemplate::new(&spec)?;
+    let confinement = template.confinement(&spec);
     let guest = match ready {
         Ready::Module(pre, entry) => Guest::Module {
             pre,
-            wasi: wasi::context(&spec, guest_stdin, opened.stdout, opened.stderr)?.build_p1(),
+            wasi: template
+                .builder(guest_stdin, opened.stdout, opened.stderr)?
+                .build_p1(),
             entry,
         },
         Ready::Component(pre, entry) => Guest::Component {
             pre,
-            wasi: wasi::context(&spec, guest_stdin, opened.stdout, opened.stderr)?.build(),
+            wasi: template
+                .builder(guest_stdin, opened.stdout, opened.stderr)?
+                .build(),
             entry,
         },
         Ready::Http(pre) => {
             let settings = HttpSettings::from_env(&spec.env)?;
-            let template = wasi::WasiTemplate::new(&spec)?;
-            // Opens every preopen once now, so a missing mount fails task
-            // creation rather than each request.
             drop(template.builder(None, None, None)?);
             Guest::Http(Box::new(HttpGuest::new(
                 pre,
@@ -195,6 +202,7 @@ fn prepare_compiled(
         stderr,
         output_fifos,
         on_thread_start: None,
+        confinement,
     })
 }
 

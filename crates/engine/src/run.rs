@@ -13,6 +13,7 @@ use std::future::Future;
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -23,6 +24,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::compile::ModuleEntry;
+use crate::confine::Confinement;
 use crate::control::{ended_by, yield_on_epoch, Control, Ended};
 use crate::http::HttpGuest;
 use crate::limits::GuestLimiter;
@@ -103,7 +105,16 @@ pub(crate) enum Guest {
 }
 
 /// See [`Workload::on_thread_start`].
-pub(crate) type ThreadStartHook = Arc<dyn Fn() + Send + Sync>;
+pub(crate) type ThreadStartHook = Arc<dyn Fn(i32) + Send + Sync>;
+
+/// What a guest's threads tell its supervisor, the unconfined thread that
+/// started them.
+enum FromGuest {
+    /// A thread of the guest started; its Linux thread id.
+    Thread(i32),
+    /// The guest ended: exit code and whether it ran out of memory.
+    Ended(u32, bool),
+}
 
 /// A compiled, linked guest with its stdio open, ready to start.
 ///
@@ -125,29 +136,39 @@ pub struct Workload {
     /// Second handles on stdout/stderr FIFOs, to see the client read them
     /// before the exit is reported.
     pub(crate) output_fifos: Vec<File>,
-    /// Runs on each thread of the guest as it starts (see [`Workload::on_thread_start`]).
+    /// Runs for each thread of the guest as it starts (see [`Workload::on_thread_start`]).
     pub(crate) on_thread_start: Option<ThreadStartHook>,
+    /// What the kernel enforces on the guest's threads.
+    pub(crate) confinement: Confinement,
 }
 
 impl Workload {
-    /// Sets `hook` to run on every thread that does this guest's work, as
-    /// that thread starts and before it runs anything of the guest: the
-    /// guest's own thread and the helper threads its runtime starts for
-    /// blocking I/O. E.g. to move those threads into the container's cgroup.
-    /// Replaces an earlier hook.
+    /// Sets `hook` to be called with the Linux thread id of every thread
+    /// that does this guest's work, as that thread starts: the guest's own
+    /// thread and the helper threads its runtime starts for blocking I/O.
+    /// E.g. to move those threads into the container's cgroup. Replaces an
+    /// earlier hook.
     ///
-    /// The guest waits for the hook on its own thread, so the hook should
-    /// hand slow work (a cgroup move can wait for an RCU grace period) to
-    /// another thread.
-    pub fn on_thread_start(mut self, hook: impl Fn() + Send + Sync + 'static) -> Workload {
+    /// The hook runs on the guest's supervisor, an unconfined thread (the
+    /// guest's own threads run with the container's credentials, Landlock
+    /// and seccomp, see [`Confinement`]), one call at a time; the guest does
+    /// not wait for it, so it may already run when the hook is called.
+    pub fn on_thread_start(mut self, hook: impl Fn(i32) + Send + Sync + 'static) -> Workload {
         self.on_thread_start = Some(Arc::new(hook));
         self
     }
 
     /// Starts the guest on its own thread and returns at once. `on_exit` runs once,
-    /// on that thread, after the guest ended and its output was flushed.
+    /// on the guest's unconfined supervisor thread, after the guest ended and
+    /// its output was flushed.
     ///
-    /// Costs two threads (the guest's and a stdin reader if there is a stdin);
+    /// The guest's thread joins the container's network namespace, is
+    /// confined (see [`Confinement`]) and only then instantiates the guest;
+    /// if confining fails the guest never runs and exits with 134, the
+    /// reason on its stderr.
+    ///
+    /// Costs three threads (the guest's, its supervisor and a stdin reader
+    /// if there is a stdin);
     /// instantiation happens on the guest's thread, so its failures (e.g. an
     /// initial memory above the memory limit) come back as exit code 134 with
     /// the reason on the container's stderr, not as an error here.
@@ -170,6 +191,7 @@ impl Workload {
             stderr,
             output_fifos,
             on_thread_start,
+            confinement,
         } = self;
         let control = Arc::new(Control::new(stdin));
         if let Some(file) = stdin_file {
@@ -179,25 +201,40 @@ impl Workload {
                 .context("cannot start a thread to read the container's stdin")?;
         }
         let thread_control = control.clone();
+        // The guest's threads are confined and inherit that; the supervisor
+        // is not, so it runs what the caller's hooks and `on_exit` do with
+        // the shim's own rights.
         let spawned = std::thread::Builder::new()
-            .name(format!("wasm-{name}"))
+            .name(format!("sup-{name}"))
             .spawn(move || {
-                thread_control
-                    .thread_id
-                    .store(nix::unistd::gettid().as_raw(), Ordering::SeqCst);
-                if let Some(hook) = &on_thread_start {
-                    hook();
-                }
+                let (to_supervisor, from_guest) = mpsc::channel();
                 let run = GuestRun {
                     engine,
                     guest,
                     memory_limit,
                     network,
-                    name,
+                    name: name.clone(),
                     stderr,
-                    on_thread_start,
+                    confinement,
+                    supervisor: on_thread_start.is_some().then(|| to_supervisor.clone()),
                 };
-                let (code, oom_killed) = run_guest(run, &thread_control);
+                let worker_control = thread_control.clone();
+                let worker = std::thread::Builder::new()
+                    .name(format!("wasm-{name}"))
+                    .spawn(move || {
+                        let tid = nix::unistd::gettid().as_raw();
+                        worker_control.thread_id.store(tid, Ordering::SeqCst);
+                        let _ = to_supervisor.send(FromGuest::Thread(tid));
+                        let (code, oom_killed) = run_guest(run, &worker_control);
+                        let _ = to_supervisor.send(FromGuest::Ended(code, oom_killed));
+                    });
+                let (code, oom_killed) = match worker {
+                    Ok(_) => supervise(&from_guest, on_thread_start.as_deref()),
+                    Err(e) => {
+                        log::error!("cannot start a thread to run guest {name}: {e}");
+                        (TRAP_EXIT_CODE, false)
+                    }
+                };
                 thread_control.stdin.close();
                 // The race `wait_until_read` closes is that of a guest that
                 // ends by itself right after it started. A killed guest's
@@ -219,6 +256,27 @@ impl Workload {
             return Err(e).context("cannot start a thread to run the guest");
         }
         Ok(WorkloadHandle { control })
+    }
+}
+
+/// Runs `hook` for each thread the guest reports until it reports its end,
+/// and returns its exit code and whether it ran out of memory.
+fn supervise(
+    from_guest: &mpsc::Receiver<FromGuest>,
+    hook: Option<&(dyn Fn(i32) + Send + Sync)>,
+) -> (u32, bool) {
+    loop {
+        match from_guest.recv() {
+            Ok(FromGuest::Thread(tid)) => {
+                if let Some(hook) = hook {
+                    hook(tid);
+                }
+            }
+            Ok(FromGuest::Ended(code, oom_killed)) => return (code, oom_killed),
+            // The guest's thread died without a word (cannot happen: it
+            // catches panics); report it like a trap.
+            Err(_) => return (TRAP_EXIT_CODE, false),
+        }
     }
 }
 
@@ -285,7 +343,10 @@ struct GuestRun {
     network: NetworkNamespace,
     name: String,
     stderr: Option<File>,
-    on_thread_start: Option<ThreadStartHook>,
+    confinement: Confinement,
+    /// Where the threads the guest's runtime starts report, if anyone wants
+    /// to know.
+    supervisor: Option<mpsc::Sender<FromGuest>>,
 }
 
 /// Runs the guest to its end and returns its exit code and whether it ran
@@ -299,11 +360,20 @@ fn run_guest(run: GuestRun, control: &Control) -> (u32, bool) {
         network,
         name,
         mut stderr,
-        on_thread_start,
+        confinement,
+        supervisor,
     } = run;
-    let ended = catch_unwind(AssertUnwindSafe(|| match crate::netns::enter(&network) {
-        Ok(()) => run_on_runtime(&engine, guest, memory_limit, control, on_thread_start),
-        Err(message) => Ended::Failed(message),
+    // The namespace first: joining it is one of the calls the confinement
+    // forbids afterwards.
+    let ended = catch_unwind(AssertUnwindSafe(|| {
+        match crate::netns::enter(&network).and_then(|()| {
+            confinement
+                .apply_to_current_thread()
+                .map_err(|e| format!("cannot confine the guest, so it does not run: {e:#}"))
+        }) {
+            Ok(_) => run_on_runtime(&engine, guest, memory_limit, control, supervisor),
+            Err(message) => Ended::Failed(message),
+        }
     }));
     let mut message = match ended {
         Ok(Ended::Returned(code)) => return (code, false),
@@ -342,14 +412,16 @@ fn run_on_runtime(
     guest: Guest,
     memory_limit: Option<u64>,
     control: &Control,
-    on_thread_start: Option<ThreadStartHook>,
+    supervisor: Option<mpsc::Sender<FromGuest>>,
 ) -> Ended {
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_all();
-    if let Some(hook) = on_thread_start {
+    if let Some(supervisor) = supervisor {
         // Threads for blocking I/O are started from the guest's thread, so
-        // they also share its network namespace.
-        builder.on_thread_start(move || hook());
+        // they share its network namespace and confinement.
+        builder.on_thread_start(move || {
+            let _ = supervisor.send(FromGuest::Thread(nix::unistd::gettid().as_raw()));
+        });
     }
     let rt = match builder.build() {
         Ok(rt) => rt,

@@ -7,13 +7,11 @@
 //! the rootfs has no such file, look for the code elsewhere (an image layer:
 //! [`WasmEngine::prepare_layer`](crate::WasmEngine::prepare_layer)) and,
 //! failing that, report why the rootfs did not have it.
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::Path;
 use std::time::SystemTime;
 
-use anyhow::{Context, Result};
-use nix::fcntl::OFlag;
+use anyhow::Result;
 
 use crate::cache_key::FileIdentity;
 use crate::rootfs::{self, ResolveError};
@@ -97,7 +95,8 @@ pub(crate) fn open_entrypoint(rootfs: &Path, shown: &str) -> Result<RootfsEntryp
         }
         Ok(meta) if !meta.is_file() => {
             return missing(anyhow::anyhow!(
-                "entrypoint {shown} is not a regular file: point process.args[0] at the .wasm file"
+                "entrypoint {shown} is {}, not a WebAssembly file: point process.args[0] at the .wasm file",
+                rootfs::file_kind(&meta)
             ))
         }
         Ok(_) => {}
@@ -107,21 +106,9 @@ pub(crate) fn open_entrypoint(rootfs: &Path, shown: &str) -> Result<RootfsEntryp
             )))
         }
     }
-    // O_NOFOLLOW: the resolved path has no symlinks; refuse one appearing now.
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(OFlag::O_NOFOLLOW.bits())
-        .open(&host)
-        .with_context(|| format!("cannot open entrypoint {shown}"))?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("cannot read entrypoint {shown}"))?;
-    if meta.is_dir() {
-        // Replaced by a directory since it was looked at.
-        return missing(anyhow::anyhow!(
-            "entrypoint {shown} is a directory, not a WebAssembly file"
-        ));
-    }
+    // No final symlink, no FIFO, device or directory (should one have
+    // replaced the file since), a bounded size.
+    let (file, meta) = rootfs::open_entrypoint_file(&host, shown)?;
     Ok(RootfsEntrypoint::Found(EntrypointFile {
         file,
         identity: FileIdentity::of(&meta),

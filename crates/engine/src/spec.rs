@@ -7,7 +7,7 @@ use oci_spec::runtime::Spec;
 use crate::bundle::{Bundle, Mount, NetworkNamespace};
 use crate::entrypoint::split_export;
 use crate::source::{open_entrypoint, RootfsEntrypoint};
-use crate::Entrypoint;
+use crate::{CapabilitySets, Credentials, Entrypoint};
 
 /// Everything from a bundle that decides how the guest runs.
 #[derive(Debug, Clone)]
@@ -32,6 +32,11 @@ pub struct WorkloadSpec {
     pub memory_limit: Option<u64>,
     /// The network namespace the guest's sockets live in.
     pub network: NetworkNamespace,
+    /// `process.user` and `process.capabilities`: what the guest's threads
+    /// run as (umask 0022 unless the spec sets one; no capabilities unless
+    /// the spec grants them; a non-root user only its ambient ones, as
+    /// after runc's `execve`).
+    pub credentials: Credentials,
 }
 
 impl WorkloadSpec {
@@ -78,6 +83,22 @@ impl WorkloadSpec {
         let mut args = bundle.args.clone();
         args[0] = split_export(first).0.to_string();
 
+        let user = &bundle.user;
+        let caps = &bundle.capabilities;
+        let credentials = Credentials {
+            uid: user.uid,
+            gid: user.gid,
+            additional_gids: user.additional_gids.clone(),
+            umask: Some(user.umask.unwrap_or(0o022)),
+            capabilities: CapabilitySets {
+                effective: CapabilitySets::mask(&caps.effective),
+                permitted: CapabilitySets::mask(&caps.permitted),
+                inheritable: CapabilitySets::mask(&caps.inheritable),
+                bounding: CapabilitySets::mask(&caps.bounding),
+                ambient: CapabilitySets::mask(&caps.ambient),
+            },
+        };
+
         Ok(WorkloadSpec {
             rootfs: bundle.rootfs.clone(),
             readonly_rootfs: bundle.readonly_rootfs,
@@ -88,6 +109,7 @@ impl WorkloadSpec {
             mounts: bundle.mounts.clone(),
             memory_limit: bundle.resources.memory_limit,
             network: bundle.network.clone(),
+            credentials,
         })
     }
 

@@ -5,35 +5,27 @@
 //! `wasi:cli/environment.initial-cwd` of components, and a preopen of that
 //! directory at `.`, which is what wasi-libc uses for relative paths.
 //!
+//! Every preopened directory is opened once, when the container is created
+//! (see [`crate::confine::view`]: a private `nodev` copy of its mount), and
+//! every later WASI context (an HTTP guest's, per request) is built from
+//! those open handles, never from a path: replacing a directory by a
+//! symlink after Create changes nothing a guest sees.
+//!
 //! Sockets are granted as a runc container has them: TCP, UDP and name
 //! lookup, in whatever network namespace the guest's thread is in (see
 //! [`NetworkNamespace`](crate::NetworkNamespace)).
 use std::fs::File;
-use std::path::PathBuf;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use wasmtime_wasi::cli::OutputFile;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
+use crate::confine::{view, Confinement};
 use crate::rootfs::{self, ResolveError};
 use crate::stdio::GuestStdin;
 use crate::WorkloadSpec;
-
-/// Builds the WASI context, opening every preopened directory now so that a
-/// missing mount source fails task creation.
-///
-/// # Errors
-///
-/// Fails if the rootfs or a bind-mounted directory cannot be opened, or if
-/// `process.cwd` leaves the rootfs.
-pub(crate) fn context(
-    spec: &WorkloadSpec,
-    stdin: Option<GuestStdin>,
-    stdout: Option<File>,
-    stderr: Option<File>,
-) -> Result<WasiCtxBuilder> {
-    WasiTemplate::new(spec)?.builder(stdin, stdout, stderr)
-}
 
 /// What every WASI context of one container is made from: argv, env, cwd
 /// and the preopened directories, checked and resolved once. An HTTP guest
@@ -47,7 +39,8 @@ pub(crate) struct WasiTemplate {
 
 /// A host directory the guest sees at `guest`.
 struct Preopen {
-    host: PathBuf,
+    /// The directory, opened at Create (see [`view::open_view`]).
+    dir: Arc<OwnedFd>,
     guest: String,
     readonly: bool,
     /// What it is, for the error when it cannot be opened.
@@ -55,24 +48,27 @@ struct Preopen {
 }
 
 impl WasiTemplate {
-    /// Resolves the spec's preopens: checks that bind mount sources exist
-    /// (skipping those that are not directories) and finds `process.cwd` on
-    /// the host. Opens nothing; costs a `stat` per mount.
+    /// Opens the spec's preopens, once: the rootfs and every bind mount
+    /// whose source is a directory (others are skipped), each as a detached
+    /// `nodev,nosuid,noexec` copy (read-only as the spec says), and
+    /// `process.cwd` inside the one that holds it. Costs a few system calls
+    /// per directory.
     ///
     /// # Errors
     ///
-    /// Fails if a bind mount source is not accessible, or if `process.cwd`
-    /// leaves the rootfs.
+    /// Fails if the rootfs or a bind mount source cannot be opened, or if
+    /// `process.cwd` leaves the rootfs.
     pub(crate) fn new(spec: &WorkloadSpec) -> Result<WasiTemplate> {
         let mut env = spec.env.clone();
         if !spec.env.iter().any(|(k, _)| k == "PWD") {
             env.push(("PWD".to_string(), spec.cwd.clone()));
         }
+        let rootfs_what = format!("the container's rootfs {}", spec.rootfs.display());
         let mut preopens = vec![Preopen {
-            host: spec.rootfs.clone(),
+            dir: open(&spec.rootfs, spec.readonly_rootfs, &rootfs_what)?,
             guest: "/".to_string(),
             readonly: spec.readonly_rootfs,
-            what: format!("the container's rootfs {}", spec.rootfs.display()),
+            what: rootfs_what,
         }];
         for m in &spec.mounts {
             let meta = std::fs::metadata(&m.source).with_context(|| {
@@ -93,17 +89,18 @@ impl WasiTemplate {
                 );
                 continue;
             }
+            let what = format!("bind mount {} -> {}", m.source.display(), m.destination);
             preopens.push(Preopen {
-                host: m.source.clone(),
+                dir: open(&m.source, m.readonly, &what)?,
                 guest: m.destination.clone(),
                 readonly: m.readonly,
-                what: format!("bind mount {} -> {}", m.source.display(), m.destination),
+                what,
             });
         }
         if !spec.cwd.trim_matches('/').is_empty() {
-            if let Some((host, readonly)) = cwd_on_host(spec)? {
+            if let Some((dir, readonly)) = cwd_in(spec, &preopens)? {
                 preopens.push(Preopen {
-                    host,
+                    dir,
                     guest: ".".to_string(),
                     readonly,
                     what: format!("the working directory {}", spec.cwd),
@@ -118,9 +115,26 @@ impl WasiTemplate {
         })
     }
 
+    /// What the kernel enforces on the guest's threads: the container's
+    /// credentials, Landlock limited to the directories opened here (read-only
+    /// where the spec says so), and seccomp; the layers named in
+    /// [`CONFINE_LAYERS_ENV`](crate::CONFINE_LAYERS_ENV) only, if set.
+    pub(crate) fn confinement(&self, spec: &WorkloadSpec) -> Confinement {
+        let mut confinement = Confinement::new()
+            .credentials(spec.credentials.clone())
+            .landlock()
+            .seccomp(true);
+        // The working directory lies inside another preopen.
+        for p in self.preopens.iter().filter(|p| p.guest != ".") {
+            confinement = confinement.allow_dir(p.dir.clone(), p.readonly);
+        }
+        confinement.with_layers_from_env()
+    }
+
     /// A WASI context builder with this template's argv, env, cwd and
     /// sockets, the given stdio (`None`: a null stream), and every preopened
-    /// directory opened now. Costs an `open` per preopen.
+    /// directory opened anew from the handles opened at Create (through
+    /// `/proc/self/fd`, never by its path). Costs an `open` per preopen.
     ///
     /// # Errors
     ///
@@ -154,7 +168,7 @@ impl WasiTemplate {
         };
 
         for p in &self.preopens {
-            b.preopened_dir(&p.host, &p.guest, perms(p.readonly))
+            b.preopened_dir(view::proc_path(&*p.dir), &p.guest, perms(p.readonly))
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("cannot open {}", p.what))?;
         }
@@ -170,23 +184,36 @@ fn perms(readonly: bool) -> FsPerms {
     }
 }
 
-/// Where `process.cwd` is on the host, and whether it is read-only: inside
-/// the bind mount with the longest matching destination, else in the
-/// rootfs. `None` (with a warning) if it does not exist, which runc would
-/// paper over by creating it; a guest then simply has no `.` preopen.
-fn cwd_on_host(spec: &WorkloadSpec) -> Result<Option<(PathBuf, bool)>> {
+/// Opens the directory `path` the guest sees, naming it (`what`) on failure.
+fn open(path: &std::path::Path, readonly: bool, what: &str) -> Result<Arc<OwnedFd>> {
+    view::open_view(path, readonly)
+        .map(Arc::new)
+        .with_context(|| format!("cannot open {what}"))
+}
+
+/// `process.cwd` opened inside the preopen that holds it (the bind mount
+/// with the longest matching destination, else the rootfs), and whether it
+/// is read-only. `None` (with a warning) if it does not exist, which runc
+/// would paper over by creating it; a guest then simply has no `.` preopen.
+fn cwd_in(spec: &WorkloadSpec, preopens: &[Preopen]) -> Result<Option<(Arc<OwnedFd>, bool)>> {
     let cwd = &spec.cwd;
-    let mount = spec
-        .mounts
+    let holder = preopens
         .iter()
-        .filter_map(|m| below(cwd, &m.destination).map(|rest| (m, rest)))
-        .max_by_key(|(m, _)| m.destination.len());
-    let (base, rest, readonly) = match mount {
-        Some((m, rest)) => (m.source.as_path(), rest, m.readonly),
-        None => (spec.rootfs.as_path(), cwd.as_str(), spec.readonly_rootfs),
+        .filter_map(|p| below(cwd, &p.guest).map(|rest| (p, rest)))
+        .max_by_key(|(p, _)| p.guest.len());
+    let Some((holder, rest)) = holder else {
+        return Ok(None);
     };
-    match rootfs::resolve(base, &format!("/{rest}")) {
-        Ok(host) if host.is_dir() => Ok(Some((host, readonly))),
+    // Resolved in the opened copy, not on the host path: checks that the
+    // path stays inside and gives the errors below; the open itself is
+    // then done by the kernel, atomically, confined to the same root.
+    let base = view::proc_path(&*holder.dir);
+    match rootfs::resolve(&base, &format!("/{rest}")) {
+        Ok(host) if host.is_dir() => {
+            let dir = view::open_dir_in(&holder.dir, rest)
+                .with_context(|| format!("cannot open working directory {cwd}"))?;
+            Ok(Some((Arc::new(dir), holder.readonly)))
+        }
         Ok(_) | Err(ResolveError::NotFound) => {
             log::warn!(
                 "working directory {cwd} does not exist in the container; relative paths will not resolve"
