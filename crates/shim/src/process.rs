@@ -85,8 +85,7 @@ impl Guests for EngineGuests {
         };
         let workload = content::prepare_guest(&self.engine, spec, request.stdio, &container)?;
         let workload = match request.cgroup {
-            Some(cgroup) => workload
-                .on_thread_start(move |tid| cgroup.place_thread(tid)),
+            Some(cgroup) => workload.on_thread_start(move |tid| cgroup.place_thread(tid)),
             None => workload,
         };
         Ok(Box::new(workload))
