@@ -20,8 +20,8 @@ pub(crate) struct Control {
     /// replaces a SIGTERM or SIGINT (see [`Control::deliver`]).
     signal: AtomicI32,
     kill: Notify,
-    /// Bytes of linear memory, kept by the store's limiter (for an HTTP
-    /// server, by the limiters of all its live request stores).
+    /// Bytes of linear memory and tables, kept by the store's limiter (for
+    /// an HTTP server, by the limiters of all its live request stores).
     pub(crate) memory: Arc<AtomicU64>,
     /// Set by the limiter when the memory limit refused a growth.
     pub(crate) limit_hit: Arc<AtomicBool>,

@@ -6,10 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy};
 
 use crate::cache::{self, CacheStats, CodeCache};
 use crate::layer::WasmLayer;
+use crate::pool::{
+    self, PoolShare, DEFAULT_POOL_CAPACITY, DEFAULT_POOL_CONTAINERS, POOL_CAPACITY_ENV,
+    POOL_CONTAINERS_ENV,
+};
 use crate::prepare::{self, CodeOrigin};
 use crate::run::Workload;
 use crate::source::{EntrypointFile, RootfsEntrypoint};
@@ -25,6 +29,14 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub const CACHE_DIR_ENV: &str = "WASISHIM_CACHE_DIR";
 /// Environment variable: size cap of the compiled-code cache in bytes.
 pub const CACHE_MAX_BYTES_ENV: &str = "WASISHIM_CACHE_MAX_BYTES";
+/// Environment variable: the memory cap in bytes of a container without
+/// `linux.resources.memory.limit` (see [`WasmEngineBuilder::default_memory_limit`]);
+/// 0 for none.
+pub const DEFAULT_MEMORY_LIMIT_ENV: &str = "WASISHIM_DEFAULT_MEMORY_LIMIT";
+
+/// The memory cap the per-node server gives a container without a memory
+/// limit: 512 MiB, so that 110 such pods fit in 55 GiB.
+pub const NODE_DEFAULT_MEMORY_LIMIT: u64 = 512 << 20;
 
 /// One per process, shared by all containers (cheap to clone).
 ///
@@ -37,6 +49,8 @@ pub struct WasmEngine {
     engine: Engine,
     cache: Arc<CodeCache>,
     pooling: bool,
+    share: PoolShare,
+    default_memory_limit: Option<u64>,
 }
 
 /// Configures a [`WasmEngine`]: where compiled code is cached, how large
@@ -57,6 +71,8 @@ pub struct WasmEngineBuilder {
     cache_max_bytes: u64,
     pooling: bool,
     pool_capacity: u32,
+    pool_containers: u32,
+    default_memory_limit: Option<u64>,
     spare_network_namespaces: usize,
 }
 
@@ -67,6 +83,8 @@ impl Default for WasmEngineBuilder {
             cache_max_bytes: cache::DEFAULT_MAX_BYTES,
             pooling: POOLING_BY_DEFAULT,
             pool_capacity: DEFAULT_POOL_CAPACITY,
+            pool_containers: DEFAULT_POOL_CONTAINERS,
+            default_memory_limit: None,
             spare_network_namespaces: 0,
         }
     }
@@ -105,16 +123,38 @@ impl WasmEngineBuilder {
         self
     }
 
-    /// How many linear memories, tables, core instances, component instances
-    /// and async stacks the pool holds at once (default
-    /// [`DEFAULT_POOL_CAPACITY`]). A component guest uses several core
-    /// instances, so a process hosting many guests (the per-node server)
+    /// How many linear memories, component instances and async stacks the
+    /// pool holds at once, and four times as many tables and core instances
+    /// (default [`DEFAULT_POOL_CAPACITY`]). A component guest uses several
+    /// core instances, so a process hosting many guests (the per-node server)
     /// needs more. Each memory slot reserves about 4 GiB of address space
     /// (not memory), so 10,000 reserve about 43 TiB of the 128 TiB a process
     /// has. An instantiation beyond the capacity fails, so its guest exits
     /// with 134 and says so on its stderr.
     pub fn pool_capacity(mut self, capacity: u32) -> WasmEngineBuilder {
         self.pool_capacity = capacity;
+        self
+    }
+
+    /// How many containers the pool is shared between (default 1): each may
+    /// hold at most this fraction of the pool's memories, tables and core
+    /// instances at once (for an HTTP server, per request in flight), so
+    /// that one container cannot take the slots every other needs. Code
+    /// declaring more memories or tables than a share fails to prepare,
+    /// naming the limit; an instantiation going beyond it fails that guest
+    /// (134) or request (500).
+    pub fn pool_containers(mut self, containers: u32) -> WasmEngineBuilder {
+        self.pool_containers = containers;
+        self
+    }
+
+    /// The memory cap of a container whose spec sets no
+    /// `linux.resources.memory.limit` (default none): it bounds the same sum
+    /// as a limit would (linear memories and tables, summed over an HTTP
+    /// server's requests in flight). The per-node server sets
+    /// [`NODE_DEFAULT_MEMORY_LIMIT`], since no cgroup bounds a guest inside it.
+    pub fn default_memory_limit(mut self, bytes: Option<u64>) -> WasmEngineBuilder {
+        self.default_memory_limit = bytes;
         self
     }
 
@@ -131,17 +171,33 @@ impl WasmEngineBuilder {
     }
 
     /// Applies the environment: `WASISHIM_CACHE_DIR` (an absolute path, or
-    /// empty to turn the disk cache off) and `WASISHIM_CACHE_MAX_BYTES` (a
-    /// number of bytes). Unset variables leave the setting as it is.
+    /// empty to turn the disk cache off), `WASISHIM_CACHE_MAX_BYTES` (a
+    /// number of bytes), `WASISHIM_POOL_CAPACITY` and
+    /// `WASISHIM_POOL_CONTAINERS` (numbers, see [`Self::pool_capacity`] and
+    /// [`Self::pool_containers`]) and `WASISHIM_DEFAULT_MEMORY_LIMIT` (bytes,
+    /// 0 for none). Unset variables leave the setting as it is.
     ///
     /// # Errors
     ///
     /// Fails if a variable is set to something unusable, saying which.
     pub fn from_env(self) -> Result<WasmEngineBuilder> {
-        self.apply_env(
+        let mut builder = self.apply_env(
             std::env::var_os(CACHE_DIR_ENV),
             std::env::var_os(CACHE_MAX_BYTES_ENV),
-        )
+        )?;
+        if let Some(capacity) = env_number(POOL_CAPACITY_ENV, "e.g. 10000 memories")? {
+            builder.pool_capacity = u32::try_from(capacity.max(1)).unwrap_or(u32::MAX);
+        }
+        if let Some(containers) = env_number(POOL_CONTAINERS_ENV, "e.g. 110 containers")? {
+            builder.pool_containers = u32::try_from(containers.max(1)).unwrap_or(u32::MAX);
+        }
+        if let Some(bytes) = env_number(
+            DEFAULT_MEMORY_LIMIT_ENV,
+            "e.g. 536870912 for 512 MiB, or 0 for no cap",
+        )? {
+            builder.default_memory_limit = Some(bytes).filter(|&b| b > 0);
+        }
+        Ok(builder)
     }
 
     fn apply_env(
@@ -201,7 +257,7 @@ impl WasmEngineBuilder {
         config.memory_init_cow(true);
         let pooled = if self.pooling {
             let mut pooled = config.clone();
-            pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(
+            pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool::config(
                 self.pool_capacity,
             )));
             match Engine::new(&pooled) {
@@ -232,10 +288,17 @@ impl WasmEngineBuilder {
             })
             .context("cannot start the wasm epoch thread")?;
         let cache = CodeCache::new(&engine, self.cache_dir.as_deref(), self.cache_max_bytes);
+        // On demand, nothing is shared out; a store still has its caps.
+        let share = match pooling {
+            true => PoolShare::of(self.pool_capacity, self.pool_containers),
+            false => PoolShare::of(u32::MAX, 1),
+        };
         Ok(WasmEngine {
             engine,
             cache: Arc::new(cache),
             pooling,
+            share,
+            default_memory_limit: self.default_memory_limit,
         })
     }
 }
@@ -243,47 +306,6 @@ impl WasmEngineBuilder {
 /// Whether [`WasmEngine::new`] and [`WasmEngine::builder`] use the pooling
 /// allocator.
 pub const POOLING_BY_DEFAULT: bool = true;
-
-/// Default of [`WasmEngineBuilder::pool_capacity`].
-pub const DEFAULT_POOL_CAPACITY: u32 = 1_000;
-
-/// The pooling allocator's limits: per process, `total` concurrent linear
-/// memories, tables, core and component instances and async stacks; per
-/// memory up to 4 GiB (wasmtime's default reservation and guard pages); per
-/// module as many memories and tables, and table elements, as the store
-/// limiter allows (see limits.rs), so a guest that runs with on-demand
-/// allocation runs in the pool too. Reserves about 4 TiB of address space
-/// per 1000 (no memory) when the engine is created.
-///
-/// A freed slot is reset by zeroing only the pages its guest dirtied
-/// (`PAGEMAP_SCAN`, Linux 6.7+; `madvise` on older kernels), keeping the
-/// first 256 KiB of a memory and 64 KiB of a table resident for the next
-/// instance. An HTTP server creates and frees an instance per request: with
-/// `madvise` resets and the page faults that follow, bare wasmtime took 47 us
-/// per hello request of the http fixture, with this 23 us
-/// (`crates/engine/examples/http_floor.rs`); larger sizes gained nothing.
-/// The cost: up to about 320 KiB stays resident per slot that was ever used.
-fn pool(total: u32) -> PoolingAllocationConfig {
-    let mut pool = PoolingAllocationConfig::new();
-    pool.total_memories(total)
-        .total_tables(total)
-        .total_core_instances(total)
-        .total_component_instances(total)
-        .total_stacks(total)
-        .max_memory_size(4 << 30)
-        // As limits.rs: 100 memories, 1000 tables of up to 2^20 elements.
-        .max_memories_per_module(100)
-        .max_tables_per_module(1_000)
-        .table_elements(1 << 20)
-        // Only checked, not reserved: large enough for modules with
-        // hundreds of thousands of functions.
-        .max_core_instance_size(64 << 20)
-        .max_component_instance_size(64 << 20)
-        .pagemap_scan(wasmtime::Enabled::Auto)
-        .linear_memory_keep_resident(256 << 10)
-        .table_keep_resident(64 << 10);
-    pool
-}
 
 impl WasmEngine {
     /// Creates the engine with the settings of the environment
@@ -335,6 +357,12 @@ impl WasmEngine {
     /// ([`WasmEngineBuilder::pooling`]) and its pool could be reserved.
     pub fn pooling(&self) -> bool {
         self.pooling
+    }
+
+    /// `spec` with the default memory cap if it sets no limit.
+    fn limited(&self, mut spec: WorkloadSpec) -> WorkloadSpec {
+        spec.memory_limit = spec.memory_limit.or(self.default_memory_limit);
+        spec
     }
 
     /// How the guests prepared so far got their code: compiled, loaded from
@@ -396,7 +424,14 @@ impl WasmEngine {
         file: EntrypointFile,
         stdio: Stdio,
     ) -> Result<Workload> {
-        prepare::prepare_file(&self.engine, &self.cache, spec, file, stdio)
+        prepare::prepare_file(
+            &self.engine,
+            &self.cache,
+            self.share,
+            self.limited(spec),
+            file,
+            stdio,
+        )
     }
 
     /// Like [`WasmEngine::prepare`], with the guest's code taken from `layer`
@@ -427,12 +462,27 @@ impl WasmEngine {
         prepare::prepare_code(
             &self.engine,
             &self.cache,
-            spec,
+            self.share,
+            self.limited(spec),
             layer.bytes(),
             origin,
             layer.name(),
             stdio,
         )
+    }
+}
+
+/// The number in environment variable `name`, if set.
+fn env_number(name: &str, example: &str) -> Result<Option<u64>> {
+    let Some(value) = std::env::var_os(name) else {
+        return Ok(None);
+    };
+    match value.to_str().and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(number) => Ok(Some(number)),
+        None => bail!(
+            "{name}={} is not a number: give {example}, or unset it",
+            value.to_string_lossy()
+        ),
     }
 }
 

@@ -52,7 +52,7 @@ use crate::control::{ended_by, yield_on_epoch, Control, Ended};
 use crate::http_body::{content_length, plain, LimitedBody};
 use crate::http_settings::{HttpSettings, HTTP_ADDRESS_ENV, HTTP_MAX_BODY_BYTES_ENV};
 use crate::http_state::HttpState;
-use crate::limits::GuestLimiter;
+use crate::limits::{GuestLimiter, GuestLimits};
 use crate::wasi::WasiTemplate;
 
 /// How long the accept loop pauses after a failed accept (e.g. out of file
@@ -91,7 +91,7 @@ impl HttpGuest {
 struct Server {
     engine: Engine,
     guest: HttpGuest,
-    memory_limit: Option<u64>,
+    limits: GuestLimits,
     memory: Arc<AtomicU64>,
 }
 
@@ -100,7 +100,7 @@ struct Server {
 pub(crate) async fn serve(
     engine: &Engine,
     guest: HttpGuest,
-    memory_limit: Option<u64>,
+    limits: GuestLimits,
     control: &Control,
 ) -> Ended {
     let address = guest.settings.address;
@@ -117,7 +117,7 @@ pub(crate) async fn serve(
     let server = Arc::new(Server {
         engine: engine.clone(),
         guest,
-        memory_limit,
+        limits,
         memory: control.memory.clone(),
     });
     server.output(&format!("listening on http://{shown}"));
@@ -284,8 +284,8 @@ impl Server {
             };
             let message = if oom {
                 format!(
-                    "out of memory: the request's instance failed after its memory limit of {} bytes refused it more\n{message}",
-                    server.memory_limit.unwrap_or_default()
+                    "out of memory: the request's instance failed after the container's memory limit of {} bytes, summed over its requests in flight, refused it more\n{message}",
+                    server.limits.memory.unwrap_or_default()
                 )
             } else {
                 message
@@ -345,7 +345,7 @@ impl Server {
             .transpose()
             .context("cannot duplicate the container's stderr")?;
         let wasi = self.guest.wasi.builder(None, stdout, stderr)?.build();
-        let limiter = GuestLimiter::per_request(self.memory_limit, self.memory.clone());
+        let limiter = GuestLimiter::per_request(self.limits, self.memory.clone());
         let state = HttpState::new(wasi, limiter, self.guest.settings.outgoing);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);

@@ -42,6 +42,7 @@ mod layer;
 mod limits;
 mod link;
 mod netns;
+mod pool;
 mod prepare;
 mod rootfs;
 mod run;
@@ -58,8 +59,8 @@ pub use bundle::{
 pub use cache::CacheStats;
 pub use confine::{Applied, CapabilitySets, Confinement, Credentials, CONFINE_LAYERS_ENV};
 pub use engine::{
-    WasmEngine, WasmEngineBuilder, CACHE_DIR_ENV, CACHE_MAX_BYTES_ENV, DEFAULT_POOL_CAPACITY,
-    POOLING_BY_DEFAULT,
+    WasmEngine, WasmEngineBuilder, CACHE_DIR_ENV, CACHE_MAX_BYTES_ENV, DEFAULT_MEMORY_LIMIT_ENV,
+    NODE_DEFAULT_MEMORY_LIMIT, POOLING_BY_DEFAULT,
 };
 pub use entrypoint::Entrypoint;
 pub use http_settings::{
@@ -67,6 +68,9 @@ pub use http_settings::{
     HTTP_OUTGOING_ENV,
 };
 pub use layer::WasmLayer;
+pub use pool::{
+    DEFAULT_POOL_CAPACITY, DEFAULT_POOL_CONTAINERS, POOL_CAPACITY_ENV, POOL_CONTAINERS_ENV,
+};
 pub use run::{ExitStatus, Workload, WorkloadHandle};
 pub use source::{EntrypointFile, RootfsEntrypoint};
 pub use spec::WorkloadSpec;

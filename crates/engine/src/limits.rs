@@ -1,65 +1,78 @@
-//! Resource limits of one guest store, and its memory accounting (also
-//! summed over the request stores of an HTTP server).
+//! Resource limits of a container's stores, and its memory accounting:
+//! linear memories and tables, summed over the request stores of an HTTP
+//! server.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use wasmtime::ResourceLimiter;
 
-/// Caps that keep a runaway guest from exhausting the shim. A typical
-/// component has a few dozen core instances, tables and memories.
-const MAX_INSTANCES: usize = 1_000;
-const MAX_TABLES: usize = 1_000;
-const MAX_MEMORIES: usize = 100;
-/// 8 MiB of host memory per table at one pointer per element.
-const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+use crate::pool::{PoolShare, MAX_TABLE_ELEMENTS};
+
+/// Host bytes per table element: wasmtime 48 keeps a funcref as one pointer
+/// and a GC reference in 4 bytes (`NOMINAL_MAX_TABLE_ELEM_SIZE`, which also
+/// sizes a pool table slot); 8 covers both.
+pub(crate) const TABLE_ELEMENT_BYTES: u64 = 8;
+
+/// What a container's stores may hold: its memory limit (over linear
+/// memories and table elements together) and its share of the instance pool.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GuestLimits {
+    /// `linux.resources.memory.limit`, or the engine's default cap.
+    pub(crate) memory: Option<u64>,
+    pub(crate) share: PoolShare,
+}
 
 /// Enforces the container's memory limit over the sum of all linear
-/// memories of a store (the OCI limit is per container, not per memory), and
-/// keeps that sum readable from other threads.
+/// memories and tables of its stores (the OCI limit is per container, not
+/// per memory or per request), and keeps that sum readable from other
+/// threads.
 ///
-/// Growing past the limit makes `memory.grow` return -1, as the wasm spec
-/// expects of a failed allocation, so guests with an allocator can react;
-/// an initial memory beyond the limit fails instantiation.
+/// Growing past the limit makes `memory.grow` and `table.grow` return -1,
+/// as the wasm spec expects of a failed allocation, so guests with an
+/// allocator can react; an initial memory or table beyond the limit fails
+/// instantiation.
 pub(crate) struct GuestLimiter {
-    limit: Option<u64>,
-    /// Bytes of linear memory currently granted to the store.
-    used: Arc<AtomicU64>,
-    /// The last grant, taken back if the growth then fails.
-    last_grant: u64,
+    limits: GuestLimits,
+    /// Bytes granted to this store.
+    own: u64,
+    /// Bytes granted to all of the container's live stores (this one alone,
+    /// or an HTTP server's requests); the limit applies to it.
+    total: Arc<AtomicU64>,
+    /// Whether what this store holds is taken back out of `total` when it
+    /// is dropped (a request's store), or stays as the container's last
+    /// figure (a guest's one store).
+    release_on_drop: bool,
     /// Set once a growth was refused because of the memory limit: a guest
     /// that then fails ran out of memory (reported as OOM-killed).
     limit_hit: Arc<AtomicBool>,
-    /// A sum over several stores this store's memory is also counted in
-    /// (the container's figure of an HTTP server, one store per request);
-    /// what this store holds is taken back out when it is dropped.
-    total: Option<Arc<AtomicU64>>,
 }
 
 impl GuestLimiter {
+    /// The limiter of a guest's one store, counting into `used`.
     pub(crate) fn new(
-        limit: Option<u64>,
+        limits: GuestLimits,
         used: Arc<AtomicU64>,
         limit_hit: Arc<AtomicBool>,
     ) -> GuestLimiter {
         GuestLimiter {
-            limit,
-            used,
-            last_grant: 0,
+            limits,
+            own: 0,
+            total: used,
+            release_on_drop: false,
             limit_hit,
-            total: None,
         }
     }
 
-    /// The limiter of one request's store: `limit` applies to this store
-    /// alone, and its memory is also counted into `total`, the container's
-    /// figure summed over its live requests.
-    pub(crate) fn per_request(limit: Option<u64>, total: Arc<AtomicU64>) -> GuestLimiter {
+    /// The limiter of one request's store: its memory counts into `total`,
+    /// the container's figure summed over its live requests, and the limit
+    /// applies to that sum.
+    pub(crate) fn per_request(limits: GuestLimits, total: Arc<AtomicU64>) -> GuestLimiter {
         GuestLimiter {
-            limit,
-            used: Arc::default(),
-            last_grant: 0,
+            limits,
+            own: 0,
+            total,
+            release_on_drop: true,
             limit_hit: Arc::default(),
-            total: Some(total),
         }
     }
 
@@ -67,12 +80,29 @@ impl GuestLimiter {
     pub(crate) fn limit_hit(&self) -> bool {
         self.limit_hit.load(Ordering::Relaxed)
     }
+
+    /// Grants `bytes` more if the container's sum stays within the limit.
+    fn grant(&mut self, bytes: u64) -> bool {
+        let limit = self.limits.memory;
+        let granted = self
+            .total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
+                let after = total.saturating_add(bytes);
+                limit.is_none_or(|limit| after <= limit).then_some(after)
+            });
+        if granted.is_err() {
+            self.limit_hit.store(true, Ordering::Relaxed);
+            return false;
+        }
+        self.own = self.own.saturating_add(bytes);
+        true
+    }
 }
 
 impl Drop for GuestLimiter {
     fn drop(&mut self) {
-        if let Some(total) = &self.total {
-            total.fetch_sub(self.used.load(Ordering::Relaxed), Ordering::Relaxed);
+        if self.release_on_drop {
+            self.total.fetch_sub(self.own, Ordering::Relaxed);
         }
     }
 }
@@ -87,53 +117,49 @@ impl ResourceLimiter for GuestLimiter {
         if maximum.is_some_and(|max| desired > max) {
             return Ok(false);
         }
-        let grow = desired.saturating_sub(current) as u64;
-        let used = self.used.load(Ordering::Relaxed);
-        let after = used.saturating_add(grow);
-        if self.limit.is_some_and(|limit| after > limit) {
-            self.limit_hit.store(true, Ordering::Relaxed);
-            return Ok(false);
-        }
-        // Only this store's thread writes, so load-then-store does not race.
-        self.used.store(after, Ordering::Relaxed);
-        self.last_grant = grow;
-        if let Some(total) = &self.total {
-            total.fetch_add(grow, Ordering::Relaxed);
-        }
-        Ok(true)
+        Ok(self.grant(desired.saturating_sub(current) as u64))
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        log::debug!("guest memory growth failed after it was allowed: {error}");
-        let used = self.used.load(Ordering::Relaxed);
-        let taken_back = self.last_grant.min(used);
-        self.used.store(used - taken_back, Ordering::Relaxed);
-        if let Some(total) = &self.total {
-            total.fetch_sub(taken_back, Ordering::Relaxed);
-        }
-        self.last_grant = 0;
+        // Not taken back: wasmtime also reports failures it finds before
+        // asking (a size the memory's type cannot hold), and taking back the
+        // previous grant then would let a guest alternate the two to grow
+        // past its limit. A grant whose growth failed stays counted, which
+        // errs on the safe side.
+        log::debug!("guest memory growth failed: {error}");
         Ok(())
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS && maximum.is_none_or(|max| desired <= max))
+        if desired > MAX_TABLE_ELEMENTS || maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        let elements = desired.saturating_sub(current) as u64;
+        Ok(self.grant(elements.saturating_mul(TABLE_ELEMENT_BYTES)))
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        // Not taken back, as for memories (an overflowing size is reported
+        // before the limiter is asked).
+        log::debug!("guest table growth failed: {error}");
+        Ok(())
     }
 
     fn instances(&self) -> usize {
-        MAX_INSTANCES
+        self.limits.share.instances as usize
     }
 
     fn tables(&self) -> usize {
-        MAX_TABLES
+        self.limits.share.tables as usize
     }
 
     fn memories(&self) -> usize {
-        MAX_MEMORIES
+        self.limits.share.memories as usize
     }
 }
 
@@ -143,10 +169,17 @@ mod tests {
 
     const PAGE: usize = 64 * 1024;
 
+    fn limits(memory: Option<u64>) -> GuestLimits {
+        GuestLimits {
+            memory,
+            share: PoolShare::of(1_000, 1),
+        }
+    }
+
     #[test]
     fn limit_applies_to_the_sum_of_memories() {
         let used = Arc::new(AtomicU64::new(0));
-        let mut l = GuestLimiter::new(Some(4 * PAGE as u64), used.clone(), Arc::default());
+        let mut l = GuestLimiter::new(limits(Some(4 * PAGE as u64)), used.clone(), Arc::default());
         assert!(matches!(l.memory_growing(0, 2 * PAGE, None), Ok(true)));
         assert!(matches!(l.memory_growing(0, 2 * PAGE, None), Ok(true)));
         assert!(matches!(
@@ -157,47 +190,62 @@ mod tests {
     }
 
     #[test]
+    fn tables_count_against_the_memory_limit() {
+        let used = Arc::new(AtomicU64::new(0));
+        let hit = Arc::new(AtomicBool::new(false));
+        let mut l = GuestLimiter::new(limits(Some(64 << 20)), used.clone(), hit.clone());
+        assert!(matches!(l.memory_growing(0, 32 << 20, None), Ok(true)));
+        // 2^20 funcrefs hold 8 MiB: four fit beside the memory, a fifth not.
+        for _ in 0..4 {
+            assert!(matches!(l.table_growing(0, 1 << 20, None), Ok(true)));
+        }
+        assert_eq!(used.load(Ordering::Relaxed), 64 << 20);
+        assert!(matches!(l.table_growing(0, 1, None), Ok(false)));
+        assert!(hit.load(Ordering::Relaxed));
+        assert!(matches!(l.table_growing(0, (1 << 20) + 1, None), Ok(false)));
+        assert_eq!(used.load(Ordering::Relaxed), 64 << 20);
+    }
+
+    #[test]
     fn refusal_by_the_limit_is_remembered() {
         let hit = Arc::new(AtomicBool::new(false));
-        let mut l = GuestLimiter::new(Some(PAGE as u64), Arc::default(), hit.clone());
+        let mut l = GuestLimiter::new(limits(Some(PAGE as u64)), Arc::default(), hit.clone());
         assert!(matches!(l.memory_growing(0, PAGE, Some(PAGE)), Ok(true)));
         assert!(!hit.load(Ordering::Relaxed));
         assert!(matches!(l.memory_growing(PAGE, 2 * PAGE, None), Ok(false)));
         assert!(hit.load(Ordering::Relaxed));
     }
 
+    /// wasmtime reports some failures without asking first (a size the
+    /// type cannot hold, an overflowing table size): taking back the previous
+    /// grant then would let a guest grow, fail, grow again past its limit.
     #[test]
-    fn failed_growth_is_taken_back() {
+    fn a_failure_never_gives_back_an_earlier_grant() {
         let used = Arc::new(AtomicU64::new(0));
-        let mut l = GuestLimiter::new(None, used.clone(), Arc::default());
-        assert!(matches!(l.memory_growing(0, PAGE, None), Ok(true)));
-        assert!(matches!(l.memory_growing(PAGE, 3 * PAGE, None), Ok(true)));
-        let _ = l.memory_grow_failed(wasmtime::format_err!("mmap failed"));
-        assert_eq!(used.load(Ordering::Relaxed), PAGE as u64);
+        let mut l = GuestLimiter::new(limits(Some(2 * PAGE as u64)), used.clone(), Arc::default());
+        for _ in 0..2 {
+            assert!(matches!(l.memory_growing(0, PAGE, None), Ok(true)));
+            let _ = l.memory_grow_failed(wasmtime::format_err!("exceeds the type's limits"));
+            let _ = l.table_grow_failed(wasmtime::format_err!("overflow"));
+        }
+        assert_eq!(used.load(Ordering::Relaxed), 2 * PAGE as u64);
+        assert!(matches!(l.memory_growing(0, PAGE, None), Ok(false)));
     }
 
     #[test]
-    fn a_request_counts_into_the_total_until_dropped() {
+    fn requests_share_one_limit_and_give_back_on_drop() {
         let total = Arc::new(AtomicU64::new(0));
-        let mut a = GuestLimiter::per_request(Some(2 * PAGE as u64), total.clone());
-        let mut b = GuestLimiter::per_request(Some(2 * PAGE as u64), total.clone());
+        let mut a = GuestLimiter::per_request(limits(Some(3 * PAGE as u64)), total.clone());
+        let mut b = GuestLimiter::per_request(limits(Some(3 * PAGE as u64)), total.clone());
         assert!(matches!(a.memory_growing(0, 2 * PAGE, None), Ok(true)));
-        // The limit is per request, not over the total.
-        assert!(matches!(b.memory_growing(0, 2 * PAGE, None), Ok(true)));
-        assert_eq!(total.load(Ordering::Relaxed), 4 * PAGE as u64);
-        assert!(matches!(
-            b.memory_growing(2 * PAGE, 3 * PAGE, None),
-            Ok(false)
-        ));
+        // Within the limit alone, above it summed with the other request.
+        assert!(matches!(b.memory_growing(0, 2 * PAGE, None), Ok(false)));
         assert!(b.limit_hit() && !a.limit_hit());
-        assert!(matches!(
-            a.memory_growing(2 * PAGE, 2 * PAGE, None),
-            Ok(true)
-        ));
-        let _ = a.memory_grow_failed(wasmtime::format_err!("mmap failed"));
-        assert_eq!(total.load(Ordering::Relaxed), 4 * PAGE as u64);
+        assert!(matches!(b.memory_growing(0, PAGE, None), Ok(true)));
+        assert_eq!(total.load(Ordering::Relaxed), 3 * PAGE as u64);
         drop(a);
-        assert_eq!(total.load(Ordering::Relaxed), 2 * PAGE as u64);
+        assert_eq!(total.load(Ordering::Relaxed), PAGE as u64);
+        assert!(matches!(b.memory_growing(PAGE, 3 * PAGE, None), Ok(true)));
         drop(b);
         assert_eq!(total.load(Ordering::Relaxed), 0);
     }

@@ -16,7 +16,9 @@ use crate::compile::{self, Code, ComponentEntry};
 use crate::http::HttpGuest;
 use crate::http_settings::HttpSettings;
 use crate::http_state::HttpState;
+use crate::limits::GuestLimits;
 use crate::link::{self, Linked};
+use crate::pool::PoolShare;
 use crate::run::{ComponentState, Guest, ModuleState, Workload};
 use crate::source::EntrypointFile;
 use crate::stdio::{GuestStdin, Stdio};
@@ -40,6 +42,7 @@ pub(crate) enum CodeOrigin<'a> {
 pub(crate) fn prepare_file(
     engine: &Engine,
     cache: &CodeCache,
+    share: PoolShare,
     spec: WorkloadSpec,
     entrypoint: EntrypointFile,
     stdio: Stdio,
@@ -52,7 +55,7 @@ pub(crate) fn prepare_file(
     } = entrypoint;
     // A file seen before: no need to read and hash it again.
     if let Some(compiled) = cache.get_known_file(&identity) {
-        return prepare_compiled(engine, spec, compiled, &shown, stdio);
+        return prepare_compiled(engine, share, spec, compiled, &shown, stdio);
     }
     let mut bytes = Vec::with_capacity(usize::try_from(identity.size()).unwrap_or(0));
     file.by_ref()
@@ -64,14 +67,19 @@ pub(crate) fn prepare_file(
         identity,
         read_at: opened_at,
     };
-    prepare_code(engine, cache, spec, &bytes, origin, &shown, stdio)
+    prepare_code(engine, cache, share, spec, &bytes, origin, &shown, stdio)
 }
 
 /// A prepare once the guest's `bytes` are read, from `origin`, which
 /// decides how the cache finds them again. `shown` names the code in errors.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the engine's parts, the container's, and the code's: each passed on"
+)]
 pub(crate) fn prepare_code(
     engine: &Engine,
     cache: &CodeCache,
+    share: PoolShare,
     spec: WorkloadSpec,
     bytes: &[u8],
     origin: CodeOrigin<'_>,
@@ -87,19 +95,21 @@ pub(crate) fn prepare_code(
         }
     }?;
     drop(binary);
-    prepare_compiled(engine, spec, compiled, shown, stdio)
+    prepare_compiled(engine, share, spec, compiled, shown, stdio)
 }
 
 /// The rest of a prepare once the guest's code is compiled: link (once
 /// per guest), WASI context, stdio.
 fn prepare_compiled(
     engine: &Engine,
+    share: PoolShare,
     spec: WorkloadSpec,
     compiled: Arc<Compiled>,
     shown: &str,
     stdio: Stdio,
 ) -> Result<Workload> {
     let export = spec.entrypoint.export.as_deref();
+    share.check(&compiled.code, shown)?;
 
     enum Ready {
         Module(wasmtime::InstancePre<ModuleState>, compile::ModuleEntry),
@@ -195,7 +205,10 @@ fn prepare_compiled(
         engine: engine.clone(),
         name: short_name(shown),
         guest,
-        memory_limit: spec.memory_limit,
+        limits: GuestLimits {
+            memory: spec.memory_limit,
+            share,
+        },
         network: spec.network.clone(),
         stdin,
         stdin_file: opened.stdin,

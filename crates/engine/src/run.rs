@@ -27,7 +27,7 @@ use crate::compile::ModuleEntry;
 use crate::confine::Confinement;
 use crate::control::{ended_by, yield_on_epoch, Control, Ended};
 use crate::http::HttpGuest;
-use crate::limits::GuestLimiter;
+use crate::limits::{GuestLimiter, GuestLimits};
 use crate::signal::{self, SignalAction};
 use crate::stdio::GuestStdin;
 use crate::NetworkNamespace;
@@ -125,7 +125,8 @@ pub struct Workload {
     /// Short name for threads and logs (the entrypoint's file stem).
     pub(crate) name: String,
     pub(crate) guest: Guest,
-    pub(crate) memory_limit: Option<u64>,
+    /// Memory limit (or the engine's default cap) and pool share.
+    pub(crate) limits: GuestLimits,
     pub(crate) network: NetworkNamespace,
     pub(crate) stdin: GuestStdin,
     /// Read by a thread into `stdin` once started; `None` for a null stdin.
@@ -184,7 +185,7 @@ impl Workload {
             engine,
             name,
             guest,
-            memory_limit,
+            limits,
             network,
             stdin,
             stdin_file,
@@ -211,7 +212,7 @@ impl Workload {
                 let run = GuestRun {
                     engine,
                     guest,
-                    memory_limit,
+                    limits,
                     network,
                     name: name.clone(),
                     stderr,
@@ -321,8 +322,10 @@ impl WorkloadHandle {
         self.control.stdin.close();
     }
 
-    /// Bytes of linear memory the guest has now (all its memories together).
-    /// A relaxed atomic read; stays at its last value after the guest ended.
+    /// Bytes the guest holds now under its memory limit: all its linear
+    /// memories and table elements together (for an HTTP server, summed over
+    /// its requests in flight). A relaxed atomic read; stays at its last
+    /// value after the guest ended.
     pub fn memory_bytes(&self) -> u64 {
         self.control.memory.load(Ordering::Relaxed)
     }
@@ -339,7 +342,7 @@ impl WorkloadHandle {
 struct GuestRun {
     engine: Engine,
     guest: Guest,
-    memory_limit: Option<u64>,
+    limits: GuestLimits,
     network: NetworkNamespace,
     name: String,
     stderr: Option<File>,
@@ -356,7 +359,7 @@ fn run_guest(run: GuestRun, control: &Control) -> (u32, bool) {
     let GuestRun {
         engine,
         guest,
-        memory_limit,
+        limits,
         network,
         name,
         mut stderr,
@@ -371,7 +374,7 @@ fn run_guest(run: GuestRun, control: &Control) -> (u32, bool) {
                 .apply_to_current_thread()
                 .map_err(|e| format!("cannot confine the guest, so it does not run: {e:#}"))
         }) {
-            Ok(_) => run_on_runtime(&engine, guest, memory_limit, control, supervisor),
+            Ok(_) => run_on_runtime(&engine, guest, limits, control, supervisor),
             Err(message) => Ended::Failed(message),
         }
     }));
@@ -392,7 +395,7 @@ fn run_guest(run: GuestRun, control: &Control) -> (u32, bool) {
     if oom_killed {
         message = format!(
             "out of memory: the guest failed after its memory limit of {} bytes refused it more\n{message}",
-            memory_limit.unwrap_or_default()
+            limits.memory.unwrap_or_default()
         );
     }
     log::error!("guest {name} failed: {message}");
@@ -410,7 +413,7 @@ fn run_guest(run: GuestRun, control: &Control) -> (u32, bool) {
 fn run_on_runtime(
     engine: &Engine,
     guest: Guest,
-    memory_limit: Option<u64>,
+    limits: GuestLimits,
     control: &Control,
     supervisor: Option<mpsc::Sender<FromGuest>>,
 ) -> Ended {
@@ -427,13 +430,7 @@ fn run_on_runtime(
         Ok(rt) => rt,
         Err(e) => return Ended::Failed(format!("cannot start the guest's runtime: {e}")),
     };
-    let limiter = || {
-        GuestLimiter::new(
-            memory_limit,
-            control.memory.clone(),
-            control.limit_hit.clone(),
-        )
-    };
+    let limiter = || GuestLimiter::new(limits, control.memory.clone(), control.limit_hit.clone());
     let ended = match guest {
         Guest::Module { pre, wasi, entry } => {
             let limiter = limiter();
@@ -453,9 +450,7 @@ fn run_on_runtime(
             yield_on_epoch(&mut store);
             rt.block_on(race(run_component(&mut store, &pre, &entry), control))
         }
-        Guest::Http(guest) => {
-            rt.block_on(crate::http::serve(engine, *guest, memory_limit, control))
-        }
+        Guest::Http(guest) => rt.block_on(crate::http::serve(engine, *guest, limits, control)),
     };
     // The store (and with it the guest's stdout/stderr) is dropped by now.
     // Blocking WASI work still in flight must not hold up the exit.

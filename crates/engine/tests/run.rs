@@ -461,3 +461,75 @@ fn workload_types_are_send() {
     send_sync::<wasishim_engine::WorkloadHandle>();
     send_sync::<wasishim_engine::WasmEngine>();
 }
+
+/// Tables count against the memory limit at 8 bytes per element: under
+/// 64 MiB, beside a 64 KiB memory, seven tables of 2^20 funcrefs (8 MiB
+/// each) fit and an eighth does not (`table.grow` returns -1: exits 7).
+/// The guest's figure is that same sum.
+#[test]
+fn table_growth_counts_against_the_memory_limit() {
+    let mut tables = String::new();
+    let mut grows = String::new();
+    for t in 0..8 {
+        tables.push_str(&format!("  (table $t{t} 0 funcref)\n"));
+        let expected = if t < 7 { 0 } else { -1 };
+        grows.push_str(&format!(
+            "    (if (i32.ne (table.grow $t{t} (ref.null func) (i32.const 1048576)) (i32.const {expected})) (then (call $exit (i32.const {}))))\n",
+            t + 1
+        ));
+    }
+    let wat = format!(
+        r#"
+(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+{tables}  (func (export "_start")
+{grows}    (call $exit (i32.const 7))))
+"#
+    );
+    let mut b = Bundle::new(&["/tables.wat"]);
+    b.file("tables.wat", wat);
+    b.config(|c| c["linux"] = json!({"resources": {"memory": {"limit": 64 << 20}}}));
+    let running = b.start();
+    assert_eq!(running.wait(Duration::from_secs(10)).code, 7);
+    assert_eq!(running.handle.memory_bytes(), (64 << 10) + 7 * (8 << 20));
+}
+
+/// A shared pool is shared out: code declaring more tables than one
+/// container's share fails to prepare, naming the limit, and other guests
+/// still prepare and run on that engine.
+#[test]
+fn a_guest_declaring_more_than_its_pool_share_fails_to_prepare() {
+    let engine = check(
+        "engine",
+        wasishim_engine::WasmEngine::builder()
+            .cache_dir(None)
+            .pool_capacity(100)
+            .pool_containers(10)
+            .build(),
+    );
+    assert!(engine.pooling(), "the pool could not be reserved");
+    // 100 memories and 400 tables shared by 10: 40 tables each.
+    let tables: String = (0..41).map(|_| "  (table 1 funcref)\n").collect();
+    let greedy = format!("(module\n{tables}  (func (export \"_start\")))");
+    let b = Bundle::new(&["/greedy.wat"]);
+    b.file("greedy.wat", greedy);
+    let error = match engine.prepare(b.spec(), b.stdio()) {
+        Ok(_) => panic!("a guest declaring 41 tables prepared"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert_contains(
+        &error,
+        "entrypoint /greedy.wat declares 41 tables, more than the 40 one container may have",
+    );
+    assert_contains(&error, "WASISHIM_POOL_CAPACITY");
+
+    let b = Bundle::new(&["/hello.wat"]);
+    b.file("hello.wat", HELLO);
+    let workload = check("prepare", engine.prepare(b.spec(), b.stdio()));
+    assert_eq!(
+        common::start(workload).wait(Duration::from_secs(10)).code,
+        0
+    );
+    assert_eq!(b.stdout(), "hello\n");
+}

@@ -107,6 +107,24 @@ impl Hosting {
         }
     }
 
+    /// Containers the pool is shared out between: Kubernetes' default of
+    /// 110 pods per node for the per-node server.
+    pub fn pool_containers(self) -> u32 {
+        match self {
+            Hosting::PerPod => wasishim_engine::DEFAULT_POOL_CONTAINERS,
+            Hosting::PerNode => 110,
+        }
+    }
+
+    /// The memory cap of a container without a memory limit: in the
+    /// per-node server no cgroup bounds a guest, so the engine does.
+    pub fn default_memory_limit(self) -> Option<u64> {
+        match self {
+            Hosting::PerPod => None,
+            Hosting::PerNode => Some(wasishim_engine::NODE_DEFAULT_MEMORY_LIMIT),
+        }
+    }
+
     /// Network namespaces made ahead for containers that ask for a new one
     /// (plain `ctr run`); only worth it in the long-lived per-node server.
     pub fn spare_network_namespaces(self) -> usize {

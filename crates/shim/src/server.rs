@@ -46,13 +46,13 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
     let listener = Listener::try_from(listener).context("cannot serve the shim socket")?;
 
     let hosting = options.runtime.hosting;
+    // The environment overrides the hosting's defaults.
     let engine = WasmEngine::builder()
+        .pool_capacity(hosting.pool_capacity())
+        .pool_containers(hosting.pool_containers())
+        .default_memory_limit(hosting.default_memory_limit())
+        .spare_network_namespaces(hosting.spare_network_namespaces())
         .from_env()
-        .map(|builder| {
-            builder
-                .pool_capacity(hosting.pool_capacity())
-                .spare_network_namespaces(hosting.spare_network_namespaces())
-        })
         .and_then(|builder| builder.build())
         .context("cannot create the wasmtime engine")?;
     let events = EventPublisher::connect(options.ttrpc_address.as_deref()).await;
