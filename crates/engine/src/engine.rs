@@ -1,24 +1,20 @@
-//! The one `wasmtime::Engine` of a shim process, and preparing guests with it.
+//! The one `wasmtime::Engine` of a shim process, its settings, and the public
+//! face of preparing guests with it (the work is in prepare.rs).
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
-use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use nix::fcntl::OFlag;
-use wasmtime::component;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::cache::{self, CacheStats, CodeCache, Compiled, FileIdentity};
-use crate::compile::{self, Code, ComponentEntry};
-use crate::http::{self, HttpGuest, HttpSettings, HttpState};
-use crate::rootfs::{self, ResolveError};
-use crate::run::{ComponentState, Guest, ModuleState};
-use crate::stdio::GuestStdin;
-use crate::{wasi, Stdio, Workload, WorkloadSpec};
+use crate::cache::{self, CacheStats, CodeCache};
+use crate::layer::WasmLayer;
+use crate::prepare::{self, CodeOrigin};
+use crate::run::Workload;
+use crate::source::{EntrypointFile, RootfsEntrypoint};
+use crate::spec::WorkloadSpec;
+use crate::stdio::Stdio;
 
 /// How often the epoch advances: the time slice after which a running guest
 /// yields, and so how late a kill can take effect.
@@ -286,27 +282,6 @@ fn pool(total: u32) -> PoolingAllocationConfig {
     pool
 }
 
-/// Where a guest's bytes came from, which keys them in the code cache.
-pub(crate) enum CodeOrigin<'a> {
-    /// An image layer whose OCI digest (`sha256:<hex>`) was checked against
-    /// the bytes.
-    Layer { digest: &'a str },
-    /// The entrypoint file `identity`, read after `read_at`.
-    File {
-        identity: FileIdentity,
-        read_at: std::time::SystemTime,
-    },
-}
-
-/// A guest linked against WASI, kept with its compiled code so that later
-/// prepares of the same guest skip linking.
-#[derive(Clone)]
-pub(crate) enum Linked {
-    Module(wasmtime::InstancePre<ModuleState>),
-    Component(component::InstancePre<ComponentState>),
-    Http(wasmtime_wasi_http::p2::bindings::ProxyPre<HttpState>),
-}
-
 impl WasmEngine {
     /// Creates the engine with the settings of the environment
     /// (`WASISHIM_CACHE_DIR`, `WASISHIM_CACHE_MAX_BYTES`, see
@@ -366,7 +341,9 @@ impl WasmEngine {
         self.cache.stats()
     }
 
-    /// Resolves the entrypoint, compiles and links the guest and opens its stdio.
+    /// Resolves the entrypoint, compiles and links the guest and opens its
+    /// stdio: [`WorkloadSpec::find_entrypoint`], then
+    /// [`Self::prepare_file`] with the file found, or the reason it was not.
     /// Blocking (compilation). Errors are meant for the user.
     ///
     /// In order, this:
@@ -399,248 +376,61 @@ impl WasmEngine {
     /// (exports: _start)", or "cannot open the container's stdout ...".
     /// Cache failures are logged, never returned.
     pub fn prepare(&self, spec: WorkloadSpec, stdio: Stdio) -> Result<Workload> {
-        let shown = spec.entrypoint.path.clone();
-        let opened_at = std::time::SystemTime::now();
-        let (mut file, identity) = open_entrypoint(&spec.rootfs, &shown)?;
-        // A file seen before: no need to read and hash it again.
-        if let Some(compiled) = self.cache.get_known_file(&identity) {
-            return self.prepare_compiled(spec, compiled, &shown, stdio);
+        match spec.find_entrypoint()? {
+            RootfsEntrypoint::Found(file) => self.prepare_file(spec, file, stdio),
+            RootfsEntrypoint::Missing(reason) => Err(reason),
         }
-        let mut bytes = Vec::with_capacity(usize::try_from(identity.size()).unwrap_or(0));
-        file.read_to_end(&mut bytes)
-            .with_context(|| format!("cannot read entrypoint {shown}"))?;
-        drop(file);
-        let origin = CodeOrigin::File {
-            identity,
-            read_at: opened_at,
-        };
-        self.prepare_code(spec, &bytes, origin, &shown, stdio)
     }
 
-    /// [`Self::prepare`] once the guest's `bytes` are read, from `origin`,
-    /// which decides how the cache finds them again. `shown` names the code
-    /// in errors.
-    pub(crate) fn prepare_code(
+    /// [`Self::prepare`] with the entrypoint `file` already found in the
+    /// rootfs ([`WorkloadSpec::find_entrypoint`]), so that a caller who
+    /// decides between the rootfs and an image layer looks the path up once.
+    ///
+    /// Costs and errors as [`Self::prepare`] after its lookup.
+    pub fn prepare_file(
         &self,
         spec: WorkloadSpec,
-        bytes: &[u8],
-        origin: CodeOrigin<'_>,
-        shown: &str,
+        file: EntrypointFile,
         stdio: Stdio,
     ) -> Result<Workload> {
-        let (binary, kind) = compile::binary(&self.engine, bytes, shown)?;
-        let compile = || compile::compile(&self.engine, &binary, kind, shown);
-        let compiled = match origin {
-            CodeOrigin::Layer { digest } => {
-                self.cache
-                    .get_by_digest(&self.engine, digest, kind, compile)
-            }
-            CodeOrigin::File { identity, read_at } => {
-                self.cache
-                    .get_file(&self.engine, identity, read_at, &binary, kind, compile)
-            }
-        }?;
-        drop(binary);
-        self.prepare_compiled(spec, compiled, shown, stdio)
+        prepare::prepare_file(&self.engine, &self.cache, spec, file, stdio)
     }
 
-    /// The rest of a prepare once the guest's code is compiled: link (once
-    /// per guest), WASI context, stdio.
-    fn prepare_compiled(
+    /// Like [`WasmEngine::prepare`], with the guest's code taken from `layer`
+    /// instead of the rootfs file `process.args[0]` names. That argument is
+    /// then only the guest's `argv[0]` (any name works); a `#name` suffix
+    /// still selects the export to call. Everything else (args, env, cwd,
+    /// rootfs and mounts as preopens, limits, network) is as for `prepare`.
+    ///
+    /// Costs as `prepare`, without reading or hashing a file: the cache key
+    /// is the layer's digest, so a layer this process prepared before takes
+    /// microseconds, and one prepared by any shim on the node is loaded from
+    /// the cache directory.
+    ///
+    /// # Errors
+    ///
+    /// As `prepare`, with the layer's name in place of the entrypoint path,
+    /// e.g. "entrypoint layer sha256:… of image … is not a WebAssembly
+    /// module or component (found text)".
+    pub fn prepare_layer(
         &self,
         spec: WorkloadSpec,
-        compiled: Arc<Compiled>,
-        shown: &str,
+        layer: WasmLayer,
         stdio: Stdio,
     ) -> Result<Workload> {
-        let export = spec.entrypoint.export.as_deref();
-
-        enum Ready {
-            Module(wasmtime::InstancePre<ModuleState>, compile::ModuleEntry),
-            Component(
-                component::InstancePre<ComponentState>,
-                component::ComponentExportIndex,
-            ),
-            Http(wasmtime_wasi_http::p2::bindings::ProxyPre<HttpState>),
-        }
-        let ready = match &compiled.code {
-            Code::Module(module) => {
-                let entry = compile::module_entry(module, shown, export)?;
-                let pre = match compiled.linked.get() {
-                    Some(Linked::Module(pre)) => pre.clone(),
-                    _ => {
-                        let pre = self.link_module(module, shown)?;
-                        let _ = compiled.linked.set(Linked::Module(pre.clone()));
-                        pre
-                    }
-                };
-                Ready::Module(pre, entry)
-            }
-            Code::Component(c) => match compile::component_entry(&self.engine, c, shown, export)? {
-                ComponentEntry::Call(entry) => {
-                    let pre = match compiled.linked.get() {
-                        Some(Linked::Component(pre)) => pre.clone(),
-                        _ => {
-                            let pre = self.link_component(c, shown)?;
-                            let _ = compiled.linked.set(Linked::Component(pre.clone()));
-                            pre
-                        }
-                    };
-                    Ready::Component(pre, entry)
-                }
-                ComponentEntry::Http => {
-                    let pre = match compiled.linked.get() {
-                        Some(Linked::Http(pre)) => pre.clone(),
-                        _ => {
-                            let pre = http::link(&self.engine, c, shown)?;
-                            let _ = compiled.linked.set(Linked::Http(pre.clone()));
-                            pre
-                        }
-                    };
-                    Ready::Http(pre)
-                }
-            },
+        let origin = CodeOrigin::Layer {
+            digest: layer.digest(),
         };
-        drop(compiled);
-
-        let opened = stdio.open()?;
-        let stderr = opened
-            .stderr
-            .as_ref()
-            .map(File::try_clone)
-            .transpose()
-            .context("cannot duplicate the container's stderr handle")?;
-        let output_fifos = crate::stdio::fifo_handles(&opened)
-            .context("cannot duplicate the container's output handles")?;
-        let stdin = GuestStdin::new();
-        let guest_stdin = opened.stdin.as_ref().map(|_| stdin.clone());
-        let guest = match ready {
-            Ready::Module(pre, entry) => Guest::Module {
-                pre,
-                wasi: wasi::context(&spec, guest_stdin, opened.stdout, opened.stderr)?.build_p1(),
-                entry,
-            },
-            Ready::Component(pre, entry) => Guest::Component {
-                pre,
-                wasi: wasi::context(&spec, guest_stdin, opened.stdout, opened.stderr)?.build(),
-                entry,
-            },
-            Ready::Http(pre) => {
-                let settings = HttpSettings::from_env(&spec.env)?;
-                let template = wasi::WasiTemplate::new(&spec)?;
-                // Opens every preopen once now, so a missing mount fails task
-                // creation rather than each request.
-                drop(template.builder(None, None, None)?);
-                Guest::Http(Box::new(HttpGuest::new(
-                    pre,
-                    template,
-                    settings,
-                    opened.stdout,
-                    opened.stderr,
-                )))
-            }
-        };
-        Ok(Workload {
-            engine: self.engine.clone(),
-            name: short_name(shown),
-            guest,
-            memory_limit: spec.memory_limit,
-            network: spec.network.clone(),
-            stdin,
-            stdin_file: opened.stdin,
-            stderr,
-            output_fifos,
-            on_thread_start: None,
-        })
+        prepare::prepare_code(
+            &self.engine,
+            &self.cache,
+            spec,
+            layer.bytes(),
+            origin,
+            layer.name(),
+            stdio,
+        )
     }
-
-    /// Links a module against WASI preview 1. Linking depends only on the
-    /// module, so its result is shared by every container of the module.
-    fn link_module(
-        &self,
-        module: &wasmtime::Module,
-        shown: &str,
-    ) -> Result<wasmtime::InstancePre<ModuleState>> {
-        let mut linker = Linker::new(&self.engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut ModuleState| &mut s.wasi)
-            .map_err(|e| anyhow::anyhow!("cannot set up WASI preview 1: {e:#}"))?;
-        linker
-            .instantiate_pre(module)
-            .map_err(|e| link_error(shown, "WASI preview 1 (wasi_snapshot_preview1)", e))
-    }
-
-    /// Links a component against WASI 0.2, like [`Self::link_module`].
-    fn link_component(
-        &self,
-        c: &component::Component,
-        shown: &str,
-    ) -> Result<component::InstancePre<ComponentState>> {
-        let mut linker = component::Linker::new(&self.engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| anyhow::anyhow!("cannot set up WASI 0.2: {e:#}"))?;
-        linker
-            .instantiate_pre(c)
-            .map_err(|e| link_error(shown, "WASI 0.2 (wasi:cli/command)", e))
-    }
-}
-
-pub(crate) fn link_error(shown: &str, provided: &str, e: wasmtime::Error) -> anyhow::Error {
-    anyhow::anyhow!(
-        "entrypoint {shown} cannot be linked: {e:#} (wasishim provides {provided} only)"
-    )
-}
-
-/// Opens the entrypoint file `shown` inside `rootfs`, without following any
-/// link out of the rootfs, and says which file it is (see [`FileIdentity`]).
-fn open_entrypoint(rootfs: &Path, shown: &str) -> Result<(File, FileIdentity)> {
-    if !rootfs.is_dir() {
-        bail!(
-            "the container's rootfs {} is not a directory: is the image's snapshot mounted?",
-            rootfs.display()
-        );
-    }
-    let host: PathBuf = match rootfs::resolve(rootfs, shown) {
-        Ok(host) => host,
-        Err(ResolveError::NotFound) => bail!("entrypoint {shown} not found in the image's rootfs"),
-        Err(ResolveError::Escapes { link: None }) => bail!(
-            "entrypoint {shown} leaves the image's rootfs through '..': use a path inside the image"
-        ),
-        Err(ResolveError::Escapes {
-            link: Some((link, target)),
-        }) => bail!(
-            "entrypoint {shown} leaves the image's rootfs: symlink {link} points to {}, outside of it",
-            target.display()
-        ),
-        Err(ResolveError::TooManySymlinks) => {
-            bail!("entrypoint {shown} has too many levels of symlinks (a loop?)")
-        }
-        Err(ResolveError::Io(e)) => {
-            return Err(e)
-                .with_context(|| format!("cannot look up entrypoint {shown} in the image's rootfs"))
-        }
-    };
-    // O_NOFOLLOW: the resolved path has no symlinks; refuse one appearing now.
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(OFlag::O_NOFOLLOW.bits())
-        .open(&host)
-        .with_context(|| format!("cannot open entrypoint {shown}"))?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("cannot read entrypoint {shown}"))?;
-    if meta.is_dir() {
-        bail!("entrypoint {shown} is a directory, not a WebAssembly file");
-    }
-    Ok((file, FileIdentity::of(&meta)))
-}
-
-/// The entrypoint's file stem, for thread names (Linux keeps 15 bytes).
-fn short_name(shown: &str) -> String {
-    let stem = Path::new(shown)
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("guest");
-    stem.chars().take(10).collect()
 }
 
 #[cfg(test)]

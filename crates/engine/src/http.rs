@@ -3,7 +3,7 @@
 //!
 //! A component that exports `wasi:http/incoming-handler@0.2.x` and no
 //! `wasi:cli/run` (or whose entrypoint names `#wasi:http/incoming-handler`)
-//! is linked once against WASI 0.2 and `wasi:http` ([`link`]). When started,
+//! is linked once against WASI 0.2 and `wasi:http` (link.rs). When started,
 //! the guest's thread, already in the container's network namespace, listens
 //! on `WASISHIM_HTTP_ADDRESS` and serves connections on its single-threaded
 //! runtime ([`serve`]): each connection is a task, each request gets its own
@@ -18,10 +18,10 @@
 //!
 //! Limits: the container's memory limit applies to each instance (each
 //! request) separately, not to their sum. Request bodies are capped by
-//! `WASISHIM_HTTP_MAX_BODY_BYTES`: a larger `Content-Length` gets 413 without
-//! running the guest; a chunked body that grows past it fails the guest's
-//! read (`HTTP-request-body-size`) and the request gets 413, unless the guest
-//! had already sent its response headers.
+//! `WASISHIM_HTTP_MAX_BODY_BYTES` (http_settings.rs, http_body.rs): a larger
+//! `Content-Length` gets 413 without running the guest; a chunked body that
+//! grows past it fails the guest's read (`HTTP-request-body-size`) and the
+//! request gets 413, unless the guest had already sent its response headers.
 //!
 //! Ending: SIGTERM or SIGINT stops accepting connections, lets requests in
 //! flight finish (idle keep-alive connections are closed), and exits 0;
@@ -29,274 +29,35 @@
 //! once with 128+signal.
 use std::convert::Infallible;
 use std::fs::File;
-use std::future::Future;
 use std::io::Write;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use anyhow::{Context, Result};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::{Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
-use wasmtime::component::{self, ResourceTable};
-use wasmtime::{Engine, ResourceLimiter, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::{
-    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
-};
+use wasmtime_wasi_http::WasiHttpView;
 
+use crate::control::{ended_by, yield_on_epoch, Control, Ended};
+use crate::http_body::{content_length, plain, LimitedBody};
+use crate::http_settings::{HttpSettings, HTTP_ADDRESS_ENV, HTTP_MAX_BODY_BYTES_ENV};
+use crate::http_state::HttpState;
 use crate::limits::GuestLimiter;
-use crate::run::{ended_by, yield_on_epoch, Control, Ended};
 use crate::wasi::WasiTemplate;
-
-/// Container environment variable: the address an HTTP component listens
-/// on, `IP:PORT` (default [`DEFAULT_HTTP_ADDRESS`]). It is bound inside the
-/// container's network namespace.
-pub const HTTP_ADDRESS_ENV: &str = "WASISHIM_HTTP_ADDRESS";
-/// Where an HTTP component listens unless [`HTTP_ADDRESS_ENV`] says otherwise.
-pub const DEFAULT_HTTP_ADDRESS: &str = "0.0.0.0:8080";
-/// Container environment variable: `off` refuses the outgoing HTTP requests
-/// of an HTTP component (`wasi:http/outgoing-handler` then fails with the
-/// error code `HTTP-request-denied`); `on`, the default, allows them.
-pub const HTTP_OUTGOING_ENV: &str = "WASISHIM_HTTP_OUTGOING";
-/// Container environment variable: the largest request body an HTTP
-/// component is given, in bytes (default [`DEFAULT_HTTP_MAX_BODY_BYTES`]);
-/// larger requests get 413.
-pub const HTTP_MAX_BODY_BYTES_ENV: &str = "WASISHIM_HTTP_MAX_BODY_BYTES";
-/// The request body limit unless [`HTTP_MAX_BODY_BYTES_ENV`] says otherwise: 10 MiB.
-pub const DEFAULT_HTTP_MAX_BODY_BYTES: u64 = 10 << 20;
 
 /// How long the accept loop pauses after a failed accept (e.g. out of file
 /// descriptors), so that it does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// An HTTP server's settings, from the container's environment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HttpSettings {
-    pub(crate) address: SocketAddr,
-    pub(crate) outgoing: bool,
-    pub(crate) max_body_bytes: u64,
-}
-
-impl HttpSettings {
-    /// Reads `WASISHIM_HTTP_ADDRESS`, `WASISHIM_HTTP_OUTGOING` and
-    /// `WASISHIM_HTTP_MAX_BODY_BYTES` from the container's `env` (the last
-    /// value of each wins, as in a process environment).
-    ///
-    /// # Errors
-    ///
-    /// Fails, naming the variable and what it accepts, if one is set to
-    /// something unusable.
-    pub(crate) fn from_env(env: &[(String, String)]) -> Result<HttpSettings> {
-        let get = |name: &str| {
-            env.iter()
-                .rev()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.trim())
-        };
-        let address = get(HTTP_ADDRESS_ENV).unwrap_or(DEFAULT_HTTP_ADDRESS);
-        let Ok(address) = address.parse::<SocketAddr>() else {
-            bail!("{HTTP_ADDRESS_ENV}={address} is not an address to listen on: give IP:PORT, e.g. {DEFAULT_HTTP_ADDRESS} or 127.0.0.1:3000");
-        };
-        let outgoing = match get(HTTP_OUTGOING_ENV) {
-            None => true,
-            Some(v) if v.eq_ignore_ascii_case("on") => true,
-            Some(v) if v.eq_ignore_ascii_case("off") => false,
-            Some(v) => bail!("{HTTP_OUTGOING_ENV}={v} is neither on nor off: set it to off to refuse the component's outgoing HTTP requests, or leave it unset"),
-        };
-        let max_body_bytes = match get(HTTP_MAX_BODY_BYTES_ENV) {
-            None => DEFAULT_HTTP_MAX_BODY_BYTES,
-            Some(v) => match v.parse::<u64>() {
-                Ok(n) => n,
-                Err(_) => bail!("{HTTP_MAX_BODY_BYTES_ENV}={v} is not a number of bytes: give e.g. 1048576 for 1 MiB, or leave it unset for 10 MiB"),
-            },
-        };
-        Ok(HttpSettings {
-            address,
-            outgoing,
-            max_body_bytes,
-        })
-    }
-}
-
-/// Links `component` against WASI 0.2 and `wasi:http` and checks that it
-/// exports `wasi:http/incoming-handler`. Done once per component and kept
-/// in the code cache: each request only instantiates.
-///
-/// # Errors
-///
-/// Fails, naming the entrypoint `shown`, if an import is not provided or
-/// the handler export does not have the expected type.
-pub(crate) fn link(
-    engine: &Engine,
-    component: &component::Component,
-    shown: &str,
-) -> Result<ProxyPre<HttpState>> {
-    let mut linker = component::Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-        .map_err(|e| anyhow::anyhow!("cannot set up WASI 0.2: {e:#}"))?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-        .map_err(|e| anyhow::anyhow!("cannot set up wasi:http: {e:#}"))?;
-    let pre = linker.instantiate_pre(component).map_err(|e| {
-        crate::engine::link_error(shown, "WASI 0.2 (wasi:cli/command and wasi:http/proxy)", e)
-    })?;
-    ProxyPre::new(pre).map_err(|e| {
-        anyhow::anyhow!("entrypoint {shown} cannot be served as wasi:http/incoming-handler: {e:#}")
-    })
-}
-
-/// Store data of one request's instance.
-pub(crate) struct HttpState {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    table: ResourceTable,
-    limiter: RequestLimiter,
-    outgoing: bool,
-    deny: DenyOutgoing,
-}
-
-impl WasiView for HttpState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for HttpState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        let hooks: &mut dyn WasiHttpHooks = if self.outgoing {
-            wasmtime_wasi_http::default_hooks()
-        } else {
-            &mut self.deny
-        };
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks,
-        }
-    }
-}
-
-/// Hooks that refuse every outgoing request (`WASISHIM_HTTP_OUTGOING=off`).
-struct DenyOutgoing;
-
-type SendResult = wasmtime_wasi_http::Result<(
-    Response<WasiBody>,
-    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-)>;
-
-impl WasiHttpHooks for DenyOutgoing {
-    fn send_request(
-        &mut self,
-        request: Request<WasiBody>,
-        _options: Option<RequestOptions>,
-        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-    ) -> Box<dyn Future<Output = SendResult> + Send> {
-        log::info!(
-            "refused the guest's outgoing HTTP request to {} ({HTTP_OUTGOING_ENV}=off)",
-            request.uri()
-        );
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
-    }
-}
-
-/// The memory limit of one request's instance, which also keeps the
-/// container's memory figure (the sum over live requests) up to date.
-struct RequestLimiter {
-    inner: GuestLimiter,
-    /// This store's linear memory, kept by `inner`.
-    used: Arc<AtomicU64>,
-    /// What of `used` was last added to `total`.
-    counted: u64,
-    /// The container's memory figure.
-    total: Arc<AtomicU64>,
-    /// Set when the limit refused this instance memory.
-    limit_hit: Arc<AtomicBool>,
-}
-
-impl RequestLimiter {
-    fn new(limit: Option<u64>, total: Arc<AtomicU64>) -> RequestLimiter {
-        let used = Arc::new(AtomicU64::new(0));
-        let limit_hit = Arc::new(AtomicBool::new(false));
-        RequestLimiter {
-            inner: GuestLimiter::new(limit, used.clone(), limit_hit.clone()),
-            used,
-            counted: 0,
-            total,
-            limit_hit,
-        }
-    }
-
-    fn count(&mut self) {
-        let now = self.used.load(Ordering::Relaxed);
-        if now >= self.counted {
-            self.total.fetch_add(now - self.counted, Ordering::Relaxed);
-        } else {
-            self.total.fetch_sub(self.counted - now, Ordering::Relaxed);
-        }
-        self.counted = now;
-    }
-}
-
-impl Drop for RequestLimiter {
-    fn drop(&mut self) {
-        self.total.fetch_sub(self.counted, Ordering::Relaxed);
-    }
-}
-
-impl ResourceLimiter for RequestLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let granted = self.inner.memory_growing(current, desired, maximum);
-        self.count();
-        granted
-    }
-
-    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        let result = self.inner.memory_grow_failed(error);
-        self.count();
-        result
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.inner.table_growing(current, desired, maximum)
-    }
-
-    fn instances(&self) -> usize {
-        self.inner.instances()
-    }
-
-    fn tables(&self) -> usize {
-        self.inner.tables()
-    }
-
-    fn memories(&self) -> usize {
-        self.inner.memories()
-    }
-}
 
 /// A prepared HTTP component with what it needs to serve: made by
 /// `WasmEngine::prepare`, served by [`serve`].
@@ -435,80 +196,6 @@ async fn connection(server: Arc<Server>, stream: TcpStream, mut stop: watch::Rec
     }
 }
 
-/// A request body that fails once more than `remaining` bytes arrived.
-struct LimitedBody {
-    inner: Incoming,
-    remaining: u64,
-    received: u64,
-    exceeded: Arc<AtomicBool>,
-}
-
-impl Body for LimitedBody {
-    type Data = Bytes;
-    type Error = wasmtime_wasi_http::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        if this.exceeded.load(Ordering::Relaxed) {
-            return Poll::Ready(None);
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
-                this.received = this.received.saturating_add(len);
-                if len > this.remaining {
-                    this.exceeded.store(true, Ordering::Relaxed);
-                    return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(
-                        Some(this.received),
-                    ))));
-                }
-                this.remaining -= len;
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A response made by the server itself (not the guest), with a plain text body.
-fn plain(status: StatusCode, text: String) -> Response<HyperOutgoingBody> {
-    let body = Full::new(Bytes::from(text))
-        .map_err(|never: Infallible| match never {})
-        .boxed_unsync();
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-/// The `Content-Length` of a request, if it has a valid one.
-fn content_length(request: &Request<Incoming>) -> Option<u64> {
-    request
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 impl Server {
     /// Answers one request and writes its access line.
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<HyperOutgoingBody> {
@@ -585,7 +272,7 @@ impl Server {
                     .await
             }
             .await;
-            let oom = store.data().limiter.limit_hit.load(Ordering::Relaxed);
+            let oom = store.data().limiter.limit_hit();
             drop(store);
             let message = match result {
                 Ok(()) => return Ok(()),
@@ -658,14 +345,8 @@ impl Server {
             .transpose()
             .context("cannot duplicate the container's stderr")?;
         let wasi = self.guest.wasi.builder(None, stdout, stderr)?.build();
-        let state = HttpState {
-            wasi,
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
-            limiter: RequestLimiter::new(self.memory_limit, self.memory.clone()),
-            outgoing: self.guest.settings.outgoing,
-            deny: DenyOutgoing,
-        };
+        let limiter = GuestLimiter::per_request(self.memory_limit, self.memory.clone());
+        let state = HttpState::new(wasi, limiter, self.guest.settings.outgoing);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         yield_on_epoch(&mut store);
@@ -706,53 +387,6 @@ fn describe(code: &ErrorCode) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn settings_come_from_the_environment() {
-        let Ok(s) = HttpSettings::from_env(&env(&[("PATH", "/")])) else {
-            panic!("defaults refused")
-        };
-        assert_eq!(s.address, SocketAddr::from(([0, 0, 0, 0], 8080)));
-        assert!(s.outgoing);
-        assert_eq!(s.max_body_bytes, 10 << 20);
-
-        let Ok(s) = HttpSettings::from_env(&env(&[
-            (HTTP_ADDRESS_ENV, "127.0.0.1:1"),
-            (HTTP_ADDRESS_ENV, "127.0.0.1:3000"),
-            (HTTP_OUTGOING_ENV, "OFF"),
-            (HTTP_MAX_BODY_BYTES_ENV, "1024"),
-        ])) else {
-            panic!("valid settings refused")
-        };
-        assert_eq!(s.address, SocketAddr::from(([127, 0, 0, 1], 3000)));
-        assert!(!s.outgoing);
-        assert_eq!(s.max_body_bytes, 1024);
-    }
-
-    #[test]
-    fn bad_settings_name_the_variable() {
-        let error = |pairs: &[(&str, &str)]| {
-            HttpSettings::from_env(&env(pairs))
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
-        };
-        assert_eq!(
-            error(&[(HTTP_ADDRESS_ENV, "localhost")]),
-            "WASISHIM_HTTP_ADDRESS=localhost is not an address to listen on: give IP:PORT, e.g. 0.0.0.0:8080 or 127.0.0.1:3000"
-        );
-        assert!(error(&[(HTTP_OUTGOING_ENV, "maybe")])
-            .starts_with("WASISHIM_HTTP_OUTGOING=maybe is neither on nor off"));
-        assert!(error(&[(HTTP_MAX_BODY_BYTES_ENV, "10M")])
-            .starts_with("WASISHIM_HTTP_MAX_BODY_BYTES=10M is not a number of bytes"));
-    }
 
     #[test]
     fn only_sigterm_and_sigint_are_graceful() {

@@ -1,9 +1,8 @@
 //! Guest code handed over as the bytes of an image layer (a Wasm OCI
-//! artifact's) instead of a file in the rootfs.
+//! artifact's) instead of a file in the rootfs; prepared with
+//! [`WasmEngine::prepare_layer`](crate::WasmEngine::prepare_layer).
 use anyhow::{bail, Result};
 use sha2::{Digest, Sha256};
-
-use crate::{WasmEngine, Workload, WorkloadSpec};
 
 /// The wasm of a guest that is not a file in its rootfs: one layer of a Wasm
 /// OCI artifact, read by the caller from wherever the image's content lives.
@@ -81,51 +80,10 @@ impl WasmLayer {
     pub fn name(&self) -> &str {
         &self.name
     }
-}
 
-impl WasmEngine {
-    /// Like [`WasmEngine::prepare`], with the guest's code taken from `layer`
-    /// instead of the rootfs file `process.args[0]` names. That argument is
-    /// then only the guest's `argv[0]` (any name works); a `#name` suffix
-    /// still selects the export to call. Everything else (args, env, cwd,
-    /// rootfs and mounts as preopens, limits, network) is as for `prepare`.
-    ///
-    /// Costs as `prepare`, without reading or hashing a file: the cache key
-    /// is the layer's digest, so a layer this process prepared before takes
-    /// microseconds, and one prepared by any shim on the node is loaded from
-    /// the cache directory.
-    ///
-    /// # Errors
-    ///
-    /// As `prepare`, with the layer's name in place of the entrypoint path,
-    /// e.g. "entrypoint layer sha256:… of image … is not a WebAssembly
-    /// module or component (found text)".
-    pub fn prepare_layer(
-        &self,
-        spec: WorkloadSpec,
-        layer: WasmLayer,
-        stdio: crate::Stdio,
-    ) -> Result<Workload> {
-        let shown = layer.name.clone();
-        let origin = crate::engine::CodeOrigin::Layer {
-            digest: &layer.digest,
-        };
-        self.prepare_code(spec, &layer.bytes, origin, &shown, stdio)
-    }
-}
-
-impl WorkloadSpec {
-    /// Whether `process.args[0]` names a regular file inside the rootfs
-    /// (resolved as [`WasmEngine::prepare`] does). When it does not, the
-    /// caller may look for the code elsewhere, e.g. in the image's layers
-    /// ([`WasmEngine::prepare_layer`]).
-    ///
-    /// A few file system lookups; no file is read.
-    pub fn entrypoint_in_rootfs(&self) -> bool {
-        crate::rootfs::resolve(&self.rootfs, &self.entrypoint.path)
-            .ok()
-            .and_then(|host| std::fs::symlink_metadata(host).ok())
-            .is_some_and(|meta| meta.is_file())
+    /// The layer's wasm.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 }
 

@@ -27,16 +27,25 @@
 
 mod bundle;
 mod cache;
+mod cache_key;
 mod compile;
+mod control;
+mod disk_cache;
 mod engine;
 mod entrypoint;
 mod http;
+mod http_body;
+mod http_settings;
+mod http_state;
 mod layer;
 mod limits;
+mod link;
 mod netns;
+mod prepare;
 mod rootfs;
 mod run;
 mod signal;
+mod source;
 mod spec;
 mod stdio;
 mod wasi;
@@ -51,11 +60,12 @@ pub use engine::{
     POOLING_BY_DEFAULT,
 };
 pub use entrypoint::Entrypoint;
-pub use http::{
+pub use http_settings::{
     DEFAULT_HTTP_ADDRESS, DEFAULT_HTTP_MAX_BODY_BYTES, HTTP_ADDRESS_ENV, HTTP_MAX_BODY_BYTES_ENV,
     HTTP_OUTGOING_ENV,
 };
 pub use layer::WasmLayer;
 pub use run::{ExitStatus, Workload, WorkloadHandle};
+pub use source::{EntrypointFile, RootfsEntrypoint};
 pub use spec::WorkloadSpec;
 pub use stdio::Stdio;

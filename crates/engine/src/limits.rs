@@ -1,4 +1,5 @@
-//! Resource limits of one guest store, and its memory accounting.
+//! Resource limits of one guest store, and its memory accounting (also
+//! summed over the request stores of an HTTP server).
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -28,6 +29,10 @@ pub(crate) struct GuestLimiter {
     /// Set once a growth was refused because of the memory limit: a guest
     /// that then fails ran out of memory (reported as OOM-killed).
     limit_hit: Arc<AtomicBool>,
+    /// A sum over several stores this store's memory is also counted in
+    /// (the container's figure of an HTTP server, one store per request);
+    /// what this store holds is taken back out when it is dropped.
+    total: Option<Arc<AtomicU64>>,
 }
 
 impl GuestLimiter {
@@ -41,6 +46,33 @@ impl GuestLimiter {
             used,
             last_grant: 0,
             limit_hit,
+            total: None,
+        }
+    }
+
+    /// The limiter of one request's store: `limit` applies to this store
+    /// alone, and its memory is also counted into `total`, the container's
+    /// figure summed over its live requests.
+    pub(crate) fn per_request(limit: Option<u64>, total: Arc<AtomicU64>) -> GuestLimiter {
+        GuestLimiter {
+            limit,
+            used: Arc::default(),
+            last_grant: 0,
+            limit_hit: Arc::default(),
+            total: Some(total),
+        }
+    }
+
+    /// Whether the memory limit refused this store a growth.
+    pub(crate) fn limit_hit(&self) -> bool {
+        self.limit_hit.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for GuestLimiter {
+    fn drop(&mut self) {
+        if let Some(total) = &self.total {
+            total.fetch_sub(self.used.load(Ordering::Relaxed), Ordering::Relaxed);
         }
     }
 }
@@ -65,14 +97,20 @@ impl ResourceLimiter for GuestLimiter {
         // Only this store's thread writes, so load-then-store does not race.
         self.used.store(after, Ordering::Relaxed);
         self.last_grant = grow;
+        if let Some(total) = &self.total {
+            total.fetch_add(grow, Ordering::Relaxed);
+        }
         Ok(true)
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
         log::debug!("guest memory growth failed after it was allowed: {error}");
         let used = self.used.load(Ordering::Relaxed);
-        self.used
-            .store(used.saturating_sub(self.last_grant), Ordering::Relaxed);
+        let taken_back = self.last_grant.min(used);
+        self.used.store(used - taken_back, Ordering::Relaxed);
+        if let Some(total) = &self.total {
+            total.fetch_sub(taken_back, Ordering::Relaxed);
+        }
         self.last_grant = 0;
         Ok(())
     }
@@ -136,5 +174,31 @@ mod tests {
         assert!(matches!(l.memory_growing(PAGE, 3 * PAGE, None), Ok(true)));
         let _ = l.memory_grow_failed(wasmtime::format_err!("mmap failed"));
         assert_eq!(used.load(Ordering::Relaxed), PAGE as u64);
+    }
+
+    #[test]
+    fn a_request_counts_into_the_total_until_dropped() {
+        let total = Arc::new(AtomicU64::new(0));
+        let mut a = GuestLimiter::per_request(Some(2 * PAGE as u64), total.clone());
+        let mut b = GuestLimiter::per_request(Some(2 * PAGE as u64), total.clone());
+        assert!(matches!(a.memory_growing(0, 2 * PAGE, None), Ok(true)));
+        // The limit is per request, not over the total.
+        assert!(matches!(b.memory_growing(0, 2 * PAGE, None), Ok(true)));
+        assert_eq!(total.load(Ordering::Relaxed), 4 * PAGE as u64);
+        assert!(matches!(
+            b.memory_growing(2 * PAGE, 3 * PAGE, None),
+            Ok(false)
+        ));
+        assert!(b.limit_hit() && !a.limit_hit());
+        assert!(matches!(
+            a.memory_growing(2 * PAGE, 2 * PAGE, None),
+            Ok(true)
+        ));
+        let _ = a.memory_grow_failed(wasmtime::format_err!("mmap failed"));
+        assert_eq!(total.load(Ordering::Relaxed), 4 * PAGE as u64);
+        drop(a);
+        assert_eq!(total.load(Ordering::Relaxed), 2 * PAGE as u64);
+        drop(b);
+        assert_eq!(total.load(Ordering::Relaxed), 0);
     }
 }

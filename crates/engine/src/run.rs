@@ -12,18 +12,18 @@ use std::fs::File;
 use std::future::Future;
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};
-use tokio::sync::Notify;
 use wasmtime::component::{self, ComponentExportIndex, ResourceTable};
-use wasmtime::{Engine, InstancePre, Store, Trap, Val, WasmBacktrace};
+use wasmtime::{Engine, InstancePre, Store, Val};
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::compile::ModuleEntry;
+use crate::control::{ended_by, yield_on_epoch, Control, Ended};
 use crate::http::HttpGuest;
 use crate::limits::GuestLimiter;
 use crate::signal::{self, SignalAction};
@@ -171,14 +171,7 @@ impl Workload {
             output_fifos,
             on_thread_start,
         } = self;
-        let control = Arc::new(Control {
-            signal: AtomicI32::new(0),
-            kill: Notify::new(),
-            memory: Arc::new(AtomicU64::new(0)),
-            limit_hit: Arc::new(AtomicBool::new(false)),
-            thread_id: AtomicI32::new(0),
-            stdin,
-        });
+        let control = Arc::new(Control::new(stdin));
         if let Some(file) = stdin_file {
             control
                 .stdin
@@ -211,7 +204,7 @@ impl Workload {
                 // client is the one waiting for this exit, and a detached
                 // one (`ctr run -d`, nobody reading) would add the whole
                 // wait to every kill.
-                if thread_control.signal.load(Ordering::SeqCst) == 0 {
+                if !thread_control.signalled() {
                     crate::stdio::wait_until_read(&output_fifos);
                 }
                 drop(output_fifos);
@@ -226,41 +219,6 @@ impl Workload {
             return Err(e).context("cannot start a thread to run the guest");
         }
         Ok(WorkloadHandle { control })
-    }
-}
-
-/// State shared by a running guest and its handles.
-pub(crate) struct Control {
-    /// The first terminating signal received, 0 if none; a later SIGKILL
-    /// replaces a SIGTERM or SIGINT (see [`WorkloadHandle::kill`]).
-    signal: AtomicI32,
-    kill: Notify,
-    /// Bytes of linear memory, kept by the store's limiter (for an HTTP
-    /// server, by the limiters of all its live request stores).
-    pub(crate) memory: Arc<AtomicU64>,
-    /// Set by the limiter when the memory limit refused a growth.
-    limit_hit: Arc<AtomicBool>,
-    /// Linux thread id of the guest's thread, 0 until it runs.
-    thread_id: AtomicI32,
-    stdin: GuestStdin,
-}
-
-impl Control {
-    /// Resolves with the signal once a terminating signal was received.
-    pub(crate) async fn killed(&self) -> i32 {
-        self.killed_by(|_| true).await
-    }
-
-    /// Resolves with the signal once a terminating signal for which `which`
-    /// holds was received (e.g. a SIGKILL after a SIGTERM).
-    pub(crate) async fn killed_by(&self, which: impl Fn(i32) -> bool) -> i32 {
-        loop {
-            let signal = self.signal.load(Ordering::SeqCst);
-            if signal != 0 && which(signal) {
-                return signal;
-            }
-            self.kill.notified().await;
-        }
     }
 }
 
@@ -295,17 +253,7 @@ impl WorkloadHandle {
         if signal::action(signal)? != SignalAction::Terminate {
             return Ok(());
         }
-        let sigkill = nix::sys::signal::Signal::SIGKILL as i32;
-        let recorded =
-            self.control
-                .signal
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |current| {
-                    (current == 0 || (signal == sigkill && current != sigkill)).then_some(signal)
-                });
-        if recorded.is_ok() {
-            // Stores a permit if the guest is not waiting yet, so an early kill is not lost.
-            self.control.kill.notify_one();
-        }
+        self.control.deliver(signal);
         Ok(())
     }
 
@@ -327,14 +275,6 @@ impl WorkloadHandle {
     pub fn thread_id(&self) -> Option<i32> {
         Some(self.control.thread_id.load(Ordering::SeqCst)).filter(|&tid| tid > 0)
     }
-}
-
-/// How the guest's run ended, before it is turned into an exit code.
-pub(crate) enum Ended {
-    Returned(u32),
-    Killed(i32),
-    /// Trap or host error; the message for the container's stderr.
-    Failed(String),
 }
 
 /// What the guest's thread needs to run it.
@@ -451,13 +391,6 @@ fn run_on_runtime(
     ended
 }
 
-/// Makes the store yield to its runtime at every epoch tick, so other
-/// futures (a kill, other requests) run while it computes.
-pub(crate) fn yield_on_epoch<T>(store: &mut Store<T>) {
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_async_yield_and_update(1);
-}
-
 /// Runs `guest` until it ends or a terminating signal arrives, whichever is first.
 async fn race(guest: impl Future<Output = wasmtime::Result<u32>>, control: &Control) -> Ended {
     tokio::select! {
@@ -468,27 +401,6 @@ async fn race(guest: impl Future<Output = wasmtime::Result<u32>>, control: &Cont
             Err(e) => ended_by(e),
         },
     }
-}
-
-/// Maps a guest error to how it ended: an exit request or a failure.
-pub(crate) fn ended_by(e: wasmtime::Error) -> Ended {
-    if let Some(exit) = e.downcast_ref::<I32Exit>() {
-        // Like a process: only the low 8 bits of an exit status survive.
-        return Ended::Returned((exit.0 & 0xff) as u32);
-    }
-    // `Trap` displays as "wasm trap: <what>".
-    let mut message = match (e.downcast_ref::<Trap>(), e.downcast_ref::<WasmBacktrace>()) {
-        (Some(trap), _) => trap.to_string(),
-        // The backtrace is the outermost context; say what failed first.
-        (None, Some(_)) => format!("wasm error: {}", e.root_cause()),
-        (None, None) => format!("wasm error: {e:#}"),
-    };
-    if let Some(bt) = e.downcast_ref::<WasmBacktrace>() {
-        let bt = bt.to_string();
-        message.push('\n');
-        message.push_str(bt.strip_prefix("error while executing at ").unwrap_or(&bt));
-    }
-    Ended::Failed(message)
 }
 
 async fn run_module(

@@ -6,6 +6,7 @@ use oci_spec::runtime::Spec;
 
 use crate::bundle::{Bundle, Mount, NetworkNamespace};
 use crate::entrypoint::split_export;
+use crate::source::{open_entrypoint, RootfsEntrypoint};
 use crate::Entrypoint;
 
 /// Everything from a bundle that decides how the guest runs.
@@ -88,6 +89,28 @@ impl WorkloadSpec {
             memory_limit: bundle.resources.memory_limit,
             network: bundle.network.clone(),
         })
+    }
+
+    /// Looks `process.args[0]` up in the rootfs, once, as
+    /// [`WasmEngine::prepare`](crate::WasmEngine::prepare) does: the file,
+    /// opened, or why there is none. The one place that decides whether the
+    /// guest's code is a rootfs file; a caller that may also find it in an
+    /// image layer ([`WasmEngine::prepare_layer`](crate::WasmEngine::prepare_layer))
+    /// goes on to that on [`RootfsEntrypoint::Missing`].
+    ///
+    /// A few file system lookups and an open; nothing is read.
+    ///
+    /// # Errors
+    ///
+    /// Only if the file is there but cannot be opened (e.g. permissions).
+    pub fn find_entrypoint(&self) -> Result<RootfsEntrypoint> {
+        open_entrypoint(&self.rootfs, &self.entrypoint.path)
+    }
+
+    /// Whether `process.args[0]` names a regular file inside the rootfs
+    /// (see [`Self::find_entrypoint`], which also says why not).
+    pub fn entrypoint_in_rootfs(&self) -> bool {
+        matches!(self.find_entrypoint(), Ok(RootfsEntrypoint::Found(_)))
     }
 }
 

@@ -19,7 +19,7 @@ use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::{GetContainerRequest, GetImageRequest, ReadContentRequest};
 use containerd_client::tonic::{self, transport::Channel, Code};
 use serde_json::Value;
-use wasishim_engine::{Stdio, WasmEngine, WasmLayer, Workload, WorkloadSpec};
+use wasishim_engine::{RootfsEntrypoint, Stdio, WasmEngine, WasmLayer, Workload, WorkloadSpec};
 
 use crate::artifact::{self, Blob, Classified};
 
@@ -43,8 +43,11 @@ pub struct ContainerRef<'a> {
 
 /// Prepares the guest of `spec`: from the rootfs when `process.args[0]` is a
 /// file there (an ordinary image), else from the image's entrypoint layer
-/// when the image is a Wasm OCI artifact. Blocking (compiles, and runs its
-/// own tokio runtime for the gRPC calls: never call it on an async thread).
+/// when the image is a Wasm OCI artifact. The path is looked up once, by the
+/// engine ([`WorkloadSpec::find_entrypoint`]); its reason for a missing file
+/// is the error when the image has no layer to run either. Blocking
+/// (compiles, and runs its own tokio runtime for the gRPC calls: never call
+/// it on an async thread).
 ///
 /// # Errors
 ///
@@ -58,14 +61,19 @@ pub fn prepare_guest(
     stdio: Stdio,
     container: &ContainerRef<'_>,
 ) -> Result<Workload> {
-    if spec.entrypoint_in_rootfs() {
-        return engine.prepare(spec, stdio);
-    }
-    let Some(address) = container.address.filter(|a| !a.is_empty()) else {
-        return engine.prepare(spec, stdio);
+    let missing = match spec.find_entrypoint()? {
+        RootfsEntrypoint::Found(file) => return engine.prepare_file(spec, file, stdio),
+        RootfsEntrypoint::Missing(reason) => reason,
     };
-    let file = spec.entrypoint.path.clone();
-    match wasm_layer(address, container.namespace, container.id, &file) {
+    let Some(address) = container.address.filter(|a| !a.is_empty()) else {
+        return Err(missing);
+    };
+    match wasm_layer(
+        address,
+        container.namespace,
+        container.id,
+        &spec.entrypoint.path,
+    ) {
         Ok(Some(layer)) => {
             log::info!(
                 "container {}: running {} (Wasm OCI artifact)",
@@ -74,20 +82,18 @@ pub fn prepare_guest(
             );
             engine.prepare_layer(spec, layer, stdio)
         }
-        // An ordinary image: the rootfs error says what is wrong.
-        Ok(None) => engine.prepare(spec, stdio),
+        // An ordinary image: the rootfs says what is wrong.
+        Ok(None) => Err(missing),
         Err(Lookup::Artifact(e)) => Err(e),
         Err(Lookup::Containerd(e)) => {
             log::warn!(
                 "container {}: cannot check its image for Wasm layers: {e:#}",
                 container.id
             );
-            // The rootfs error first: the likelier cause.
-            engine.prepare(spec, stdio).map_err(|rootfs| {
-                anyhow::anyhow!(
-                    "{rootfs:#} (and the image could not be checked for Wasm layers: {e:#})"
-                )
-            })
+            // The rootfs's reason first: the likelier cause.
+            Err(anyhow::anyhow!(
+                "{missing:#} (and the image could not be checked for Wasm layers: {e:#})"
+            ))
         }
     }
 }

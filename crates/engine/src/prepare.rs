@@ -1,0 +1,208 @@
+//! Preparing a guest once its code is found: compile (or take from the
+//! cache), link, WASI context and stdio, giving a [`Workload`] ready to
+//! start. [`WasmEngine`](crate::WasmEngine) is its public face.
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use wasmtime::component;
+use wasmtime::Engine;
+
+use crate::cache::{CodeCache, Compiled};
+use crate::cache_key::FileIdentity;
+use crate::compile::{self, Code, ComponentEntry};
+use crate::http::HttpGuest;
+use crate::http_settings::HttpSettings;
+use crate::http_state::HttpState;
+use crate::link::{self, Linked};
+use crate::run::{ComponentState, Guest, ModuleState, Workload};
+use crate::source::EntrypointFile;
+use crate::stdio::{GuestStdin, Stdio};
+use crate::wasi;
+use crate::WorkloadSpec;
+
+/// Where a guest's bytes came from, which keys them in the code cache.
+pub(crate) enum CodeOrigin<'a> {
+    /// An image layer whose OCI digest (`sha256:<hex>`) was checked against
+    /// the bytes.
+    Layer { digest: &'a str },
+    /// The entrypoint file `identity`, read after `read_at`.
+    File {
+        identity: FileIdentity,
+        read_at: std::time::SystemTime,
+    },
+}
+
+/// Prepares the guest whose entrypoint `file` was found in the rootfs.
+/// Reads and hashes the file unless it was seen before and is unchanged.
+pub(crate) fn prepare_file(
+    engine: &Engine,
+    cache: &CodeCache,
+    spec: WorkloadSpec,
+    entrypoint: EntrypointFile,
+    stdio: Stdio,
+) -> Result<Workload> {
+    let EntrypointFile {
+        mut file,
+        identity,
+        shown,
+        opened_at,
+    } = entrypoint;
+    // A file seen before: no need to read and hash it again.
+    if let Some(compiled) = cache.get_known_file(&identity) {
+        return prepare_compiled(engine, spec, compiled, &shown, stdio);
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(identity.size()).unwrap_or(0));
+    file.read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read entrypoint {shown}"))?;
+    drop(file);
+    let origin = CodeOrigin::File {
+        identity,
+        read_at: opened_at,
+    };
+    prepare_code(engine, cache, spec, &bytes, origin, &shown, stdio)
+}
+
+/// A prepare once the guest's `bytes` are read, from `origin`, which
+/// decides how the cache finds them again. `shown` names the code in errors.
+pub(crate) fn prepare_code(
+    engine: &Engine,
+    cache: &CodeCache,
+    spec: WorkloadSpec,
+    bytes: &[u8],
+    origin: CodeOrigin<'_>,
+    shown: &str,
+    stdio: Stdio,
+) -> Result<Workload> {
+    let (binary, kind) = compile::binary(engine, bytes, shown)?;
+    let compile = || compile::compile(engine, &binary, kind, shown);
+    let compiled = match origin {
+        CodeOrigin::Layer { digest } => cache.get_by_digest(engine, digest, kind, compile),
+        CodeOrigin::File { identity, read_at } => {
+            cache.get_file(engine, identity, read_at, &binary, kind, compile)
+        }
+    }?;
+    drop(binary);
+    prepare_compiled(engine, spec, compiled, shown, stdio)
+}
+
+/// The rest of a prepare once the guest's code is compiled: link (once
+/// per guest), WASI context, stdio.
+fn prepare_compiled(
+    engine: &Engine,
+    spec: WorkloadSpec,
+    compiled: Arc<Compiled>,
+    shown: &str,
+    stdio: Stdio,
+) -> Result<Workload> {
+    let export = spec.entrypoint.export.as_deref();
+
+    enum Ready {
+        Module(wasmtime::InstancePre<ModuleState>, compile::ModuleEntry),
+        Component(
+            component::InstancePre<ComponentState>,
+            component::ComponentExportIndex,
+        ),
+        Http(wasmtime_wasi_http::p2::bindings::ProxyPre<HttpState>),
+    }
+    let ready = match &compiled.code {
+        Code::Module(module) => {
+            let entry = compile::module_entry(module, shown, export)?;
+            let pre = match compiled.linked.get() {
+                Some(Linked::Module(pre)) => pre.clone(),
+                _ => {
+                    let pre = link::link_module(engine, module, shown)?;
+                    let _ = compiled.linked.set(Linked::Module(pre.clone()));
+                    pre
+                }
+            };
+            Ready::Module(pre, entry)
+        }
+        Code::Component(c) => match compile::component_entry(engine, c, shown, export)? {
+            ComponentEntry::Call(entry) => {
+                let pre = match compiled.linked.get() {
+                    Some(Linked::Component(pre)) => pre.clone(),
+                    _ => {
+                        let pre = link::link_component(engine, c, shown)?;
+                        let _ = compiled.linked.set(Linked::Component(pre.clone()));
+                        pre
+                    }
+                };
+                Ready::Component(pre, entry)
+            }
+            ComponentEntry::Http => {
+                let pre = match compiled.linked.get() {
+                    Some(Linked::Http(pre)) => pre.clone(),
+                    _ => {
+                        let pre = link::link_http(engine, c, shown)?;
+                        let _ = compiled.linked.set(Linked::Http(pre.clone()));
+                        pre
+                    }
+                };
+                Ready::Http(pre)
+            }
+        },
+    };
+    drop(compiled);
+
+    let opened = stdio.open()?;
+    let stderr = opened
+        .stderr
+        .as_ref()
+        .map(File::try_clone)
+        .transpose()
+        .context("cannot duplicate the container's stderr handle")?;
+    let output_fifos = crate::stdio::fifo_handles(&opened)
+        .context("cannot duplicate the container's output handles")?;
+    let stdin = GuestStdin::new();
+    let guest_stdin = opened.stdin.as_ref().map(|_| stdin.clone());
+    let guest = match ready {
+        Ready::Module(pre, entry) => Guest::Module {
+            pre,
+            wasi: wasi::context(&spec, guest_stdin, opened.stdout, opened.stderr)?.build_p1(),
+            entry,
+        },
+        Ready::Component(pre, entry) => Guest::Component {
+            pre,
+            wasi: wasi::context(&spec, guest_stdin, opened.stdout, opened.stderr)?.build(),
+            entry,
+        },
+        Ready::Http(pre) => {
+            let settings = HttpSettings::from_env(&spec.env)?;
+            let template = wasi::WasiTemplate::new(&spec)?;
+            // Opens every preopen once now, so a missing mount fails task
+            // creation rather than each request.
+            drop(template.builder(None, None, None)?);
+            Guest::Http(Box::new(HttpGuest::new(
+                pre,
+                template,
+                settings,
+                opened.stdout,
+                opened.stderr,
+            )))
+        }
+    };
+    Ok(Workload {
+        engine: engine.clone(),
+        name: short_name(shown),
+        guest,
+        memory_limit: spec.memory_limit,
+        network: spec.network.clone(),
+        stdin,
+        stdin_file: opened.stdin,
+        stderr,
+        output_fifos,
+        on_thread_start: None,
+    })
+}
+
+/// The entrypoint's file stem, for thread names (Linux keeps 15 bytes).
+fn short_name(shown: &str) -> String {
+    let stem = Path::new(shown)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("guest");
+    stem.chars().take(10).collect()
+}

@@ -1,0 +1,131 @@
+//! Where a guest's code comes from: the one place `process.args[0]` is
+//! looked up in the rootfs.
+//!
+//! The entrypoint is resolved once, as a chroot would, and the outcome says
+//! what the caller may do next: prepare the file it found
+//! ([`WasmEngine::prepare_file`](crate::WasmEngine::prepare_file)), or, when
+//! the rootfs has no such file, look for the code elsewhere (an image layer:
+//! [`WasmEngine::prepare_layer`](crate::WasmEngine::prepare_layer)) and,
+//! failing that, report why the rootfs did not have it.
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::SystemTime;
+
+use anyhow::{Context, Result};
+use nix::fcntl::OFlag;
+
+use crate::cache_key::FileIdentity;
+use crate::rootfs::{self, ResolveError};
+
+/// What the rootfs holds at `process.args[0]`.
+#[derive(Debug)]
+pub enum RootfsEntrypoint {
+    /// A regular file, opened: prepare it with
+    /// [`WasmEngine::prepare_file`](crate::WasmEngine::prepare_file).
+    Found(EntrypointFile),
+    /// No regular file there (missing, a directory, outside the rootfs, a
+    /// symlink loop, no rootfs at all). The error says which, in words for
+    /// the user, e.g. "entrypoint /app.wasm not found in the image's rootfs";
+    /// return it if the code is not found elsewhere either.
+    Missing(anyhow::Error),
+}
+
+/// The entrypoint file of a guest, opened inside its rootfs without following
+/// any link out of it. Holds the open file, not its bytes.
+#[derive(Debug)]
+pub struct EntrypointFile {
+    pub(crate) file: File,
+    pub(crate) identity: FileIdentity,
+    /// `process.args[0]` as the user wrote it, for messages.
+    pub(crate) shown: String,
+    /// Taken before the file was opened: the compiled-code cache remembers
+    /// only files that had not changed for a while by then.
+    pub(crate) opened_at: SystemTime,
+}
+
+/// Looks up the entrypoint `shown` (an absolute path inside the guest) in
+/// `rootfs`, following symlinks as a chroot would and refusing any path that
+/// leaves the rootfs, and opens it if it is a regular file.
+///
+/// # Errors
+///
+/// Only when the file is there but cannot be opened or examined (e.g.
+/// permissions); everything else is [`RootfsEntrypoint::Missing`].
+pub(crate) fn open_entrypoint(rootfs: &Path, shown: &str) -> Result<RootfsEntrypoint> {
+    let opened_at = SystemTime::now();
+    let missing = |e: anyhow::Error| Ok(RootfsEntrypoint::Missing(e));
+    if !rootfs.is_dir() {
+        return missing(anyhow::anyhow!(
+            "the container's rootfs {} is not a directory: is the image's snapshot mounted?",
+            rootfs.display()
+        ));
+    }
+    let host = match rootfs::resolve(rootfs, shown) {
+        Ok(host) => host,
+        Err(ResolveError::NotFound) => {
+            return missing(anyhow::anyhow!(
+                "entrypoint {shown} not found in the image's rootfs"
+            ))
+        }
+        Err(ResolveError::Escapes { link: None }) => return missing(anyhow::anyhow!(
+            "entrypoint {shown} leaves the image's rootfs through '..': use a path inside the image"
+        )),
+        Err(ResolveError::Escapes {
+            link: Some((link, target)),
+        }) => return missing(anyhow::anyhow!(
+            "entrypoint {shown} leaves the image's rootfs: symlink {link} points to {}, outside of it",
+            target.display()
+        )),
+        Err(ResolveError::TooManySymlinks) => {
+            return missing(anyhow::anyhow!(
+                "entrypoint {shown} has too many levels of symlinks (a loop?)"
+            ))
+        }
+        Err(ResolveError::Io(e)) => {
+            return missing(anyhow::Error::from(e).context(format!(
+                "cannot look up entrypoint {shown} in the image's rootfs"
+            )))
+        }
+    };
+    // The type is checked before opening: opening a FIFO would block.
+    match std::fs::symlink_metadata(&host) {
+        Ok(meta) if meta.is_dir() => {
+            return missing(anyhow::anyhow!(
+                "entrypoint {shown} is a directory, not a WebAssembly file"
+            ))
+        }
+        Ok(meta) if !meta.is_file() => {
+            return missing(anyhow::anyhow!(
+                "entrypoint {shown} is not a regular file: point process.args[0] at the .wasm file"
+            ))
+        }
+        Ok(_) => {}
+        Err(e) => {
+            return missing(anyhow::Error::from(e).context(format!(
+                "cannot look up entrypoint {shown} in the image's rootfs"
+            )))
+        }
+    }
+    // O_NOFOLLOW: the resolved path has no symlinks; refuse one appearing now.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
+        .open(&host)
+        .with_context(|| format!("cannot open entrypoint {shown}"))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read entrypoint {shown}"))?;
+    if meta.is_dir() {
+        // Replaced by a directory since it was looked at.
+        return missing(anyhow::anyhow!(
+            "entrypoint {shown} is a directory, not a WebAssembly file"
+        ));
+    }
+    Ok(RootfsEntrypoint::Found(EntrypointFile {
+        file,
+        identity: FileIdentity::of(&meta),
+        shown: shown.to_string(),
+        opened_at,
+    }))
+}
