@@ -4,6 +4,9 @@
 //! and keeps it until the pod is removed. A runc pod runs a pause binary for
 //! it; here the sandbox is a placeholder inside the shim that stays running
 //! until it is signalled, so a pod costs no extra process or thread.
+//!
+//! The guest is behind a seam ([`Guests`], [`Guest`], [`RunningGuest`]):
+//! the engine in the binaries, `fakes` in the task service's unit tests.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
