@@ -507,7 +507,7 @@ impl WasmEngine {
         let stderr = opened
             .stderr
             .as_ref()
-            .map(File::try_clone)
+            .map(crate::output::GuestOutput::host_handle)
             .transpose()
             .context("cannot duplicate the container's stderr handle")?;
         let output_fifos = crate::stdio::fifo_handles(&opened)

@@ -12,9 +12,11 @@
 //! await and every epoch tick (10 ms), but on one CPU at a time.
 //!
 //! What the container's output shows: one access line per request on stdout
-//! (`GET /path 200 3 ms`, the time until the response headers were ready),
-//! and on stderr a line per failed request (trap, guest error), which is
-//! also logged. A failed request gets a 500 and the server goes on.
+//! (`GET /path 200 3 ms`, the time until the response headers were ready;
+//! written off the request path, dropped and counted when nobody reads, off
+//! with `WASISHIM_HTTP_ACCESS_LOG=off`: see access_log.rs), and on stderr a
+//! line per failed request (trap, guest error), which is also logged. A
+//! failed request gets a 500 and the server goes on.
 //!
 //! Limits: the container's memory limit applies to each instance (each
 //! request) separately, not to their sum. Request bodies are capped by
@@ -28,9 +30,7 @@
 //! SIGKILL (also after a SIGTERM) and other terminating signals end it at
 //! once with 128+signal.
 use std::convert::Infallible;
-use std::fs::File;
 use std::future::Future;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
@@ -57,7 +57,9 @@ use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
+use crate::access_log::{self, AccessLog, HTTP_ACCESS_LOG_ENV};
 use crate::limits::GuestLimiter;
+use crate::output::GuestOutput;
 use crate::run::{ended_by, yield_on_epoch, Control, Ended};
 use crate::wasi::WasiTemplate;
 
@@ -88,6 +90,7 @@ pub(crate) struct HttpSettings {
     pub(crate) address: SocketAddr,
     pub(crate) outgoing: bool,
     pub(crate) max_body_bytes: u64,
+    pub(crate) access_log: bool,
 }
 
 impl HttpSettings {
@@ -123,10 +126,12 @@ impl HttpSettings {
                 Err(_) => bail!("{HTTP_MAX_BODY_BYTES_ENV}={v} is not a number of bytes: give e.g. 1048576 for 1 MiB, or leave it unset for 10 MiB"),
             },
         };
+        let access_log = access_log::enabled(get(HTTP_ACCESS_LOG_ENV))?;
         Ok(HttpSettings {
             address,
             outgoing,
             max_body_bytes,
+            access_log,
         })
     }
 }
@@ -304,8 +309,8 @@ pub(crate) struct HttpGuest {
     pre: ProxyPre<HttpState>,
     wasi: WasiTemplate,
     settings: HttpSettings,
-    stdout: Option<File>,
-    stderr: Option<File>,
+    stdout: Option<GuestOutput>,
+    stderr: Option<GuestOutput>,
 }
 
 impl HttpGuest {
@@ -313,8 +318,8 @@ impl HttpGuest {
         pre: ProxyPre<HttpState>,
         wasi: WasiTemplate,
         settings: HttpSettings,
-        stdout: Option<File>,
-        stderr: Option<File>,
+        stdout: Option<GuestOutput>,
+        stderr: Option<GuestOutput>,
     ) -> HttpGuest {
         HttpGuest {
             pre,
@@ -332,6 +337,7 @@ struct Server {
     guest: HttpGuest,
     memory_limit: Option<u64>,
     memory: Arc<AtomicU64>,
+    log: AccessLog,
 }
 
 /// Listens and serves until a signal ends it; see the module documentation.
@@ -353,13 +359,15 @@ pub(crate) async fn serve(
     };
     let shown = listener.local_addr().unwrap_or(address);
     log::info!("serving wasi:http on {shown}");
+    let log = AccessLog::start(guest.stdout.clone(), guest.settings.access_log);
+    log.notice(&format!("listening on http://{shown}"));
     let server = Arc::new(Server {
         engine: engine.clone(),
         guest,
         memory_limit,
         memory: control.memory.clone(),
+        log,
     });
-    server.output(&format!("listening on http://{shown}"));
 
     let (stop, stopped) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -388,7 +396,10 @@ pub(crate) async fn serve(
         connections.len()
     );
     let _ = stop.send(true);
-    let drained = async { while connections.join_next().await.is_some() {} };
+    let drained = async {
+        while connections.join_next().await.is_some() {}
+        server.log.flush().await;
+    };
     tokio::select! {
         biased;
         signal = control.killed_by(|s| !graceful(s)) => Ended::Killed(signal),
@@ -515,11 +526,13 @@ impl Server {
         let started = Instant::now();
         let what = format!("{} {}", request.method(), request.uri().path());
         let response = self.respond(request, &what).await;
-        self.output(&format!(
-            "{what} {} {} ms",
-            response.status().as_u16(),
-            started.elapsed().as_millis()
-        ));
+        self.log.line(|| {
+            format!(
+                "{what} {} {} ms",
+                response.status().as_u16(),
+                started.elapsed().as_millis()
+            )
+        });
         response
     }
 
@@ -643,20 +656,7 @@ impl Server {
     /// args, env, preopens; stdout and stderr), `wasi:http` context and
     /// memory limit.
     fn store(&self) -> Result<Store<HttpState>> {
-        let stdout = self
-            .guest
-            .stdout
-            .as_ref()
-            .map(File::try_clone)
-            .transpose()
-            .context("cannot duplicate the container's stdout")?;
-        let stderr = self
-            .guest
-            .stderr
-            .as_ref()
-            .map(File::try_clone)
-            .transpose()
-            .context("cannot duplicate the container's stderr")?;
+        let (stdout, stderr) = (self.guest.stdout.clone(), self.guest.stderr.clone());
         let wasi = self.guest.wasi.builder(None, stdout, stderr)?.build();
         let state = HttpState {
             wasi,
@@ -684,16 +684,10 @@ impl Server {
     /// Logs a failed request and writes it on the container's stderr.
     fn report(&self, what: &str, message: &str) {
         log::error!("wasi:http request {what} failed: {message}");
-        if let Some(mut stderr) = self.guest.stderr.as_ref() {
-            // Best effort, like the guest's own output; one write per line.
-            let _ = stderr.write_all(format!("{what} failed: {message}\n").as_bytes());
-        }
-    }
-
-    /// Writes one line on the container's stdout (best effort, one write).
-    fn output(&self, line: &str) {
-        if let Some(mut stdout) = self.guest.stdout.as_ref() {
-            let _ = stdout.write_all(format!("{line}\n").as_bytes());
+        if let Some(stderr) = self.guest.stderr.as_ref() {
+            // Best effort, one write per line, never waiting: the request
+            // must not hang on a stderr nobody reads (it is logged anyway).
+            stderr.try_write_now(format!("{what} failed: {message}\n").as_bytes());
         }
     }
 }

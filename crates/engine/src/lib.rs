@@ -24,14 +24,17 @@
 //! # anyhow::Ok(())
 //! ```
 
+mod access_log;
 mod cache;
 mod compile;
 mod engine;
 mod entrypoint;
 mod http;
+mod interrupt;
 mod layer;
 mod limits;
 mod netns;
+mod output;
 mod rootfs;
 mod run;
 mod signal;
@@ -39,12 +42,14 @@ mod spec;
 mod stdio;
 mod wasi;
 
+pub use access_log::HTTP_ACCESS_LOG_ENV;
 pub use cache::CacheStats;
 pub use engine::{
     WasmEngine, WasmEngineBuilder, CACHE_DIR_ENV, CACHE_MAX_BYTES_ENV, DEFAULT_POOL_CAPACITY,
     POOLING_BY_DEFAULT,
 };
 pub use entrypoint::Entrypoint;
+pub use interrupt::interrupt_signal;
 pub use http::{
     DEFAULT_HTTP_ADDRESS, DEFAULT_HTTP_MAX_BODY_BYTES, HTTP_ADDRESS_ENV, HTTP_MAX_BODY_BYTES_ENV,
     HTTP_OUTGOING_ENV,

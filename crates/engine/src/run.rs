@@ -277,8 +277,10 @@ impl WorkloadHandle {
     /// nothing.
     ///
     /// The guest ends within one epoch tick (about 10 ms) when it is running
-    /// wasm code or waiting in an asynchronous WASI call. A guest blocked
-    /// writing to a stdout nobody reads ends only when that write returns.
+    /// wasm code, and at once when it waits in a WASI call: writing to a
+    /// stdout nobody reads, reading stdin, sleeping, on a socket, or in a
+    /// file operation on a helper thread (which is interrupted, see
+    /// [`interrupt_signal`](crate::interrupt_signal)).
     /// Only the first terminating signal counts, except that SIGKILL replaces
     /// an earlier one; after the guest ended, signals do nothing. Does not
     /// wait for the guest to end: `on_exit` tells.
@@ -362,7 +364,7 @@ fn run_guest(run: GuestRun, control: &Control) -> (u32, bool) {
         on_thread_start,
     } = run;
     let ended = catch_unwind(AssertUnwindSafe(|| match crate::netns::enter(&network) {
-        Ok(()) => run_on_runtime(&engine, guest, memory_limit, control, on_thread_start),
+        Ok(()) => run_on_runtime(&name, &engine, guest, memory_limit, control, on_thread_start),
         Err(message) => Ended::Failed(message),
     }));
     let mut message = match ended {
@@ -398,21 +400,15 @@ fn run_guest(run: GuestRun, control: &Control) -> (u32, bool) {
 }
 
 fn run_on_runtime(
+    name: &str,
     engine: &Engine,
     guest: Guest,
     memory_limit: Option<u64>,
     control: &Control,
     on_thread_start: Option<ThreadStartHook>,
 ) -> Ended {
-    let mut builder = tokio::runtime::Builder::new_current_thread();
-    builder.enable_all();
-    if let Some(hook) = on_thread_start {
-        // Threads for blocking I/O are started from the guest's thread, so
-        // they also share its network namespace.
-        builder.on_thread_start(move || hook());
-    }
-    let rt = match builder.build() {
-        Ok(rt) => rt,
+    let (rt, helpers) = match crate::interrupt::guest_runtime(on_thread_start) {
+        Ok(built) => built,
         Err(e) => return Ended::Failed(format!("cannot start the guest's runtime: {e}")),
     };
     let limiter = || {
@@ -446,8 +442,10 @@ fn run_on_runtime(
         }
     };
     // The store (and with it the guest's stdout/stderr) is dropped by now.
-    // Blocking WASI work still in flight must not hold up the exit.
+    // Blocking WASI work still in flight must not hold up the exit, nor
+    // keep its thread (see interrupt.rs).
     rt.shutdown_background();
+    helpers.interrupt(name);
     ended
 }
 

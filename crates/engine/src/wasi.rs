@@ -8,14 +8,13 @@
 //! Sockets are granted as a runc container has them: TCP, UDP and name
 //! lookup, in whatever network namespace the guest's thread is in (see
 //! [`NetworkNamespace`](crate::NetworkNamespace)).
-use std::fs::File;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use wasmtime_wasi::cli::OutputFile;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::rootfs::{self, ResolveError};
+use crate::output::GuestOutput;
 use crate::stdio::GuestStdin;
 use crate::WorkloadSpec;
 
@@ -29,8 +28,8 @@ use crate::WorkloadSpec;
 pub(crate) fn context(
     spec: &WorkloadSpec,
     stdin: Option<GuestStdin>,
-    stdout: Option<File>,
-    stderr: Option<File>,
+    stdout: Option<GuestOutput>,
+    stderr: Option<GuestOutput>,
 ) -> Result<WasiCtxBuilder> {
     WasiTemplate::new(spec)?.builder(stdin, stdout, stderr)
 }
@@ -128,8 +127,8 @@ impl WasiTemplate {
     pub(crate) fn builder(
         &self,
         stdin: Option<GuestStdin>,
-        stdout: Option<File>,
-        stderr: Option<File>,
+        stdout: Option<GuestOutput>,
+        stderr: Option<GuestOutput>,
     ) -> Result<WasiCtxBuilder> {
         let mut b = WasiCtxBuilder::new();
         b.args(&self.args);
@@ -145,11 +144,11 @@ impl WasiTemplate {
             None => b.stdin(tokio::io::empty()),
         };
         match stdout {
-            Some(f) => b.stdout(OutputFile::new(f)),
+            Some(out) => b.stdout(out),
             None => b.stdout(tokio::io::empty()),
         };
         match stderr {
-            Some(f) => b.stderr(OutputFile::new(f)),
+            Some(out) => b.stderr(out),
             None => b.stderr(tokio::io::empty()),
         };
 
