@@ -95,24 +95,45 @@ fn load(address: SocketAddr, count: usize) -> std::io::Result<usize> {
         if line.split_whitespace().nth(1) == Some("200") {
             ok += 1;
         }
-        let mut length = 0usize;
-        loop {
-            line.clear();
-            reader.read_line(&mut line)?;
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = header.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body)?;
+        skip_response(&mut reader)?;
     }
     Ok(ok)
+}
+
+/// Reads the headers and body (by length or chunked) of a response whose
+/// status line was read.
+fn skip_response(reader: &mut impl BufRead) -> std::io::Result<()> {
+    let (mut length, mut chunked) = (0usize, false);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let header = line.trim_end().to_ascii_lowercase();
+        if header.is_empty() {
+            break;
+        }
+        if let Some(v) = header.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if header.starts_with("transfer-encoding:") && header.contains("chunked") {
+            chunked = true;
+        }
+    }
+    if !chunked {
+        let mut body = vec![0; length];
+        return reader.read_exact(&mut body);
+    }
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let size = usize::from_str_radix(line.trim(), 16)
+            .map_err(|e| std::io::Error::other(format!("bad chunk size {line:?}: {e}")))?;
+        let mut chunk = vec![0; size + 2];
+        reader.read_exact(&mut chunk)?;
+        if size == 0 {
+            return Ok(());
+        }
+    }
 }
 
 /// The README's HTTP example detached without `--null-io`: its access lines
