@@ -146,7 +146,9 @@ impl Helpers {
                 );
             });
         if let Err(e) = spawned {
-            log::warn!("guest {name}: cannot start a thread to interrupt its blocked helper threads: {e}");
+            log::warn!(
+                "guest {name}: cannot start a thread to interrupt its blocked helper threads: {e}"
+            );
         }
     }
 }

@@ -49,11 +49,11 @@ pub use engine::{
     POOLING_BY_DEFAULT,
 };
 pub use entrypoint::Entrypoint;
-pub use interrupt::interrupt_signal;
 pub use http::{
     DEFAULT_HTTP_ADDRESS, DEFAULT_HTTP_MAX_BODY_BYTES, HTTP_ADDRESS_ENV, HTTP_MAX_BODY_BYTES_ENV,
     HTTP_OUTGOING_ENV,
 };
+pub use interrupt::interrupt_signal;
 pub use layer::WasmLayer;
 pub use run::{ExitStatus, Workload, WorkloadHandle};
 pub use spec::{Mount, NetworkNamespace, WorkloadSpec};

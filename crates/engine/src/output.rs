@@ -175,7 +175,8 @@ impl Shared {
             };
             let written = guard.try_io(|fd| {
                 let mut state = self.lock();
-                let n = (&*fd.get_ref()).write(&state.pending)?;
+                let mut file: &File = fd.get_ref();
+                let n = file.write(&state.pending)?;
                 state.pending.drain(..n);
                 Ok(())
             });

@@ -364,7 +364,14 @@ fn run_guest(run: GuestRun, control: &Control) -> (u32, bool) {
         on_thread_start,
     } = run;
     let ended = catch_unwind(AssertUnwindSafe(|| match crate::netns::enter(&network) {
-        Ok(()) => run_on_runtime(&name, &engine, guest, memory_limit, control, on_thread_start),
+        Ok(()) => run_on_runtime(
+            &name,
+            &engine,
+            guest,
+            memory_limit,
+            control,
+            on_thread_start,
+        ),
         Err(message) => Ended::Failed(message),
     }));
     let mut message = match ended {

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use crate::rootfs::{self, ResolveError};
 use crate::output::GuestOutput;
+use crate::rootfs::{self, ResolveError};
 use crate::stdio::GuestStdin;
 use crate::WorkloadSpec;
 

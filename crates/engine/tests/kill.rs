@@ -497,7 +497,10 @@ fn http_server_goes_on_serving_when_nobody_reads_its_stdout() {
         assert!(Instant::now() < deadline, "nothing listens on {address}");
         std::thread::sleep(Duration::from_millis(20));
     };
-    check("timeout", stream.set_read_timeout(Some(Duration::from_secs(10))));
+    check(
+        "timeout",
+        stream.set_read_timeout(Some(Duration::from_secs(10))),
+    );
     let mut writer = check("clone", stream.try_clone());
     let mut reader_side = BufReader::new(stream);
     // Long paths make long access lines: 2,000 of 2 KiB are far more than
@@ -534,7 +537,11 @@ fn http_server_goes_on_serving_when_nobody_reads_its_stdout() {
         let _ = writer.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n");
     }
     let text = String::from_utf8_lossy(&seen);
-    assert!(text.contains("GET / 200 "), "{}", &text[..text.len().min(500)]);
+    assert!(
+        text.contains("GET / 200 "),
+        "{}",
+        &text[..text.len().min(500)]
+    );
     assert!(
         text.contains("access lines dropped: the container's stdout was not read fast enough"),
         "no count of dropped lines in {} bytes of output",

@@ -9,7 +9,7 @@
 //! [`PrivateContainerd::assert_no_leaks`]. Run one:
 //! `cargo test -p wasishim-e2e --test kill -- --test-threads=1 v2_1::`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -160,10 +160,7 @@ fn detached_http_server_keeps_serving(cd: &PrivateContainerd) {
             .unwrap()
             .unwrap_or_else(|e| panic!("client {i}: {e}"));
     }
-    println!(
-        "web: {ok} requests answered 200 in {:?}",
-        started.elapsed()
-    );
+    println!("web: {ok} requests answered 200 in {:?}", started.elapsed());
     assert_eq!(ok, REQUESTS);
 
     let sent = Instant::now();
