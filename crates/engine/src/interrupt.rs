@@ -25,8 +25,6 @@ use std::time::{Duration, Instant};
 use nix::libc;
 use tokio::runtime::Runtime;
 
-use crate::run::ThreadStartHook;
-
 /// How long the guest's thread interrupts its helpers before it reports
 /// the exit: they normally end within microseconds of the first signal.
 const INTERRUPT_WAIT: Duration = Duration::from_millis(10);
@@ -154,13 +152,15 @@ impl Helpers {
 }
 
 /// Builds a guest's single-threaded runtime: its helper threads (the
-/// blocking pool) run `hook` first (see `Workload::on_thread_start`) and are
-/// kept in the returned [`Helpers`] while they live.
+/// blocking pool) run `hook` first (e.g. `Workload::on_thread_start`'s) and
+/// are kept in the returned [`Helpers`] while they live.
 ///
 /// # Errors
 ///
 /// Fails if the runtime's I/O driver cannot be created (out of descriptors).
-pub(crate) fn guest_runtime(hook: Option<ThreadStartHook>) -> std::io::Result<(Runtime, Helpers)> {
+pub(crate) fn guest_runtime(
+    hook: Option<impl Fn() + Send + Sync + 'static>,
+) -> std::io::Result<(Runtime, Helpers)> {
     let helpers = Helpers::default();
     let (started, stopped) = (helpers.clone(), helpers.clone());
     let mut builder = tokio::runtime::Builder::new_current_thread();

@@ -414,10 +414,11 @@ fn run_on_runtime(
     control: &Control,
     on_thread_start: Option<ThreadStartHook>,
 ) -> Ended {
-    let (rt, helpers) = match crate::interrupt::guest_runtime(on_thread_start) {
-        Ok(built) => built,
-        Err(e) => return Ended::Failed(format!("cannot start the guest's runtime: {e}")),
-    };
+    let (rt, helpers) =
+        match crate::interrupt::guest_runtime(on_thread_start.map(|hook| move || hook())) {
+            Ok(built) => built,
+            Err(e) => return Ended::Failed(format!("cannot start the guest's runtime: {e}")),
+        };
     let limiter = || {
         GuestLimiter::new(
             memory_limit,
