@@ -3,7 +3,7 @@
 CARGO ?= cargo
 FIXTURES := test/fixtures
 OUT := $(FIXTURES)/out
-RUST_FIXTURES := hello echo files exit trap spin sleep grow tcp-echo fib net
+RUST_FIXTURES := hello echo files exit trap spin sleep grow tcp-echo fib net chatty block
 WAT_SRCS := $(wildcard $(FIXTURES)/wat/*.wat)
 WASIP1 := $(RUST_FIXTURES:%=$(OUT)/wasip1/%.wasm)
 WASIP2 := $(RUST_FIXTURES:%=$(OUT)/wasip2/%.wasm)

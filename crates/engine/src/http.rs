@@ -12,9 +12,11 @@
 //! await and every epoch tick (10 ms), but on one CPU at a time.
 //!
 //! What the container's output shows: one access line per request on stdout
-//! (`GET /path 200 3 ms`, the time until the response headers were ready),
-//! and on stderr a line per failed request (trap, guest error), which is
-//! also logged. A failed request gets a 500 and the server goes on.
+//! (`GET /path 200 3 ms`, the time until the response headers were ready;
+//! written off the request path, dropped and counted when nobody reads, off
+//! with `WASISHIM_HTTP_ACCESS_LOG=off`: see access_log.rs), and on stderr a
+//! line per failed request (trap, guest error), which is also logged. A
+//! failed request gets a 500 and the server goes on.
 //!
 //! Limits: the container's memory limit applies to each instance (each
 //! request) separately, not to their sum. Request bodies are capped by
@@ -28,13 +30,11 @@
 //! SIGKILL (also after a SIGTERM) and other terminating signals end it at
 //! once with 128+signal.
 use std::convert::Infallible;
-use std::fs::File;
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::{Request, Response, StatusCode};
@@ -48,11 +48,13 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
+use crate::access_log::AccessLog;
 use crate::control::{ended_by, yield_on_epoch, Control, Ended};
 use crate::http_body::{content_length, plain, LimitedBody};
 use crate::http_settings::{HttpSettings, HTTP_ADDRESS_ENV, HTTP_MAX_BODY_BYTES_ENV};
 use crate::http_state::HttpState;
 use crate::limits::{GuestLimiter, GuestLimits};
+use crate::output::GuestOutput;
 use crate::wasi::WasiTemplate;
 
 /// How long the accept loop pauses after a failed accept (e.g. out of file
@@ -65,8 +67,8 @@ pub(crate) struct HttpGuest {
     pre: ProxyPre<HttpState>,
     wasi: WasiTemplate,
     settings: HttpSettings,
-    stdout: Option<File>,
-    stderr: Option<File>,
+    stdout: Option<GuestOutput>,
+    stderr: Option<GuestOutput>,
 }
 
 impl HttpGuest {
@@ -74,8 +76,8 @@ impl HttpGuest {
         pre: ProxyPre<HttpState>,
         wasi: WasiTemplate,
         settings: HttpSettings,
-        stdout: Option<File>,
-        stderr: Option<File>,
+        stdout: Option<GuestOutput>,
+        stderr: Option<GuestOutput>,
     ) -> HttpGuest {
         HttpGuest {
             pre,
@@ -93,6 +95,7 @@ struct Server {
     guest: HttpGuest,
     limits: GuestLimits,
     memory: Arc<AtomicU64>,
+    log: AccessLog,
 }
 
 /// Listens and serves until a signal ends it; see the module documentation.
@@ -114,13 +117,15 @@ pub(crate) async fn serve(
     };
     let shown = listener.local_addr().unwrap_or(address);
     log::info!("serving wasi:http on {shown}");
+    let log = AccessLog::start(guest.stdout.clone(), guest.settings.access_log);
+    log.notice(&format!("listening on http://{shown}"));
     let server = Arc::new(Server {
         engine: engine.clone(),
         guest,
         limits,
         memory: control.memory.clone(),
+        log,
     });
-    server.output(&format!("listening on http://{shown}"));
 
     let (stop, stopped) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -149,7 +154,10 @@ pub(crate) async fn serve(
         connections.len()
     );
     let _ = stop.send(true);
-    let drained = async { while connections.join_next().await.is_some() {} };
+    let drained = async {
+        while connections.join_next().await.is_some() {}
+        server.log.flush().await;
+    };
     tokio::select! {
         biased;
         signal = control.killed_by(|s| !graceful(s)) => Ended::Killed(signal),
@@ -202,11 +210,13 @@ impl Server {
         let started = Instant::now();
         let what = format!("{} {}", request.method(), request.uri().path());
         let response = self.respond(request, &what).await;
-        self.output(&format!(
-            "{what} {} {} ms",
-            response.status().as_u16(),
-            started.elapsed().as_millis()
-        ));
+        self.log.line(|| {
+            format!(
+                "{what} {} {} ms",
+                response.status().as_u16(),
+                started.elapsed().as_millis()
+            )
+        });
         response
     }
 
@@ -330,20 +340,7 @@ impl Server {
     /// args, env, preopens; stdout and stderr), `wasi:http` context and
     /// memory limit.
     fn store(&self) -> Result<Store<HttpState>> {
-        let stdout = self
-            .guest
-            .stdout
-            .as_ref()
-            .map(File::try_clone)
-            .transpose()
-            .context("cannot duplicate the container's stdout")?;
-        let stderr = self
-            .guest
-            .stderr
-            .as_ref()
-            .map(File::try_clone)
-            .transpose()
-            .context("cannot duplicate the container's stderr")?;
+        let (stdout, stderr) = (self.guest.stdout.clone(), self.guest.stderr.clone());
         let wasi = self.guest.wasi.builder(None, stdout, stderr)?.build();
         let limiter = GuestLimiter::per_request(self.limits, self.memory.clone());
         let state = HttpState::new(wasi, limiter, self.guest.settings.outgoing);
@@ -365,16 +362,10 @@ impl Server {
     /// Logs a failed request and writes it on the container's stderr.
     fn report(&self, what: &str, message: &str) {
         log::error!("wasi:http request {what} failed: {message}");
-        if let Some(mut stderr) = self.guest.stderr.as_ref() {
-            // Best effort, like the guest's own output; one write per line.
-            let _ = stderr.write_all(format!("{what} failed: {message}\n").as_bytes());
-        }
-    }
-
-    /// Writes one line on the container's stdout (best effort, one write).
-    fn output(&self, line: &str) {
-        if let Some(mut stdout) = self.guest.stdout.as_ref() {
-            let _ = stdout.write_all(format!("{line}\n").as_bytes());
+        if let Some(stderr) = self.guest.stderr.as_ref() {
+            // Best effort, one write per line, never waiting: the request
+            // must not hang on a stderr nobody reads (it is logged anyway).
+            stderr.try_write_now(format!("{what} failed: {message}\n").as_bytes());
         }
     }
 }

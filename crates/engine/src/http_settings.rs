@@ -27,6 +27,7 @@ pub(crate) struct HttpSettings {
     pub(crate) address: SocketAddr,
     pub(crate) outgoing: bool,
     pub(crate) max_body_bytes: u64,
+    pub(crate) access_log: bool,
 }
 
 impl HttpSettings {
@@ -62,10 +63,12 @@ impl HttpSettings {
                 Err(_) => bail!("{HTTP_MAX_BODY_BYTES_ENV}={v} is not a number of bytes: give e.g. 1048576 for 1 MiB, or leave it unset for 10 MiB"),
             },
         };
+        let access_log = crate::access_log::enabled(get(crate::access_log::HTTP_ACCESS_LOG_ENV))?;
         Ok(HttpSettings {
             address,
             outgoing,
             max_body_bytes,
+            access_log,
         })
     }
 }

@@ -25,6 +25,7 @@
 //! # anyhow::Ok(())
 //! ```
 
+mod access_log;
 mod bundle;
 mod cache;
 mod cache_key;
@@ -38,10 +39,12 @@ mod http;
 mod http_body;
 mod http_settings;
 mod http_state;
+mod interrupt;
 mod layer;
 mod limits;
 mod link;
 mod netns;
+mod output;
 mod pool;
 mod prepare;
 mod rootfs;
@@ -52,6 +55,7 @@ mod spec;
 mod stdio;
 mod wasi;
 
+pub use access_log::HTTP_ACCESS_LOG_ENV;
 pub use bundle::{
     Bundle, Capabilities, Mount, NetworkNamespace, Resources, User, CONTAINER_TYPE_ANNOTATION,
     SANDBOX_ID_ANNOTATION,
@@ -67,6 +71,7 @@ pub use http_settings::{
     DEFAULT_HTTP_ADDRESS, DEFAULT_HTTP_MAX_BODY_BYTES, HTTP_ADDRESS_ENV, HTTP_MAX_BODY_BYTES_ENV,
     HTTP_OUTGOING_ENV,
 };
+pub use interrupt::interrupt_signal;
 pub use layer::WasmLayer;
 pub use pool::{
     DEFAULT_POOL_CAPACITY, DEFAULT_POOL_CONTAINERS, POOL_CAPACITY_ENV, POOL_CONTAINERS_ENV,

@@ -1,7 +1,6 @@
 //! Preparing a guest once its code is found: compile (or take from the
 //! cache), link, WASI context and stdio, giving a [`Workload`] ready to
 //! start. [`WasmEngine`](crate::WasmEngine) is its public face.
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
@@ -163,7 +162,7 @@ fn prepare_compiled(
     let stderr = opened
         .stderr
         .as_ref()
-        .map(File::try_clone)
+        .map(crate::output::GuestOutput::host_handle)
         .transpose()
         .context("cannot duplicate the container's stderr handle")?;
     let output_fifos = crate::stdio::fifo_handles(&opened)

@@ -294,8 +294,10 @@ impl WorkloadHandle {
     /// nothing.
     ///
     /// The guest ends within one epoch tick (about 10 ms) when it is running
-    /// wasm code or waiting in an asynchronous WASI call. A guest blocked
-    /// writing to a stdout nobody reads ends only when that write returns.
+    /// wasm code, and at once when it waits in a WASI call: writing to a
+    /// stdout nobody reads, reading stdin, sleeping, on a socket, or in a
+    /// file operation on a helper thread (which is interrupted, see
+    /// [`interrupt_signal`](crate::interrupt_signal)).
     /// Only the first terminating signal counts, except that SIGKILL replaces
     /// an earlier one; after the guest ended, signals do nothing. Does not
     /// wait for the guest to end: `on_exit` tells.
@@ -374,7 +376,7 @@ fn run_guest(run: GuestRun, control: &Control) -> (u32, bool) {
                 .apply_to_current_thread()
                 .map_err(|e| format!("cannot confine the guest, so it does not run: {e:#}"))
         }) {
-            Ok(_) => run_on_runtime(&engine, guest, limits, control, supervisor),
+            Ok(_) => run_on_runtime(&name, &engine, guest, limits, control, supervisor),
             Err(message) => Ended::Failed(message),
         }
     }));
@@ -411,23 +413,22 @@ fn run_guest(run: GuestRun, control: &Control) -> (u32, bool) {
 }
 
 fn run_on_runtime(
+    name: &str,
     engine: &Engine,
     guest: Guest,
     limits: GuestLimits,
     control: &Control,
     supervisor: Option<mpsc::Sender<FromGuest>>,
 ) -> Ended {
-    let mut builder = tokio::runtime::Builder::new_current_thread();
-    builder.enable_all();
-    if let Some(supervisor) = supervisor {
-        // Threads for blocking I/O are started from the guest's thread, so
-        // they share its network namespace and confinement.
-        builder.on_thread_start(move || {
+    // Threads for blocking I/O are started from the guest's thread, so
+    // they share its network namespace and confinement.
+    let hook = supervisor.map(|supervisor| {
+        move || {
             let _ = supervisor.send(FromGuest::Thread(nix::unistd::gettid().as_raw()));
-        });
-    }
-    let rt = match builder.build() {
-        Ok(rt) => rt,
+        }
+    });
+    let (rt, helpers) = match crate::interrupt::guest_runtime(hook) {
+        Ok(built) => built,
         Err(e) => return Ended::Failed(format!("cannot start the guest's runtime: {e}")),
     };
     let limiter = || GuestLimiter::new(limits, control.memory.clone(), control.limit_hit.clone());
@@ -453,8 +454,10 @@ fn run_on_runtime(
         Guest::Http(guest) => rt.block_on(crate::http::serve(engine, *guest, limits, control)),
     };
     // The store (and with it the guest's stdout/stderr) is dropped by now.
-    // Blocking WASI work still in flight must not hold up the exit.
+    // Blocking WASI work still in flight must not hold up the exit, nor
+    // keep its thread (see interrupt.rs).
     rt.shutdown_background();
+    helpers.interrupt(name);
     ended
 }
 

@@ -17,12 +17,15 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tokio::io::{AsyncRead, ReadBuf};
 use wasmtime_wasi::cli::{IsTerminal, StdinStream};
 
+use crate::output::GuestOutput;
+
 /// Paths of the container's stdio (FIFOs or files); `None` or empty means /dev/null.
 ///
 /// Opened by [`WasmEngine::prepare`](crate::WasmEngine::prepare): stdout and
-/// stderr for blocking writes (output is never dropped, a guest waits for a
-/// slow reader), stdin for reading without waiting for a writer to appear.
-/// Files must exist; they are appended to, never created.
+/// stderr for writes that never drop output (a guest waits for a slow
+/// reader, as a future on its runtime, so a kill still ends it at once),
+/// stdin for reading without waiting for a writer to appear. Files must
+/// exist; they are appended to, never created.
 #[derive(Debug, Clone, Default)]
 pub struct Stdio {
     /// Read by the guest as fd 0 (`wasi:cli/stdin`).
@@ -37,8 +40,8 @@ pub struct Stdio {
 /// The opened files behind a [`Stdio`]; `None` is a null stream.
 pub(crate) struct OpenStdio {
     pub(crate) stdin: Option<File>,
-    pub(crate) stdout: Option<File>,
-    pub(crate) stderr: Option<File>,
+    pub(crate) stdout: Option<GuestOutput>,
+    pub(crate) stderr: Option<GuestOutput>,
 }
 
 impl Stdio {
@@ -68,8 +71,8 @@ fn given(path: &Option<PathBuf>) -> Option<&Path> {
 /// as runc's shim waits for it: a FIFO's buffered bytes are discarded when
 /// its last descriptor closes, so a short guest that wrote and ended before
 /// the client's open would lose its whole output. A regular file is appended
-/// to.
-fn open_output(path: &Path, which: &str) -> Result<File> {
+/// to. See [`GuestOutput`] for how it is written.
+fn open_output(path: &Path, which: &str) -> Result<GuestOutput> {
     use std::os::unix::fs::FileTypeExt;
     let is_fifo = std::fs::metadata(path)
         .map(|m| m.file_type().is_fifo())
@@ -87,23 +90,20 @@ fn open_output(path: &Path, which: &str) -> Result<File> {
     let file = options
         .open(path)
         .with_context(|| format!("cannot open the container's {which} {}", path.display()))?;
-    // Blocking writes: the guest waits for a slow reader instead of losing output.
-    set_blocking(&file)
-        .with_context(|| format!("cannot set up the container's {which} {}", path.display()))?;
-    Ok(file)
+    GuestOutput::new(file)
+        .with_context(|| format!("cannot set up the container's {which} {}", path.display()))
 }
 
 /// Second handles on stdout and stderr where they are FIFOs, for
 /// [`wait_until_read`].
 pub(crate) fn fifo_handles(opened: &OpenStdio) -> io::Result<Vec<File>> {
-    use std::os::unix::fs::FileTypeExt;
     let mut handles = Vec::new();
-    for file in [opened.stdout.as_ref(), opened.stderr.as_ref()]
+    for output in [opened.stdout.as_ref(), opened.stderr.as_ref()]
         .into_iter()
         .flatten()
     {
-        if file.metadata()?.file_type().is_fifo() {
-            handles.push(file.try_clone()?);
+        if output.is_pipe() {
+            handles.push(output.host_handle()?);
         }
     }
     Ok(handles)

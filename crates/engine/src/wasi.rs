@@ -14,15 +14,14 @@
 //! Sockets are granted as a runc container has them: TCP, UDP and name
 //! lookup, in whatever network namespace the guest's thread is in (see
 //! [`NetworkNamespace`](crate::NetworkNamespace)).
-use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use wasmtime_wasi::cli::OutputFile;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::confine::{view, Confinement};
+use crate::output::GuestOutput;
 use crate::rootfs::{self, ResolveError};
 use crate::stdio::GuestStdin;
 use crate::WorkloadSpec;
@@ -142,8 +141,8 @@ impl WasiTemplate {
     pub(crate) fn builder(
         &self,
         stdin: Option<GuestStdin>,
-        stdout: Option<File>,
-        stderr: Option<File>,
+        stdout: Option<GuestOutput>,
+        stderr: Option<GuestOutput>,
     ) -> Result<WasiCtxBuilder> {
         let mut b = WasiCtxBuilder::new();
         b.args(&self.args);
@@ -159,11 +158,11 @@ impl WasiTemplate {
             None => b.stdin(tokio::io::empty()),
         };
         match stdout {
-            Some(f) => b.stdout(OutputFile::new(f)),
+            Some(out) => b.stdout(out),
             None => b.stdout(tokio::io::empty()),
         };
         match stderr {
-            Some(f) => b.stderr(OutputFile::new(f)),
+            Some(out) => b.stderr(out),
             None => b.stderr(tokio::io::empty()),
         };
 

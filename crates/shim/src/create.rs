@@ -1,7 +1,8 @@
 //! The create pipeline: from a bundle and its rootfs mounts to a container
 //! ready to start.
 //!
-//! In order: the container's cgroup; for a pod sandbox, its network is
+//! In order: the bundle's `config.json`, read once as the engine's
+//! [`Bundle`] and passed down; the container's cgroup; for a pod sandbox, its network is
 //! remembered and nothing else is done (it runs nothing); otherwise the
 //! rootfs is mounted and the guest is built. A failed step undoes the ones
 //! before it, last first. Kernel calls go through [`Os`], the guest through

@@ -4,7 +4,7 @@
 //! process's network namespace go through [`Os`], so the service's logic
 //! (lifecycle, keys, cleanup order, error mapping) is unit-tested without
 //! root: the tests hand the service a stub that records each call
-//! ([`tests::RecordingOs`]). Signals reach guests through the payload seam,
+//! (`tests::RecordingOs`). Signals reach guests through the payload seam,
 //! [`crate::process::Guest`], for the same reason.
 
 use std::path::{Path, PathBuf};

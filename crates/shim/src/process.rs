@@ -4,6 +4,9 @@
 //! and keeps it until the pod is removed. A runc pod runs a pause binary for
 //! it; here the sandbox is a placeholder inside the shim that stays running
 //! until it is signalled, so a pod costs no extra process or thread.
+//!
+//! The guest is behind a seam ([`Guests`], [`Guest`], [`RunningGuest`]):
+//! the engine in the binaries, `fakes` in the task service's unit tests.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -205,5 +208,92 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap(), 143);
         handle.kill(9).unwrap(); // already ended: no second exit
         assert!(rx.try_recv().is_err());
+    }
+}
+
+/// Fake guests for the task service's unit tests: they start at once, end
+/// when the test says or on SIGKILL/SIGTERM, and record what they were asked.
+#[cfg(test)]
+pub mod fakes {
+    use super::*;
+
+    /// A started fake guest: ends on SIGKILL/SIGTERM or when the test says.
+    #[derive(Default)]
+    pub struct FakeRunning {
+        on_exit: Mutex<Option<OnExit>>,
+        pub signals: Mutex<Vec<u32>>,
+    }
+
+    impl FakeRunning {
+        pub fn end(&self, code: u32) {
+            if let Some(on_exit) = self.on_exit.lock().unwrap().take() {
+                on_exit(ExitStatus::now(code));
+            }
+        }
+    }
+
+    impl RunningGuest for FakeRunning {
+        fn kill(&self, signal: u32) -> anyhow::Result<()> {
+            self.signals.lock().unwrap().push(signal);
+            if matches!(signal, 9 | 15) {
+                self.end(128 + signal);
+            }
+            Ok(())
+        }
+        fn close_stdin(&self) {}
+        fn thread_id(&self) -> Option<i32> {
+            None
+        }
+        fn memory_bytes(&self) -> u64 {
+            65536
+        }
+    }
+
+    struct FakeGuest {
+        started: Arc<Mutex<Vec<Arc<FakeRunning>>>>,
+        fail_start: bool,
+    }
+
+    impl Guest for FakeGuest {
+        fn start(self: Box<Self>, on_exit: OnExit) -> anyhow::Result<Arc<dyn RunningGuest>> {
+            if self.fail_start {
+                anyhow::bail!("cannot create the guest's thread (fake)");
+            }
+            let running = Arc::new(FakeRunning {
+                on_exit: Mutex::new(Some(on_exit)),
+                ..FakeRunning::default()
+            });
+            self.started.lock().unwrap().push(running.clone());
+            Ok(running)
+        }
+    }
+
+    /// Builds fake guests, or fails as a bad image would.
+    #[derive(Default)]
+    pub struct FakeGuests {
+        pub fail_prepare: bool,
+        pub fail_start: bool,
+        /// The network each guest was asked to join instead of its spec's.
+        pub networks: Mutex<Vec<Option<PathBuf>>>,
+        pub started: Arc<Mutex<Vec<Arc<FakeRunning>>>>,
+    }
+
+    impl FakeGuests {
+        pub fn last_started(&self) -> Arc<FakeRunning> {
+            self.started.lock().unwrap().last().unwrap().clone()
+        }
+    }
+
+    impl Guests for FakeGuests {
+        fn prepare(&self, request: GuestRequest<'_>) -> anyhow::Result<Box<dyn Guest>> {
+            self.networks.lock().unwrap().push(request.network);
+            if self.fail_prepare {
+                anyhow::bail!("entrypoint /app.wasm not found in the image's rootfs");
+            }
+            Ok(Box::new(FakeGuest {
+                started: self.started.clone(),
+                fail_start: self.fail_start,
+            }))
+        }
     }
 }

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use containerd_shim_protos::types::mount::Mount;
 use containerd_shim_protos::types::task::Status as ProtoStatus;
@@ -11,87 +10,7 @@ use containerd_shim_protos::types::task::Status as ProtoStatus;
 use super::*;
 use crate::keys::request_context;
 use crate::os::tests::RecordingOs;
-use crate::process::{Guest, GuestRequest, OnExit, RunningGuest};
-
-/// A started fake guest: ends on SIGKILL/SIGTERM or when the test says.
-#[derive(Default)]
-struct FakeRunning {
-    on_exit: Mutex<Option<OnExit>>,
-    signals: Mutex<Vec<u32>>,
-}
-
-impl FakeRunning {
-    fn end(&self, code: u32) {
-        if let Some(on_exit) = self.on_exit.lock().unwrap().take() {
-            on_exit(ExitStatus::now(code));
-        }
-    }
-}
-
-impl RunningGuest for FakeRunning {
-    fn kill(&self, signal: u32) -> anyhow::Result<()> {
-        self.signals.lock().unwrap().push(signal);
-        if matches!(signal, 9 | 15) {
-            self.end(128 + signal);
-        }
-        Ok(())
-    }
-    fn close_stdin(&self) {}
-    fn thread_id(&self) -> Option<i32> {
-        None
-    }
-    fn memory_bytes(&self) -> u64 {
-        65536
-    }
-}
-
-struct FakeGuest {
-    started: Arc<Mutex<Vec<Arc<FakeRunning>>>>,
-    fail_start: bool,
-}
-
-impl Guest for FakeGuest {
-    fn start(self: Box<Self>, on_exit: OnExit) -> anyhow::Result<Arc<dyn RunningGuest>> {
-        if self.fail_start {
-            anyhow::bail!("cannot create the guest's thread (fake)");
-        }
-        let running = Arc::new(FakeRunning {
-            on_exit: Mutex::new(Some(on_exit)),
-            ..FakeRunning::default()
-        });
-        self.started.lock().unwrap().push(running.clone());
-        Ok(running)
-    }
-}
-
-/// Builds fake guests, or fails as a bad image would.
-#[derive(Default)]
-struct FakeGuests {
-    fail_prepare: bool,
-    fail_start: bool,
-    /// The network each guest was asked to join instead of its spec's.
-    networks: Mutex<Vec<Option<PathBuf>>>,
-    started: Arc<Mutex<Vec<Arc<FakeRunning>>>>,
-}
-
-impl FakeGuests {
-    fn last_started(&self) -> Arc<FakeRunning> {
-        self.started.lock().unwrap().last().unwrap().clone()
-    }
-}
-
-impl Guests for FakeGuests {
-    fn prepare(&self, request: GuestRequest<'_>) -> anyhow::Result<Box<dyn Guest>> {
-        self.networks.lock().unwrap().push(request.network);
-        if self.fail_prepare {
-            anyhow::bail!("entrypoint /app.wasm not found in the image's rootfs");
-        }
-        Ok(Box::new(FakeGuest {
-            started: self.started.clone(),
-            fail_start: self.fail_start,
-        }))
-    }
-}
+use crate::process::fakes::FakeGuests;
 
 struct Harness {
     service: TaskService,
