@@ -18,8 +18,9 @@
 //! line per failed request (trap, guest error), which is also logged. A
 //! failed request gets a 500 and the server goes on.
 //!
-//! Limits: the container's memory limit applies to each instance (each
-//! request) separately, not to their sum. Request bodies are capped by
+//! Limits: the container's memory limit applies to the sum over its
+//! requests in flight (limits.rs); header and idle timeouts and caps on
+//! connections and requests in flight are in http_limits.rs. Request bodies are capped by
 //! `WASISHIM_HTTP_MAX_BODY_BYTES` (http_settings.rs, http_body.rs): a larger
 //! `Content-Length` gets 413 without running the guest; a chunked body that
 //! grows past it fails the guest's read (`HTTP-request-body-size`) and the
@@ -51,6 +52,7 @@ use wasmtime_wasi_http::WasiHttpView;
 use crate::access_log::AccessLog;
 use crate::control::{ended_by, yield_on_epoch, Control, Ended};
 use crate::http_body::{content_length, plain, LimitedBody};
+use crate::http_limits::{self, Activity, InFlight};
 use crate::http_settings::{HttpSettings, HTTP_ADDRESS_ENV, HTTP_MAX_BODY_BYTES_ENV};
 use crate::http_state::HttpState;
 use crate::limits::{GuestLimiter, GuestLimits};
@@ -96,6 +98,7 @@ struct Server {
     limits: GuestLimits,
     memory: Arc<AtomicU64>,
     log: AccessLog,
+    in_flight: InFlight,
 }
 
 /// Listens and serves until a signal ends it; see the module documentation.
@@ -119,12 +122,14 @@ pub(crate) async fn serve(
     log::info!("serving wasi:http on {shown}");
     let log = AccessLog::start(guest.stdout.clone(), guest.settings.access_log);
     log.notice(&format!("listening on http://{shown}"));
+    let limits_of_clients = guest.settings.limits;
     let server = Arc::new(Server {
         engine: engine.clone(),
         guest,
         limits,
         memory: control.memory.clone(),
         log,
+        in_flight: InFlight::new(limits_of_clients.max_requests),
     });
 
     let (stop, stopped) = watch::channel(false);
@@ -135,6 +140,9 @@ pub(crate) async fn serve(
             signal = control.killed() => break signal,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) if connections.len() >= limits_of_clients.max_connections => {
+                    http_limits::refuse_connection(&stream, limits_of_clients.max_connections);
+                }
                 Ok((stream, _peer)) => {
                     connections.spawn(connection(server.clone(), stream, stopped.clone()));
                 }
@@ -181,22 +189,42 @@ async fn connection(server: Arc<Server>, stream: TcpStream, mut stop: watch::Rec
     if let Err(e) = stream.set_nodelay(true) {
         log::debug!("HTTP connection: cannot set TCP_NODELAY: {e}");
     }
+    let limits = server.guest.settings.limits;
+    let activity = Activity::new();
+    let busy = activity.clone();
     let service = hyper::service::service_fn(move |request| {
         let server = server.clone();
-        async move { Ok::<_, Infallible>(server.handle(request).await) }
+        let busy = busy.begin();
+        async move {
+            let response = server.handle(request).await;
+            drop(busy);
+            Ok::<_, Infallible>(response)
+        }
     });
+    // hyper's timer also bounds the wait for a keep-alive connection's next
+    // header; the idle timeout below closes one that sends nothing.
     let conn = http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    tokio::select! {
-        served = conn.as_mut() => {
-            if let Err(e) = served {
-                log::debug!("HTTP connection ended: {e}");
+    loop {
+        let wait = match activity.idle_for() {
+            Some(idle) if idle >= limits.idle_timeout => break,
+            Some(idle) => limits.idle_timeout - idle,
+            None => limits.idle_timeout,
+        };
+        tokio::select! {
+            served = conn.as_mut() => {
+                if let Err(e) = served {
+                    log::debug!("HTTP connection ended: {e}");
+                }
+                return;
             }
-            return;
+            _ = stop.wait_for(|stop| *stop) => break,
+            () = tokio::time::sleep(wait) => {}
         }
-        _ = stop.wait_for(|stop| *stop) => {}
     }
     conn.as_mut().graceful_shutdown();
     if let Err(e) = conn.await {
@@ -246,6 +274,9 @@ impl Server {
             exceeded: exceeded.clone(),
         });
 
+        let Some(in_flight) = self.in_flight.enter() else {
+            return http_limits::too_many_requests(self.in_flight.max());
+        };
         let mut store = match self.store() {
             Ok(store) => store,
             Err(e) => {
@@ -274,6 +305,8 @@ impl Server {
         // The guest runs in its own task: it may go on writing the response
         // body after the headers were sent.
         let task = tokio::spawn(async move {
+            // Counted until the instance is gone, also while it writes the body.
+            let _in_flight = in_flight;
             let result = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 
 use anyhow::{bail, Result};
 
+use crate::http_limits::HttpLimits;
+
 /// Container environment variable: the address an HTTP component listens
 /// on, `IP:PORT` (default [`DEFAULT_HTTP_ADDRESS`]). It is bound inside the
 /// container's network namespace.
@@ -28,11 +30,13 @@ pub(crate) struct HttpSettings {
     pub(crate) outgoing: bool,
     pub(crate) max_body_bytes: u64,
     pub(crate) access_log: bool,
+    /// Timeouts and caps against the server's clients.
+    pub(crate) limits: HttpLimits,
 }
 
 impl HttpSettings {
-    /// Reads `WASISHIM_HTTP_ADDRESS`, `WASISHIM_HTTP_OUTGOING` and
-    /// `WASISHIM_HTTP_MAX_BODY_BYTES` from the container's `env` (the last
+    /// Reads `WASISHIM_HTTP_ADDRESS`, `WASISHIM_HTTP_OUTGOING`,
+    /// `WASISHIM_HTTP_MAX_BODY_BYTES` and the limits of http_limits.rs from the container's `env` (the last
     /// value of each wins, as in a process environment).
     ///
     /// # Errors
@@ -64,11 +68,13 @@ impl HttpSettings {
             },
         };
         let access_log = crate::access_log::enabled(get(crate::access_log::HTTP_ACCESS_LOG_ENV))?;
+        let limits = HttpLimits::from_env(get)?;
         Ok(HttpSettings {
             address,
             outgoing,
             max_body_bytes,
             access_log,
+            limits,
         })
     }
 }

@@ -37,6 +37,7 @@ mod engine;
 mod entrypoint;
 mod http;
 mod http_body;
+mod http_limits;
 mod http_settings;
 mod http_state;
 mod interrupt;
@@ -67,6 +68,11 @@ pub use engine::{
     NODE_DEFAULT_MEMORY_LIMIT, POOLING_BY_DEFAULT,
 };
 pub use entrypoint::Entrypoint;
+pub use http_limits::{
+    DEFAULT_HTTP_HEADER_TIMEOUT_SECONDS, DEFAULT_HTTP_IDLE_TIMEOUT_SECONDS,
+    DEFAULT_HTTP_MAX_CONNECTIONS, DEFAULT_HTTP_MAX_REQUESTS, HTTP_HEADER_TIMEOUT_ENV,
+    HTTP_IDLE_TIMEOUT_ENV, HTTP_MAX_CONNECTIONS_ENV, HTTP_MAX_REQUESTS_ENV,
+};
 pub use http_settings::{
     DEFAULT_HTTP_ADDRESS, DEFAULT_HTTP_MAX_BODY_BYTES, HTTP_ADDRESS_ENV, HTTP_MAX_BODY_BYTES_ENV,
     HTTP_OUTGOING_ENV,

@@ -461,3 +461,157 @@ fn listening_on_a_taken_address_fails_the_container() {
     assert_contains(&b.stderr(), &format!("cannot listen for HTTP on {address}"));
     drop(taken);
 }
+
+/// Reads what the server sends on `stream` until it closes it, giving up
+/// after `limit`: `None` if it was still open then.
+fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<String> {
+    use std::io::Read;
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        check(
+            "timeout",
+            stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))),
+        );
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(String::from_utf8_lossy(&got).into_owned())
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if Instant::now() >= deadline {
+                    return None;
+                }
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+/// 200 clients that send half a request header are closed after the header
+/// timeout (1 s here), while a normal request meanwhile gets its 200.
+#[test]
+fn half_sent_headers_are_closed_after_the_header_timeout() {
+    let wasm = fixture();
+    let (b, address) = server_bundle(&wasm, &["WASISHIM_HTTP_HEADER_TIMEOUT_SECONDS=1"]);
+    let running = b.start();
+    wait_listening(address, &running);
+
+    let mut slow: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut stream = check("connect", TcpStream::connect(address));
+            check("write", stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n"));
+            stream
+        })
+        .collect();
+    let answer = get(address, "/");
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, "hello from wasm http\n")
+    );
+    // Generous for a loaded machine: the timeout is 1 s.
+    for (i, stream) in slow.iter_mut().enumerate() {
+        assert!(
+            read_until_closed(stream, Duration::from_secs(15)).is_some(),
+            "slow client {i} still open"
+        );
+    }
+    let answer = get(address, "/");
+    assert_eq!(answer.status, 200);
+    assert_eq!(stop(&running), 137);
+}
+
+/// An idle keep-alive connection is closed after the idle timeout.
+#[test]
+fn idle_connections_are_closed_after_the_idle_timeout() {
+    let wasm = fixture();
+    let (b, address) = server_bundle(
+        &wasm,
+        &[
+            "WASISHIM_HTTP_IDLE_TIMEOUT_SECONDS=1",
+            "WASISHIM_HTTP_HEADER_TIMEOUT_SECONDS=60",
+        ],
+    );
+    let running = b.start();
+    wait_listening(address, &running);
+    let mut idle = check("connect", TcpStream::connect(address));
+    let started = Instant::now();
+    assert!(
+        read_until_closed(&mut idle, Duration::from_secs(15)).is_some(),
+        "an idle connection stayed open"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed before the timeout"
+    );
+    assert_eq!(stop(&running), 137);
+}
+
+/// Above the caps on open connections and on requests in flight, clients
+/// get 503 with `Retry-After` at once; the server goes on serving.
+#[test]
+fn connections_and_requests_above_the_caps_get_503() {
+    let wasm = fixture();
+    let (b, address) = server_bundle(
+        &wasm,
+        &[
+            "WASISHIM_HTTP_MAX_CONNECTIONS=3",
+            "WASISHIM_HTTP_MAX_REQUESTS=1",
+        ],
+    );
+    let running = b.start();
+    wait_listening(address, &running);
+
+    // One request in flight (it holds 1 MiB for a second): another gets 503.
+    let holding = std::thread::spawn(move || get(address, "/hold?mib=1"));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut second = check("connect", TcpStream::connect(address));
+    check(
+        "write",
+        second.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    );
+    let refused = read_until_closed(&mut second, Duration::from_secs(10)).unwrap_or_default();
+    assert_contains(&refused, "HTTP/1.1 503");
+    assert_contains(&refused.to_ascii_lowercase(), "retry-after: 1");
+    assert_contains(&refused, "too many requests in flight");
+    let held = match holding.join() {
+        Ok(answer) => answer,
+        Err(_) => panic!("the client thread panicked"),
+    };
+    assert_eq!((held.status, held.body.as_str()), (200, "held 1 MiB\n"));
+
+    // Three open connections: a fourth is turned away.
+    let _open: Vec<TcpStream> = (0..3)
+        .map(|_| check("connect", TcpStream::connect(address)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fourth = check("connect", TcpStream::connect(address));
+    let refused = read_until_closed(&mut fourth, Duration::from_secs(10)).unwrap_or_default();
+    assert_contains(&refused, "HTTP/1.1 503");
+    assert_contains(&refused, "retry-after: 1");
+    assert_contains(&refused, "too many connections");
+    drop(_open);
+    // Once they are closed, requests are served again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = get(address, "/");
+        if answer.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still refused: {}",
+            answer.status
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(stop(&running), 137);
+}
