@@ -230,7 +230,12 @@ impl Workload {
                         let _ = to_supervisor.send(FromGuest::Ended(code, oom_killed));
                     });
                 let (code, oom_killed) = match worker {
-                    Ok(_) => supervise(&from_guest, on_thread_start.as_deref()),
+                    Ok(_) => supervise(
+                        &from_guest,
+                        on_thread_start.as_deref(),
+                        &thread_control,
+                        &name,
+                    ),
                     Err(e) => {
                         log::error!("cannot start a thread to run guest {name}: {e}");
                         (TRAP_EXIT_CODE, false)
@@ -246,11 +251,18 @@ impl Workload {
                     crate::stdio::wait_until_read(&output_fifos);
                 }
                 drop(output_fifos);
-                on_exit(ExitStatus {
+                let status = ExitStatus {
                     code,
                     exited_at: SystemTime::now(),
                     oom_killed,
-                });
+                };
+                // The caller's code: its panic must not take the process down.
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| on_exit(status))) {
+                    log::error!(
+                        "guest {name}: reporting its exit panicked (a bug in the shim, please report it): {}",
+                        panic_message(panic.as_ref())
+                    );
+                }
             });
         if let Err(e) = spawned {
             control.stdin.close();
@@ -262,17 +274,31 @@ impl Workload {
 
 /// Runs `hook` for each thread the guest reports until it reports its end,
 /// and returns its exit code and whether it ran out of memory.
+///
+/// A panicking hook (e.g. a thread that could not be placed in its cgroup)
+/// would leave the task Running forever: instead the guest is killed and
+/// exits 134, and the panic is logged.
 fn supervise(
     from_guest: &mpsc::Receiver<FromGuest>,
     hook: Option<&(dyn Fn(i32) + Send + Sync)>,
+    control: &Control,
+    name: &str,
 ) -> (u32, bool) {
+    let mut hook_failed = false;
     loop {
         match from_guest.recv() {
             Ok(FromGuest::Thread(tid)) => {
-                if let Some(hook) = hook {
-                    hook(tid);
+                let Some(hook) = hook else { continue };
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| hook(tid))) {
+                    log::error!(
+                        "guest {name}: setting up its thread {tid} panicked (a bug in the shim, please report it), so the guest is ended: {}",
+                        panic_message(panic.as_ref())
+                    );
+                    hook_failed = true;
+                    control.deliver(nix::sys::signal::Signal::SIGKILL as i32);
                 }
             }
+            Ok(FromGuest::Ended(_, _)) if hook_failed => return (TRAP_EXIT_CODE, false),
             Ok(FromGuest::Ended(code, oom_killed)) => return (code, oom_killed),
             // The guest's thread died without a word (cannot happen: it
             // catches panics); report it like a trap.
@@ -384,14 +410,10 @@ fn run_guest(run: GuestRun, control: &Control) -> (u32, bool) {
         Ok(Ended::Returned(code)) => return (code, false),
         Ok(Ended::Killed(signal)) => return (128 + signal.unsigned_abs(), false),
         Ok(Ended::Failed(message)) => message,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
-            format!("wasm host panic (a bug in the shim, please report it): {what}")
-        }
+        Err(panic) => format!(
+            "wasm host panic (a bug in the shim, please report it): {}",
+            panic_message(panic.as_ref())
+        ),
     };
     let oom_killed = control.limit_hit.load(Ordering::Relaxed);
     if oom_killed {
@@ -410,6 +432,15 @@ fn run_guest(run: GuestRun, control: &Control) -> (u32, bool) {
     } else {
         (TRAP_EXIT_CODE, false)
     }
+}
+
+/// What a caught panic says.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
 }
 
 fn run_on_runtime(

@@ -533,3 +533,15 @@ fn a_guest_declaring_more_than_its_pool_share_fails_to_prepare() {
     );
     assert_eq!(b.stdout(), "hello\n");
 }
+
+/// A panic while a guest's thread is set up (the thread-start hook, e.g.
+/// a cgroup placement) ends that guest with 134 instead of leaving it
+/// running with no one to report its exit.
+#[test]
+fn a_panicking_thread_start_hook_ends_the_guest() {
+    let b = Bundle::new(&["/spin.wat"]);
+    b.file("spin.wat", SPIN);
+    let workload = check("prepare", b.prepare()).on_thread_start(|_| panic!("cannot place thread"));
+    let running = common::start(workload);
+    assert_eq!(running.wait(Duration::from_secs(10)).code, 134);
+}
