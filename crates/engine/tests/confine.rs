@@ -338,19 +338,16 @@ fn all_layers_together_still_run_threads_and_io() {
 }
 
 /// A file in the rootfs owned by root, mode 0600, read by a guest running
-/// as `uid`: the `files` fixture (`make fixtures`), else skipped.
-fn files_fixture() -> Option<Vec<u8>> {
+/// as `uid`: the `files` fixture (`make fixtures`); missing, the test fails.
+fn files_fixture() -> Vec<u8> {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../test/fixtures/out/wasip1/files.wasm");
     match std::fs::read(&path) {
-        Ok(bytes) => Some(bytes),
-        Err(e) => {
-            eprintln!(
-                "skipping: fixture {} is missing ({e}); build it with `make fixtures`",
-                path.display()
-            );
-            None
-        }
+        Ok(bytes) => bytes,
+        Err(e) => panic!(
+            "fixture {} is missing ({e}): build it with `make fixtures`",
+            path.display()
+        ),
     }
 }
 
@@ -365,7 +362,7 @@ fn files_bundle(wasm: &[u8], args: &[&str], uid: u32) -> Bundle {
 
 #[test]
 fn a_guest_with_process_user_1000_cannot_read_root_0600_files_or_write_root_dirs() {
-    let Some(wasm) = files_fixture() else { return };
+    let wasm = files_fixture();
     let b = files_bundle(&wasm, &["read", "/secret"], 1000);
     file_owned(&b.rootfs().join("secret"), 0, 0, 0o600);
     assert_eq!(b.run(), 1, "stdout: {}", b.stdout());
@@ -403,7 +400,7 @@ fn a_guest_with_process_user_1000_cannot_read_root_0600_files_or_write_root_dirs
 
 #[test]
 fn a_guest_cannot_open_device_nodes_in_its_rootfs() {
-    let Some(wasm) = files_fixture() else { return };
+    let wasm = files_fixture();
     let b = files_bundle(&wasm, &["read", "/zero"], 0);
     let made = nix::sys::stat::mknod(
         &b.rootfs().join("zero"),
@@ -439,18 +436,15 @@ fn fifo_and_device_entrypoints_fail_create_at_once() {
     }
 }
 
-fn http_fixture() -> Option<Vec<u8>> {
+fn http_fixture() -> Vec<u8> {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../test/fixtures/out/wasip2/http.wasm");
     match std::fs::read(&path) {
-        Ok(bytes) => Some(bytes),
-        Err(e) => {
-            eprintln!(
-                "skipping: fixture {} is missing ({e}); build it with `make fixtures`",
-                path.display()
-            );
-            None
-        }
+        Ok(bytes) => bytes,
+        Err(e) => panic!(
+            "fixture {} is missing ({e}): build it with `make fixtures`",
+            path.display()
+        ),
     }
 }
 
@@ -487,16 +481,15 @@ fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-#[test]
-fn http_requests_keep_the_cwd_opened_at_create_after_a_symlink_swap() {
-    let Some(wasm) = http_fixture() else { return };
+/// An HTTP guest whose working directory `work` lies in a writable bind
+/// mount (`in_rootfs` false) or in its writable rootfs: between two
+/// requests, `work` is replaced by a symlink to a host directory (what the
+/// guest itself could do); the next request must still see the directory
+/// opened at Create.
+fn cwd_swap_between_requests(in_rootfs: bool) {
+    let wasm = http_fixture();
     let data = temp_dir("http-data");
     let outside = temp_dir("http-outside");
-    check("mkdir work", std::fs::create_dir(data.0.join("work")));
-    check(
-        "write marker",
-        std::fs::write(data.0.join("work/marker.txt"), "inside\n"),
-    );
     check(
         "write outside marker",
         std::fs::write(outside.0.join("marker.txt"), "outside\n"),
@@ -507,14 +500,28 @@ fn http_requests_keep_the_cwd_opened_at_create_after_a_symlink_swap() {
     };
     let mut b = Bundle::new(&["/app.wasm"]);
     b.file("app.wasm", &wasm);
+    let parent = if in_rootfs {
+        b.rootfs()
+    } else {
+        data.0.clone()
+    };
+    check("mkdir work", std::fs::create_dir(parent.join("work")));
+    check(
+        "write marker",
+        std::fs::write(parent.join("work/marker.txt"), "inside\n"),
+    );
     let source = data.0.display().to_string();
     b.config(|c| {
         c["process"]["env"] = json!([format!("WASISHIM_HTTP_ADDRESS={address}")]);
-        c["process"]["cwd"] = json!("/data/work");
-        c["mounts"] = json!([{
-            "destination": "/data", "type": "bind", "source": source,
-            "options": ["rbind", "rw"]
-        }]);
+        if in_rootfs {
+            c["process"]["cwd"] = json!("/work");
+        } else {
+            c["process"]["cwd"] = json!("/data/work");
+            c["mounts"] = json!([{
+                "destination": "/data", "type": "bind", "source": source,
+                "options": ["rbind", "rw"]
+            }]);
+        }
     });
     let running = b.start();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -530,15 +537,13 @@ fn http_requests_keep_the_cwd_opened_at_create_after_a_symlink_swap() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("inside\n"), "{body}");
 
-    // What a guest with this writable mount could do between requests:
-    // replace its working directory by a symlink leading out.
     check(
         "rename",
-        std::fs::rename(data.0.join("work"), data.0.join("old")),
+        std::fs::rename(parent.join("work"), parent.join("old")),
     );
     check(
         "symlink",
-        std::os::unix::fs::symlink(&outside.0, data.0.join("work")),
+        std::os::unix::fs::symlink(&outside.0, parent.join("work")),
     );
     let (status, body) = get(address, "/file?path=marker.txt");
     assert_eq!(status, 200, "{body}");
@@ -551,8 +556,113 @@ fn http_requests_keep_the_cwd_opened_at_create_after_a_symlink_swap() {
 }
 
 #[test]
+fn http_requests_keep_the_cwd_opened_at_create_after_a_symlink_swap_in_a_mount() {
+    cwd_swap_between_requests(false);
+}
+
+#[test]
+fn http_requests_keep_the_cwd_opened_at_create_after_a_symlink_swap_in_the_rootfs() {
+    cwd_swap_between_requests(true);
+}
+
+#[test]
+fn landlock_alone_refuses_hard_links_and_renames_from_outside() {
+    let dir = temp_dir("landlock-link");
+    let inside = dir.0.join("inside");
+    let outside = dir.0.join("outside");
+    for d in [&inside, &outside] {
+        check("mkdir", std::fs::create_dir(d));
+    }
+    check("write", std::fs::write(outside.join("f"), b"host"));
+    let c = check(
+        "allow inside",
+        Confinement::new().allow_path(&inside, false),
+    );
+    let (inside2, outside2) = (inside.clone(), outside.clone());
+    let (link, rename) = confined(c, move || {
+        (
+            errno_of(std::fs::hard_link(outside2.join("f"), inside2.join("l"))),
+            errno_of(std::fs::rename(outside2.join("f"), inside2.join("r"))),
+        )
+    });
+    // Landlock answers EXDEV or EACCES for a link or rename that would
+    // bring a file into a hierarchy with more rights than it has.
+    for (what, errno) in [("link", link), ("rename", rename)] {
+        assert!(
+            matches!(errno, Some(libc::EXDEV) | Some(libc::EACCES)),
+            "{what} from outside the allowed dirs: {errno:?}"
+        );
+    }
+    assert!(!inside.join("l").exists() && !inside.join("r").exists());
+    assert!(outside.join("f").exists());
+}
+
+#[test]
+fn credentials_alone_refuse_hard_links_to_files_the_user_cannot_write() {
+    // fs.protected_hardlinks (on by default in Debian and most
+    // distributions) is what makes this hold for a non-root container.
+    let protected = check(
+        "read protected_hardlinks",
+        std::fs::read_to_string("/proc/sys/fs/protected_hardlinks"),
+    );
+    assert_eq!(
+        protected.trim(),
+        "1",
+        "this test needs fs.protected_hardlinks=1, which the host's sysctl turned off"
+    );
+    let dir = temp_dir("creds-link");
+    let shared = dir.0.join("shared");
+    check("mkdir", std::fs::create_dir(&shared));
+    check(
+        "chmod 1777",
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)),
+    );
+    file_owned(&dir.0.join("secret"), 0, 0, 0o644);
+    let (secret, target) = (dir.0.join("secret"), shared.join("l"));
+    let got = confined(
+        Confinement::new().credentials(user(1000, 1000)),
+        move || errno_of(std::fs::hard_link(secret, target)),
+    );
+    assert_eq!(got, Some(libc::EPERM), "uid 1000 linked a root-owned file");
+    assert!(!shared.join("l").exists());
+}
+
+#[test]
+fn a_guest_cannot_hard_link_a_file_from_outside_its_mounts() {
+    let wasm = files_fixture();
+    let volume = temp_dir("link-volume");
+    let mut b = files_bundle(&wasm, &["link", "/../../etc/passwd", "/data/p"], 0);
+    let source = volume.0.display().to_string();
+    b.config(|c| {
+        c["mounts"] = json!([{
+            "destination": "/data", "type": "bind", "source": source,
+            "options": ["rbind", "rw"]
+        }])
+    });
+    assert_eq!(b.run(), 1, "stdout: {}", b.stdout());
+    assert_contains(&b.stderr(), "cannot link");
+    assert!(!volume.0.join("p").exists());
+    // Linking inside the volume works: the refusal above is not a broken
+    // `link`.
+    check("write", std::fs::write(volume.0.join("a"), b"a"));
+    let mut b = files_bundle(&wasm, &["link", "/data/a", "/data/b"], 0);
+    b.config(|c| {
+        c["mounts"] = json!([{
+            "destination": "/data", "type": "bind", "source": volume.0.display().to_string(),
+            "options": ["rbind", "rw"]
+        }])
+    });
+    assert_eq!(b.run(), 0, "stderr: {}", b.stderr());
+    let (a, bb) = (
+        check("stat a", std::fs::metadata(volume.0.join("a"))),
+        check("stat b", std::fs::metadata(volume.0.join("b"))),
+    );
+    assert_eq!(a.ino(), bb.ino());
+}
+
+#[test]
 fn a_guest_cannot_open_device_nodes_in_a_bind_mount() {
-    let Some(wasm) = files_fixture() else { return };
+    let wasm = files_fixture();
     let volume = temp_dir("devmount");
     let made = nix::sys::stat::mknod(
         &volume.0.join("zero"),
@@ -575,7 +685,7 @@ fn a_guest_cannot_open_device_nodes_in_a_bind_mount() {
 
 #[test]
 fn a_guest_blocked_opening_a_fifo_stays_killable() {
-    let Some(wasm) = files_fixture() else { return };
+    let wasm = files_fixture();
     let b = files_bundle(&wasm, &["read", "/fifo"], 0);
     let made = nix::unistd::mkfifo(
         &b.rootfs().join("fifo"),
@@ -590,4 +700,39 @@ fn a_guest_blocked_opening_a_fifo_stays_killable() {
     );
     check("kill", running.handle.kill(9));
     assert_eq!(running.wait(Duration::from_secs(10)).code, 137);
+}
+
+#[test]
+fn a_guest_writes_into_a_setgid_group_volume_with_its_additional_gid() {
+    let wasm = files_fixture();
+    let volume = temp_dir("fsgroup");
+    let shared = volume.0.join("shared");
+    check("mkdir", std::fs::create_dir(&shared));
+    check(
+        "chown",
+        std::os::unix::fs::chown(&shared, Some(0), Some(3000)),
+    );
+    check(
+        "chmod 2770",
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o2770)),
+    );
+    let source = volume.0.display().to_string();
+    let bundle = |args: &[&str], gids: &[u32]| {
+        let mut b = files_bundle(&wasm, args, 1000);
+        b.config(|c| {
+            c["process"]["user"]["additionalGids"] = json!(gids);
+            c["mounts"] = json!([{
+                "destination": "/data", "type": "bind", "source": source,
+                "options": ["rbind", "rw"]
+            }]);
+        });
+        b
+    };
+    let b = bundle(&["write", "/data/shared/denied", "x"], &[]);
+    assert_eq!(b.run(), 1, "wrote without the group");
+    assert_contains(&b.stderr(), "cannot write");
+    let b = bundle(&["write", "/data/shared/new", "x"], &[3000]);
+    assert_eq!(b.run(), 0, "stderr: {}", b.stderr());
+    let meta = check("stat", std::fs::metadata(shared.join("new")));
+    assert_eq!((meta.uid(), meta.gid()), (1000, 3000));
 }

@@ -114,13 +114,10 @@ fn fixture(name: &str) -> Option<Vec<u8>> {
         .join(name);
     match std::fs::read(&path) {
         Ok(bytes) => Some(bytes),
-        Err(e) => {
-            eprintln!(
-                "skipping: fixture {} is missing ({e}); build it with `make fixtures`",
-                path.display()
-            );
-            None
-        }
+        Err(e) => panic!(
+            "fixture {} is missing ({e}): build it with `make fixtures`",
+            path.display()
+        ),
     }
 }
 

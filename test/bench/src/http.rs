@@ -21,7 +21,7 @@ use crate::Config;
 
 /// The body of the fixture's `GET /` (test/fixtures/rust/http/src/lib.rs),
 /// which the native server returns too.
-const HELLO: &str = "hello from wasm http\n";
+pub const HELLO: &str = "hello from wasm http\n";
 /// wrk's connections, all on one wrk thread: the other core is the server's.
 const CONNECTIONS: usize = 16;
 /// How long a server may take to answer its first request.
@@ -66,11 +66,11 @@ impl Wrk {
 }
 
 /// One server's figures: wrk's, and the server's CPU time per request.
-struct Measured {
-    wrk: Wrk,
-    cpu_us_per_request: f64,
+pub struct Measured {
+    pub wrk: Wrk,
+    pub cpu_us_per_request: f64,
     /// CPU time of the server over the run / wall time of the run (cores).
-    cpu_cores: f64,
+    pub cpu_cores: f64,
 }
 
 /// The native server: `wasishim-bench-http` next to this program.
@@ -329,7 +329,7 @@ fn parse_floor(text: &str) -> Result<Floor> {
     })
 }
 
-fn print_measured(name: &str, m: &Measured) {
+pub fn print_measured(name: &str, m: &Measured) {
     let w = &m.wrk;
     println!(
         "   {name:22} {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} requests, server CPU {:.1} us/request ({:.2} cores){}{}",
@@ -346,7 +346,7 @@ fn print_measured(name: &str, m: &Measured) {
 
 /// A warm-up run, then the measured run, with the server's CPU time
 /// (`cpu_ns`, a counter in nanoseconds) around the measured one.
-fn measure(cfg: &Config, address: SocketAddr, cpu_ns: impl Fn() -> u64) -> Result<Measured> {
+pub fn measure(cfg: &Config, address: SocketAddr, cpu_ns: impl Fn() -> u64) -> Result<Measured> {
     wrk(address, cfg.http_warmup_seconds)?;
     let before = cpu_ns();
     let started = Instant::now();
@@ -446,13 +446,13 @@ fn duration_ms(t: &str) -> Result<f64> {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
-fn free_address() -> Result<SocketAddr> {
+pub fn free_address() -> Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// Waits until `GET /` on `address` answers 200 with [`HELLO`]; returns the
 /// response's status line and headers.
-fn wait_ready(address: SocketAddr) -> Result<String> {
+pub fn wait_ready(address: SocketAddr) -> Result<String> {
     let deadline = Instant::now() + READY_LIMIT;
     loop {
         match get_root(address) {
@@ -504,7 +504,7 @@ fn get_root(address: SocketAddr) -> std::io::Result<String> {
 
 /// SIGTERM (the server finishes its requests and exits 0), then the task
 /// and the container are deleted.
-fn stop(lab: &Lab, api: &Api, id: &str) -> Result<()> {
+pub fn stop(lab: &Lab, api: &Api, id: &str) -> Result<()> {
     let stopped = api.kill_to_exit(id, 15);
     let removed = match &stopped {
         Ok(_) => lab.ctr_ok(&["containers", "rm", id]).map(|_| ()),

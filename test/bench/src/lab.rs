@@ -73,6 +73,18 @@ impl Lab {
         Ok(Lab { cd, daemon_cgroup })
     }
 
+    /// Restarts containerd with variable `key` set (`Some`) or removed
+    /// (`None`) in its environment, which the shims it starts from then on
+    /// inherit, and puts it back into the accounting cgroup. A per-node
+    /// server already running keeps its own environment: stop it first.
+    pub fn restart_with_env(&self, key: &str, value: Option<&str>) -> Result<()> {
+        self.cd.set_env(key, value);
+        self.cd.restart()?;
+        let pid = self.cd.pid().context("containerd is not running")?;
+        fs::write(self.daemon_cgroup.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("moving containerd into {}", self.daemon_cgroup.display()))
+    }
+
     pub fn cpu(&self) -> CpuSample {
         CpuSample {
             daemon: read_u64(&self.daemon_cgroup.join("cpuacct.usage")),

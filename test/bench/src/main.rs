@@ -22,6 +22,7 @@ mod bigwasm;
 mod cases;
 mod http;
 mod lab;
+mod overhead;
 mod report;
 
 use std::fs;
@@ -56,7 +57,7 @@ pub struct Config {
 }
 
 /// Every case, in the order they run.
-const CASES: [&str; 8] = ["1", "2", "3", "3b", "4", "5", "6", "7"];
+const CASES: [&str; 9] = ["1", "2", "3", "3b", "4", "5", "6", "7", "8"];
 
 impl Config {
     fn full() -> Config {
@@ -325,6 +326,9 @@ fn run() -> Result<()> {
     }
     if want("7") {
         record("7", http::http(&lab, &cfg, &api));
+    }
+    if want("8") {
+        record("8", overhead::overhead(&lab, &cfg, &img));
     }
     let elapsed = started.elapsed();
     drop(lab);

@@ -42,6 +42,9 @@ pub struct PrivateContainerd {
     /// Sockets of the shim servers seen running (their `-socket`), for the
     /// socket and per-node log checks once they are gone.
     pub(crate) servers: Mutex<BTreeSet<PathBuf>>,
+    /// Variables given to containerd (and so to the shims it starts) at its
+    /// next start, on top of this process's environment: `None` removes one.
+    pub(crate) env: Mutex<Vec<(String, Option<String>)>>,
 }
 
 impl PrivateContainerd {
@@ -126,6 +129,16 @@ impl PrivateContainerd {
         std::env::join_paths(dirs).expect("no ':' in PATH entries")
     }
 
+    /// Sets (`Some`) or removes (`None`) variable `key` in containerd's
+    /// environment from its next start ([`restart`](Self::restart)) on; the
+    /// shims containerd launches from then on inherit it. A per-node server
+    /// already running keeps its own.
+    pub fn set_env(&self, key: &str, value: Option<&str>) {
+        let mut env = self.env.lock().unwrap();
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_string(), value.map(str::to_string)));
+    }
+
     pub(crate) fn spawn(&self) -> Result<()> {
         let _ = fs::remove_file(self.address());
         let log = OpenOptions::new()
@@ -137,13 +150,21 @@ impl PrivateContainerd {
             "=== wasishim-e2e: starting containerd {}",
             self.version
         )?;
-        let child = Command::new(self.bin_dir.join("containerd"))
+        let mut command = Command::new(self.bin_dir.join("containerd"));
+        command
             .arg("--config")
             .arg(self.config_path())
             .env("PATH", self.path_env())
             .env("WASISHIM_NODE_IDLE_SECONDS", NODE_IDLE_SECONDS)
             .env_remove("CONTAINERD_ADDRESS")
-            .env_remove("CONTAINERD_NAMESPACE")
+            .env_remove("CONTAINERD_NAMESPACE");
+        for (key, value) in self.env.lock().unwrap().iter() {
+            match value {
+                Some(v) => command.env(key, v),
+                None => command.env_remove(key),
+            };
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -64,6 +64,7 @@ impl PrivateContainerd {
             pods: Mutex::new(BTreeSet::new()),
             namespaces: Mutex::new(BTreeSet::new()),
             servers: Mutex::new(BTreeSet::new()),
+            env: Mutex::new(Vec::new()),
         };
         if cri {
             cri_config::prepare_dirs(&cd)?;

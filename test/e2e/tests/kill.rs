@@ -4,6 +4,10 @@
 //! detached the same way, serves 100,000 requests (its access lines fill
 //! the FIFO and are then dropped) and stops promptly on SIGTERM.
 //!
+//! Through CRI (containerd 2.1), kubelet's StopContainer ends guests
+//! blocked in a FIFO open, stdin and a sleep: 137 without a grace period,
+//! 143 at once (not after the grace period) with one.
+//!
 //! Every scenario runs on each containerd version (`v1_6::...`), with the
 //! runtime `WASISHIM_RUNTIME` names (per-pod shim by default), and ends with
 //! [`PrivateContainerd::assert_no_leaks`]. Run one:
@@ -13,6 +17,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use wasishim_e2e::cri::{self, api, Client};
 use wasishim_e2e::{fixture_image, output_text, PrivateContainerd};
 
 /// What a kill may take, seen through `ctr task ls` polling on a loaded
@@ -197,3 +202,80 @@ scenarios!(
     detached_printer_is_killed,
     detached_http_server_keeps_serving
 );
+
+/// What StopContainer of a blocked guest may take through CRI on a loaded
+/// 2-core machine (containerd's own work included; the shim's part is a
+/// few ms).
+const CRI_STOP_LIMIT: Duration = Duration::from_secs(3);
+
+/// kubelet's StopContainer of guests blocked in host calls: with no grace
+/// period (SIGKILL) each exits 137; with a 30 s grace period a guest that
+/// does not handle SIGTERM exits 143 at once, not after the grace period.
+fn cri_stop_blocked(cd: &PrivateContainerd, cri: &Client) {
+    let image = cri::import(cd, &fixture_image("block", "wasip2/block.wasm").unwrap()).unwrap();
+    let host = tempfile::tempdir().unwrap();
+    nix::unistd::mkfifo(&host.path().join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let pod = cri.run_pod(cri.pod_config("blocked")).unwrap();
+    let cases: [(&str, &[&str], i64, i32); 4] = [
+        ("fifo", &["open", "/data/fifo"], 0, 137),
+        ("stdin", &["stdin"], 0, 137),
+        ("sleep", &["sleep"], 0, 137),
+        ("sleep-term", &["sleep"], 30, 143),
+    ];
+    for (name, args, grace, want) in cases {
+        let mut config = cri.container_config(name, &image);
+        config.command = std::iter::once("/app.wasm")
+            .chain(args.iter().copied())
+            .map(str::to_string)
+            .collect();
+        config.stdin = name == "stdin";
+        config.mounts = vec![api::Mount {
+            container_path: "/data".to_string(),
+            host_path: host.path().display().to_string(),
+            ..Default::default()
+        }];
+        let id = cri.run_container(&pod, config).unwrap();
+        // Let the guest reach its call ("blocking in ..." is printed first).
+        let log = pod.log_dir().join(format!("{name}.log"));
+        let start = Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("blocking in")
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{name} never printed 'blocking in'"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let sent = Instant::now();
+        cri.stop_container(&id, grace).unwrap();
+        let took = sent.elapsed();
+        let status = cri.container_status(&id).unwrap();
+        println!(
+            "{name}: StopContainer(timeout {grace}) took {took:?}, exit {}",
+            status.exit_code
+        );
+        assert_eq!(status.exit_code, want, "{name}: exit code");
+        assert!(
+            took < CRI_STOP_LIMIT,
+            "{name}: StopContainer took {took:?} (limit {CRI_STOP_LIMIT:?})"
+        );
+        cri.remove_container(&id).unwrap();
+    }
+    cri.stop_pod(&pod.id).unwrap();
+    cri.remove_pod(&pod.id).unwrap();
+}
+
+mod cri_v2_1 {
+    #[test]
+    fn cri_stop_blocked() {
+        let cd = wasishim_e2e::PrivateContainerd::start_with_cri("2.1.9").unwrap();
+        {
+            let cri = wasishim_e2e::cri::Client::connect(&cd).unwrap();
+            super::cri_stop_blocked(&cd, &cri);
+        }
+        cd.assert_no_leaks();
+    }
+}

@@ -174,8 +174,10 @@ fn special_file_entrypoints(cd: &PrivateContainerd) {
 
 /// Through CRI: `runAsUser`/`runAsGroup` 1000 cannot read root's 0600 file
 /// in a hostPath mount and creates files as 1000:1000;
-/// `supplementalGroups` grant group access; `readOnlyRootFilesystem`
-/// refuses writes to the rootfs.
+/// `supplementalGroups` grant group access; a volume prepared for `fsGroup`
+/// (setgid, group-writable; kubelet passes the group as a supplemental
+/// group) takes files as the fsGroup; `readOnlyRootFilesystem` refuses
+/// writes to the rootfs.
 fn cri_security_context(cd: &PrivateContainerd, cri: &Client) {
     let host = tempfile::tempdir().unwrap();
     chmod(host.path(), 0o755);
@@ -186,6 +188,12 @@ fn cri_security_context(cd: &PrivateContainerd, cri: &Client) {
     chmod(&host.path().join("grouped"), 0o640);
     fs::create_dir(host.path().join("open")).unwrap();
     chmod(&host.path().join("open"), 0o777);
+    // A volume as kubelet prepares it for `fsGroup: 3000`: group 3000,
+    // setgid, group-writable; kubelet then adds 3000 to the container's
+    // supplemental groups (CRI has no fsGroup field of its own).
+    fs::create_dir(host.path().join("fsgroup")).unwrap();
+    std::os::unix::fs::chown(host.path().join("fsgroup"), Some(0), Some(3000)).unwrap();
+    chmod(&host.path().join("fsgroup"), 0o2770);
     let image = cri::import(cd, &fixture_image("files", "wasip1/files.wasm").unwrap()).unwrap();
     let pod = cri.run_pod(cri.pod_config("sandbox")).unwrap();
 
@@ -209,9 +217,16 @@ fn cri_security_context(cd: &PrivateContainerd, cri: &Client) {
             });
         }
         let id = cri.run_container(&pod, config).unwrap();
-        cri.wait_exited(&id, Duration::from_secs(30))
+        let code = cri
+            .wait_exited(&id, Duration::from_secs(30))
             .unwrap()
-            .exit_code
+            .exit_code;
+        let log = fs::read_to_string(pod.log_dir().join(format!("{name}.log")));
+        println!(
+            "{name}: exit {code}, log: {}",
+            log.unwrap_or_default().trim()
+        );
+        code
     };
     assert_eq!(
         run("read-secret", &["read", "/data/secret"], vec![], false),
@@ -236,6 +251,32 @@ fn cri_security_context(cd: &PrivateContainerd, cri: &Client) {
     );
     let meta = fs::metadata(host.path().join("open/new")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+    assert_eq!(
+        run(
+            "fsgroup-none",
+            &["write", "/data/fsgroup/denied", "x"],
+            vec![],
+            false
+        ),
+        1,
+        "wrote into the fsGroup volume without the group"
+    );
+    assert_eq!(
+        run(
+            "fsgroup",
+            &["write", "/data/fsgroup/new", "x"],
+            vec![3000],
+            false
+        ),
+        0
+    );
+    let meta = fs::metadata(host.path().join("fsgroup/new")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (1000, 3000),
+        "a file in an fsGroup volume belongs to the pod's fsGroup"
+    );
+    assert!(!host.path().join("fsgroup/denied").exists());
     assert_eq!(
         run(
             "write-rootfs",
