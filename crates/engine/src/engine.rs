@@ -253,6 +253,9 @@ impl WasmEngineBuilder {
         }
         let mut config = Config::new();
         config.epoch_interruption(true);
+        // Each store's stack is counted against its container's memory
+        // limit at this size (limits.rs).
+        config.async_stack_size(crate::limits::STACK_BYTES);
         config.wasm_component_model(true);
         config.memory_init_cow(true);
         let pooled = if self.pooling {

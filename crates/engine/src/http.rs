@@ -278,7 +278,8 @@ impl Server {
             return http_limits::too_many_requests(self.in_flight.max());
         };
         let mut store = match self.store() {
-            Ok(store) => store,
+            Ok(Some(store)) => store,
+            Ok(None) => return http_limits::no_memory_for_request(self.limits.memory),
             Err(e) => {
                 return self.failed(
                     what,
@@ -371,16 +372,20 @@ impl Server {
 
     /// A fresh store for one request: its own WASI context (the container's
     /// args, env, preopens; stdout and stderr), `wasi:http` context and
-    /// memory limit.
-    fn store(&self) -> Result<Store<HttpState>> {
+    /// memory limit, which must have room for its stack (`None`: it has
+    /// not, with the requests already in flight).
+    fn store(&self) -> Result<Option<Store<HttpState>>> {
         let (stdout, stderr) = (self.guest.stdout.clone(), self.guest.stderr.clone());
         let wasi = self.guest.wasi.builder(None, stdout, stderr)?.build();
-        let limiter = GuestLimiter::per_request(self.limits, self.memory.clone());
+        let mut limiter = GuestLimiter::per_request(self.limits, self.memory.clone());
+        if !limiter.reserve_stack() {
+            return Ok(None);
+        }
         let state = HttpState::new(wasi, limiter, self.guest.settings.outgoing);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         yield_on_epoch(&mut store);
-        Ok(store)
+        Ok(Some(store))
     }
 
     /// Reports a failed request and makes its 500.

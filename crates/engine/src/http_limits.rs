@@ -110,6 +110,21 @@ pub(crate) fn too_many_requests(max: usize) -> Response<HyperOutgoingBody> {
     response
 }
 
+/// The 503 of a request whose store would take the container past its
+/// memory limit (`limit`), summed with the requests in flight.
+pub(crate) fn no_memory_for_request(limit: Option<u64>) -> Response<HyperOutgoingBody> {
+    let limit = limit.map_or_else(|| "its".to_string(), |l| format!("its {l}-byte"));
+    let mut response = plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the requests in flight take all of this container's memory ({limit} limit counts each request's memory and stack): retry later, or raise the container's memory limit\n"),
+    );
+    response.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from(RETRY_AFTER_SECONDS),
+    );
+    response
+}
+
 /// The requests a server has in flight, up to its cap.
 pub(crate) struct InFlight {
     count: Arc<AtomicUsize>,

@@ -1,6 +1,6 @@
 //! Resource limits of a container's stores, and its memory accounting:
-//! linear memories and tables, summed over the request stores of an HTTP
-//! server.
+//! linear memories, tables and each store's stack, summed over the request
+//! stores of an HTTP server.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -12,6 +12,12 @@ use crate::pool::{PoolShare, MAX_TABLE_ELEMENTS};
 /// and a GC reference in 4 bytes (`NOMINAL_MAX_TABLE_ELEM_SIZE`, which also
 /// sizes a pool table slot); 8 covers both.
 pub(crate) const TABLE_ELEMENT_BYTES: u64 = 8;
+
+/// The stack each store of a guest runs its wasm on: wasmtime's fiber
+/// stack for asynchronous calls, set to this size in the engine's config.
+/// Counted against the memory limit once per store (per request for an
+/// HTTP server), as the host memory the store may hold for it.
+pub(crate) const STACK_BYTES: usize = 2 << 20;
 
 /// What a container's stores may hold: its memory limit (over linear
 /// memories and table elements together) and its share of the instance pool.
@@ -79,6 +85,14 @@ impl GuestLimiter {
     /// Whether the memory limit refused this store a growth.
     pub(crate) fn limit_hit(&self) -> bool {
         self.limit_hit.load(Ordering::Relaxed)
+    }
+
+    /// Counts the store's stack ([`STACK_BYTES`]) against the limit, before
+    /// anything runs on it. False if it does not fit: the store must not
+    /// run (too many requests in flight for the limit, or a limit smaller
+    /// than one stack).
+    pub(crate) fn reserve_stack(&mut self) -> bool {
+        self.grant(STACK_BYTES as u64)
     }
 
     /// Grants `bytes` more if the container's sum stays within the limit.
@@ -230,6 +244,22 @@ mod tests {
         }
         assert_eq!(used.load(Ordering::Relaxed), 2 * PAGE as u64);
         assert!(matches!(l.memory_growing(0, PAGE, None), Ok(false)));
+    }
+
+    #[test]
+    fn each_store_counts_its_stack() {
+        let total = Arc::new(AtomicU64::new(0));
+        let limit = Some(2 * STACK_BYTES as u64 + PAGE as u64);
+        let mut a = GuestLimiter::per_request(limits(limit), total.clone());
+        let mut b = GuestLimiter::per_request(limits(limit), total.clone());
+        let mut c = GuestLimiter::per_request(limits(limit), total.clone());
+        assert!(a.reserve_stack() && b.reserve_stack());
+        assert!(!c.reserve_stack(), "a third stack fits no more");
+        assert!(matches!(a.memory_growing(0, PAGE, None), Ok(true)));
+        assert!(matches!(b.memory_growing(0, PAGE, None), Ok(false)));
+        drop(a);
+        assert!(c.reserve_stack());
+        assert_eq!(total.load(Ordering::Relaxed), 2 * STACK_BYTES as u64);
     }
 
     #[test]

@@ -462,20 +462,39 @@ fn run_on_runtime(
         Ok(built) => built,
         Err(e) => return Ended::Failed(format!("cannot start the guest's runtime: {e}")),
     };
-    let limiter = || GuestLimiter::new(limits, control.memory.clone(), control.limit_hit.clone());
+    let limiter = || {
+        let mut limiter =
+            GuestLimiter::new(limits, control.memory.clone(), control.limit_hit.clone());
+        if limiter.reserve_stack() {
+            Ok(limiter)
+        } else {
+            Err(Ended::Failed(format!(
+                "the container's memory limit ({} bytes) is smaller than the guest's {} MiB stack: raise the limit",
+                limits.memory.unwrap_or(0),
+                crate::limits::STACK_BYTES >> 20
+            )))
+        }
+    };
     let ended = match guest {
         Guest::Module { pre, wasi, entry } => {
-            let limiter = limiter();
+            let limiter = match limiter() {
+                Ok(limiter) => limiter,
+                Err(ended) => return ended,
+            };
             let mut store = Store::new(engine, ModuleState { wasi, limiter });
             store.limiter(|s| &mut s.limiter);
             yield_on_epoch(&mut store);
             rt.block_on(race(run_module(&mut store, &pre, &entry), control))
         }
         Guest::Component { pre, wasi, entry } => {
+            let limiter = match limiter() {
+                Ok(limiter) => limiter,
+                Err(ended) => return ended,
+            };
             let state = ComponentState {
                 wasi,
                 table: ResourceTable::new(),
-                limiter: limiter(),
+                limiter,
             };
             let mut store = Store::new(engine, state);
             store.limiter(|s| &mut s.limiter);

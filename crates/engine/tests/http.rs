@@ -283,15 +283,26 @@ fn outgoing_requests_work_unless_switched_off() {
 #[test]
 fn the_memory_limit_applies_to_each_request() {
     let wasm = fixture();
+    // Room for a request's 2 MiB stack, not for the fixture's initial
+    // memory: every instance is refused.
     let (mut b, address) = server_bundle(&wasm, &[]);
-    // Below the fixture's initial memory: every instance is refused.
-    b.config(|c| c["linux"] = json!({"resources": {"memory": {"limit": 65536}}}));
+    b.config(|c| c["linux"] = json!({"resources": {"memory": {"limit": (2 << 20) + 65536}}}));
     let running = b.start();
     wait_listening(address, &running);
     let answer = get(address, "/");
     assert_eq!(answer.status, 500);
     assert_eq!(stop(&running), 137);
     assert_contains(&b.stderr(), "GET / failed: out of memory");
+
+    // No room for a stack at all: 503, the request never starts.
+    let (mut b, address) = server_bundle(&wasm, &[]);
+    b.config(|c| c["linux"] = json!({"resources": {"memory": {"limit": 65536}}}));
+    let running = b.start();
+    wait_listening(address, &running);
+    let answer = get(address, "/");
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_contains(&answer.body, "memory");
+    assert_eq!(stop(&running), 137);
 }
 
 /// Summed over the requests in flight: under a 40 MiB limit, one request

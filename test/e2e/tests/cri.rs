@@ -317,10 +317,11 @@ fn stop_with_grace(cd: &PrivateContainerd, cri: &Client) {
 }
 
 /// d. ContainerStats and ListContainerStats of a busy guest report CPU time
-/// and, as working set, exactly its linear memory: the `hold` fixture has
-/// 160 pages (10 MiB) and never grows.
+/// and, as working set, exactly what counts against its memory limit: the
+/// `hold` fixture's linear memory of 160 pages (10 MiB), which never grows,
+/// and its store's 2 MiB stack.
 fn stats(cd: &PrivateContainerd, cri: &Client) {
-    const LINEAR_MEMORY: u64 = 160 * 65536;
+    const LINEAR_MEMORY: u64 = 160 * 65536 + (2 << 20);
     let hold = import(cd, "hold", "wat/hold.wasm");
     let pod = run_pod(cri, "stats");
     let id = run_running(cri, &pod, cri.container_config("hold", &hold));
@@ -342,7 +343,7 @@ fn stats(cd: &PrivateContainerd, cri: &Client) {
             .unwrap_or(0);
         assert_eq!(
             mem, LINEAR_MEMORY,
-            "{from}: working set is not the guest's linear memory: {stats:?}"
+            "{from}: working set is not the guest's linear memory and stack: {stats:?}"
         );
     };
     let stats = cri.container_stats(&id).unwrap();
