@@ -344,10 +344,11 @@ impl WorkloadHandle {
         Ok(())
     }
 
-    /// Closes the guest's stdin: further reads see end of file, including a
-    /// read already waiting. Idempotent.
+    /// Closes the guest's stdin, as containerd's CloseIO asks once the
+    /// client has written all its input: the guest reads what the client
+    /// wrote, then end of file, also in a read already waiting. Idempotent.
     pub fn close_stdin(&self) {
-        self.control.stdin.close();
+        self.control.stdin.finish();
     }
 
     /// Bytes the guest holds now under its memory limit: all its linear

@@ -217,6 +217,9 @@ struct State {
     eof: bool,
     /// Closed by the host: end of file now, buffered bytes are dropped.
     closed: bool,
+    /// The client is done writing (containerd's CloseIO): end of file once
+    /// the FIFO has nothing more to give, with nothing dropped.
+    finishing: bool,
     /// Guest-side readers waiting for bytes.
     wakers: Vec<Waker>,
 }
@@ -241,7 +244,17 @@ impl GuestStdin {
             .map(|_| ())
     }
 
-    /// Ends stdin: pending and future reads see end of file.
+    /// Ends stdin after what its writers already sent (containerd's CloseIO,
+    /// sent once the client wrote all its input): reads get those bytes,
+    /// then end of file, even if a writer still holds the FIFO open.
+    pub(crate) fn finish(&self) {
+        let mut state = self.shared.lock();
+        state.finishing = true;
+        self.shared.room.notify_all();
+    }
+
+    /// Ends stdin at once (the guest ended): pending and future reads see
+    /// end of file, buffered bytes are dropped.
     pub(crate) fn close(&self) {
         let mut state = self.shared.lock();
         state.closed = true;
@@ -264,6 +277,7 @@ impl Shared {
 fn read_into(mut file: File, shared: &Shared) {
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
+        let finishing;
         {
             let mut state = shared.lock();
             while state.buf.len() >= STDIN_BUFFER && !state.closed {
@@ -276,13 +290,25 @@ fn read_into(mut file: File, shared: &Shared) {
             if state.closed {
                 return;
             }
+            finishing = state.finishing;
         }
         // Wait for data (or the writer hanging up) with a timeout, so that a
         // close is noticed even if no writer ever shows up. For a FIFO opened
         // non-blocking, the kernel reports no hang-up before a first writer,
-        // so this does not mistake "no writer yet" for end of file.
+        // so this does not mistake "no writer yet" for end of file. Once
+        // finishing, only what the FIFO holds now is read.
+        let timeout = if finishing {
+            PollTimeout::ZERO
+        } else {
+            PollTimeout::from(STDIN_POLL)
+        };
         let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(STDIN_POLL)) {
+        match poll(&mut fds, timeout) {
+            Ok(0) if finishing => {
+                shared.lock().eof = true;
+                wake(shared);
+                return;
+            }
             Ok(0) | Err(Errno::EINTR) => continue,
             Ok(_) => {}
             Err(e) => {
@@ -362,6 +388,7 @@ impl StdinStream for GuestStdin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use tokio::io::AsyncReadExt;
 
     fn runtime() -> tokio::runtime::Runtime {
@@ -425,6 +452,48 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(1), reader.read_to_end(&mut buf)).await
         });
         assert!(matches!(got, Ok(Ok(0))), "{got:?}");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// containerd's CloseIO comes right after the client's last write: the
+    /// guest still reads all of it, then end of file, even with a writer left.
+    #[test]
+    fn finish_keeps_what_was_written() {
+        let path = std::env::temp_dir().join(format!("wasishim-stdin-fin-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        if let Err(e) = nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU) {
+            panic!("mkfifo: {e}");
+        }
+        let file = match open_input(&path) {
+            Ok(f) => f,
+            Err(e) => panic!("{e:#}"),
+        };
+        let stdin = GuestStdin::new();
+        if let Err(e) = stdin.spawn_reader(file, "test") {
+            panic!("{e}");
+        }
+        let mut writer = match OpenOptions::new().write(true).open(&path) {
+            Ok(w) => w,
+            Err(e) => panic!("opening the FIFO to write: {e}"),
+        };
+        if let Err(e) = writer.write_all(b"typed before CloseIO") {
+            panic!("writing the FIFO: {e}");
+        }
+        // Let the reader buffer it, as it does while the guest is busy.
+        std::thread::sleep(Duration::from_millis(50));
+        stdin.finish();
+        let got = runtime().block_on(async move {
+            let mut reader = stdin.clone();
+            let mut buf = String::new();
+            tokio::time::timeout(Duration::from_secs(2), reader.read_to_string(&mut buf))
+                .await
+                .map(|r| r.map(|_| buf))
+        });
+        assert!(
+            matches!(&got, Ok(Ok(text)) if text == "typed before CloseIO"),
+            "{got:?}"
+        );
+        drop(writer);
         let _ = std::fs::remove_file(&path);
     }
 }

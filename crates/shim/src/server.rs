@@ -1,7 +1,8 @@
 //! Hosting the task service on a ttrpc socket until containerd is done with it.
 //!
 //! The per-pod binary serves one pod on the socket its `start` bound and passed
-//! down as file descriptor 3; it exits when the last task is gone.
+//! down as file descriptor 3; it exits when the last task is gone. SIGTERM
+//! and SIGINT drain the server (see [`drain_on_signals`]).
 
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixListener;
@@ -19,7 +20,7 @@ use crate::keys::ConnectionIds;
 use crate::negotiation::{TASK_SERVICE_V2, TASK_SERVICE_V3};
 use crate::os::RealOs;
 use crate::process::EngineGuests;
-use crate::service::TaskService;
+use crate::service::{ShutdownSignal, TaskService};
 use crate::socket::{self, LISTENER_FD};
 
 /// Where the server listens and for whom.
@@ -81,9 +82,17 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
         options.socket_address
     );
 
+    let socket = Arc::new(OwnSocket::new(&options.socket_address));
+    tokio::spawn(drain_on_signals(
+        service.clone(),
+        socket.clone(),
+        shutdown.clone(),
+    ));
     loop {
         shutdown.notified().await;
-        if !hosting.lingers_when_idle() || linger_then_exit(&service, &options.socket_address).await
+        if service.is_draining()
+            || !hosting.lingers_when_idle()
+            || linger_then_exit(&service, &socket, &shutdown).await
         {
             break;
         }
@@ -94,9 +103,88 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
     if let Err(err) = server.shutdown().await {
         log::warn!("ttrpc server shutdown: {err}");
     }
-    socket::remove_socket(&options.socket_address);
+    socket.remove();
     hosting.remove_log(&options.socket_address);
     Ok(())
+}
+
+/// This server's socket file, removed at most once: once removed, the path
+/// may be bound by a new server, whose socket must not be taken away.
+struct OwnSocket {
+    address: String,
+    removed: std::sync::atomic::AtomicBool,
+}
+
+impl OwnSocket {
+    fn new(address: &str) -> OwnSocket {
+        OwnSocket {
+            address: address.to_string(),
+            removed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn path(&self) -> &str {
+        socket::socket_path(&self.address)
+    }
+
+    /// Removes the socket file, if not done before; the caller holds the
+    /// socket directory's lock when a new server may be starting.
+    fn remove(&self) {
+        if !self.removed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            socket::remove_socket(&self.address);
+        }
+    }
+}
+
+/// SIGTERM or SIGINT to the server drains it (nothing else would end its
+/// guests gracefully: they are threads of this process, not processes a
+/// node shutdown signals one by one):
+/// - it takes no new task: its socket is removed under the lock `start`
+///   takes, so the next `start` launches a new server, and a create that
+///   still arrives is refused;
+/// - every task gets the same signal, as from a Kill: a command guest ends
+///   (143, 130), an HTTP server stops accepting and finishes its requests in
+///   flight, a pod sandbox ends;
+/// - it exits once containerd has deleted its last task, without lingering.
+///
+/// A second signal is passed on again; SIGKILL still ends the server at once.
+async fn drain_on_signals(
+    service: Arc<TaskService>,
+    socket: Arc<OwnSocket>,
+    shutdown: ShutdownSignal,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(err), _) | (_, Err(err)) => {
+            log::warn!("cannot handle SIGTERM and SIGINT, they will end the server at once: {err}");
+            return;
+        }
+    };
+    loop {
+        let signal = tokio::select! {
+            _ = term.recv() => libc::SIGTERM,
+            _ = int.recv() => libc::SIGINT,
+        };
+        let tasks = service.task_count().await;
+        log::info!("received signal {signal}: draining, passing it to {tasks} task(s)");
+        if service.begin_drain() {
+            match socket::lock_socket_dir(socket.path()) {
+                Ok(_lock) => socket.remove(),
+                Err(err) => {
+                    log::warn!("{err:#}: removing the socket without the lock");
+                    socket.remove();
+                }
+            }
+        }
+        service.signal_all(signal as u32).await;
+        if service.task_count().await == 0 {
+            shutdown.notify_one();
+        }
+    }
 }
 
 /// Environment variable setting how long an idle per-node server lingers.
@@ -118,12 +206,23 @@ fn node_idle_time() -> std::time::Duration {
 /// `start` that sent a container here. The check and the socket's removal
 /// happen under the lock `start` holds, so a start either reuses this server
 /// before the check (and keeps it alive) or launches a new one after it.
-async fn linger_then_exit(service: &TaskService, socket_address: &str) -> bool {
+/// A drain (see [`drain_on_signals`]) ends the linger at once.
+async fn linger_then_exit(
+    service: &TaskService,
+    socket: &OwnSocket,
+    shutdown: &ShutdownSignal,
+) -> bool {
     let idle = node_idle_time();
-    let socket_path = socket::socket_path(socket_address);
+    let socket_path = socket.path();
     log::info!("no tasks left: exiting after {idle:?} without work");
     loop {
-        tokio::time::sleep(idle).await;
+        tokio::select! {
+            _ = tokio::time::sleep(idle) => {}
+            _ = shutdown.notified() => {}
+        }
+        if service.is_draining() {
+            return true;
+        }
         if service.task_count().await > 0 {
             return false;
         }
@@ -132,7 +231,7 @@ async fn linger_then_exit(service: &TaskService, socket_address: &str) -> bool {
         };
         let start_was_here = socket::reused_within(socket_path, idle);
         if service.task_count().await == 0 && service.idle_for() >= idle && !start_was_here {
-            socket::remove_socket(socket_address);
+            socket.remove();
             return true;
         }
     }

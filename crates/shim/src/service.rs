@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -57,6 +58,8 @@ pub struct TaskService {
     pod_networks: PodNetworks,
     /// When a task was last created, started or deleted.
     last_activity: std::sync::Mutex<Instant>,
+    /// Set once the server was told to stop (see [`TaskService::begin_drain`]).
+    draining: AtomicBool,
 }
 
 impl TaskService {
@@ -85,6 +88,7 @@ impl TaskService {
             keys: Keys::new(default_namespace),
             pod_networks: PodNetworks::default(),
             last_activity: std::sync::Mutex::new(Instant::now()),
+            draining: AtomicBool::new(false),
         };
         tokio::spawn(record_exits(
             exit_rx,
@@ -112,6 +116,44 @@ impl TaskService {
     /// How many tasks this server hosts now.
     pub async fn task_count(&self) -> usize {
         self.containers.lock().await.len()
+    }
+
+    /// Whether the server was told to stop and takes no new task.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Refuses new tasks from now on: the server was told to stop. Returns
+    /// true the first time.
+    pub fn begin_drain(&self) -> bool {
+        !self.draining.swap(true, Ordering::SeqCst)
+    }
+
+    /// Sends `signal` to every task, as a Kill of each would, so that guests
+    /// end as they do on that signal (an HTTP server finishes its requests
+    /// in flight): what the server does when it receives SIGTERM or SIGINT.
+    pub async fn signal_all(&self, signal: u32) {
+        let mut containers = self.containers.lock().await;
+        for (key, container) in containers.iter_mut() {
+            match container.kill(&key.id, signal) {
+                // Never started: stopped now, and its exit is published here.
+                Ok(Some(status)) => {
+                    self.events
+                        .task_ended(
+                            Ended::Exit,
+                            &key.namespace,
+                            &key.id,
+                            self.pid,
+                            status.code,
+                            status.exited_at,
+                        )
+                        .await;
+                }
+                Ok(None) => log::info!("task {key}: sent signal {signal}"),
+                // Already stopped.
+                Err(_) => {}
+            }
+        }
     }
 
     /// The containers, locked, and the key of the task `id` the caller names.
@@ -194,6 +236,15 @@ impl Task for TaskService {
         }
         if !req.checkpoint.is_empty() {
             return Err(self.unsupported("restoring from a checkpoint"));
+        }
+        if self.is_draining() {
+            return Err(error(
+                Code::UNAVAILABLE,
+                format!(
+                    "the {} server is stopping (it received SIGTERM or SIGINT) and takes no new task: create the task again, a new server will take it",
+                    self.runtime.binary
+                ),
+            ));
         }
         let bundle = PathBuf::from(&req.bundle);
         let key = self.keys.create_key(&Caller::of(ctx), &id, &bundle);

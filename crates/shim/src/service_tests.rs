@@ -563,3 +563,38 @@ async fn stats_report_the_memory_limit() {
     let metrics = h.metrics("c1").await;
     assert_eq!(metrics.memory.usage.usage, 65536);
 }
+
+#[tokio::test]
+async fn a_drain_signals_every_task_and_refuses_new_ones() {
+    let h = harness().await;
+    h.create("runs").await.unwrap();
+    h.start("runs").await.unwrap();
+    h.create("created").await.unwrap();
+    h.create("ended").await.unwrap();
+    h.start("ended").await.unwrap();
+    h.guests.last_started().end(0);
+    assert_eq!(h.wait("ended").await.unwrap().exit_status, 0);
+
+    assert!(h.service.begin_drain());
+    assert!(!h.service.begin_drain(), "a second drain is not a first");
+    h.service.signal_all(2).await;
+    assert_eq!(
+        h.guests.started.lock().unwrap()[0].signals.lock().unwrap()[..],
+        [2]
+    );
+    // The fake guest ends only on 9 and 15, as a spinning guest would not on
+    // other signals: SIGTERM ends it.
+    h.service.signal_all(15).await;
+    assert_eq!(h.wait("runs").await.unwrap().exit_status, 143);
+    assert_eq!(h.wait("created").await.unwrap().exit_status, 130);
+    assert_eq!(h.wait("ended").await.unwrap().exit_status, 0);
+
+    let (code, message) = refusal(h.create("late").await);
+    assert_eq!(code, Code::UNAVAILABLE);
+    assert!(message.contains("received SIGTERM or SIGINT"), "{message}");
+    for id in ["runs", "created", "ended"] {
+        h.delete(id).await.unwrap();
+    }
+    let notified = tokio::time::timeout(Duration::from_secs(5), h.shutdown.notified());
+    assert!(notified.await.is_ok());
+}

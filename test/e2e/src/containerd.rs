@@ -58,6 +58,11 @@ impl PrivateContainerd {
         &self.bin_dir
     }
 
+    /// Directory containerd finds the shims in (first on its `PATH`).
+    pub fn shim_dir(&self) -> &Path {
+        &self.shim_dir
+    }
+
     /// The instance's temporary directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -31,4 +31,4 @@ pub use crate::cri_config::{
     PAUSE_IMAGE, POD_ADDRESS,
 };
 pub use crate::cri_log::{parse_log, wait_log_line, LogLine};
-pub use crate::probes::{in_netns, read_from, stream_probe};
+pub use crate::probes::{in_netns, read_from, stream_probe, stream_stdin};

@@ -517,15 +517,16 @@ impl<'a> Client<'a> {
         .url)
     }
 
-    /// `Attach` (stdout and stderr); returns the streaming URL.
-    pub fn attach(&self, id: &str) -> Result<String> {
+    /// `Attach` to stdout and stderr, and to stdin with `stdin` (no tty);
+    /// returns the streaming URL.
+    pub fn attach(&self, id: &str, stdin: bool) -> Result<String> {
         Ok(call!(
             self,
             runtime,
             attach,
             AttachRequest {
                 container_id: id.to_string(),
-                stdin: false,
+                stdin,
                 tty: false,
                 stdout: true,
                 stderr: true,

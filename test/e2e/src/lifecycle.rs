@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -27,7 +27,14 @@ impl PrivateContainerd {
     /// version cannot be found or installed, or if containerd exits or does
     /// not answer within 20 s (the error carries its log).
     pub fn start(version: &str) -> Result<PrivateContainerd> {
-        Self::start_inner(version, false)
+        Self::start_inner(version, false, shim_dir())
+    }
+
+    /// Like [`start`](Self::start), with the shims looked up in `shims`
+    /// instead of [`shim_dir`]: a test can replace a binary there, as an
+    /// upgrade of the node does.
+    pub fn start_with_shim_dir(version: &str, shims: &Path) -> Result<PrivateContainerd> {
+        Self::start_inner(version, false, shims.to_path_buf())
     }
 
     /// Like [`start`](Self::start), with containerd's CRI plugin enabled the
@@ -43,10 +50,10 @@ impl PrivateContainerd {
     /// and `/usr/lib/cni/loopback` (Debian's containernetworking-plugins).
     /// Fails, with the log, if the CRI plugin does not load.
     pub fn start_with_cri(version: &str) -> Result<PrivateContainerd> {
-        Self::start_inner(version, true)
+        Self::start_inner(version, true, shim_dir())
     }
 
-    fn start_inner(version: &str, cri: bool) -> Result<PrivateContainerd> {
+    fn start_inner(version: &str, cri: bool, shims: PathBuf) -> Result<PrivateContainerd> {
         let bin_dir = containerd_bin_dir(version)?;
         let dir = tempfile::Builder::new()
             .prefix("wasishim-cd-")
@@ -56,7 +63,7 @@ impl PrivateContainerd {
         let cd = PrivateContainerd {
             version: version.to_string(),
             bin_dir,
-            shim_dir: shim_dir(),
+            shim_dir: shims,
             dir,
             child: Mutex::new(None),
             ids: Mutex::new(BTreeSet::new()),

@@ -487,6 +487,51 @@ fn exec_unsupported(cd: &PrivateContainerd, cri: &Client) {
     remove_pod(cd, cri, &pod);
 }
 
+/// j. Attach (`kubectl attach`), which containerd serves from the
+/// container's stdio: a running guest's output reaches the attached client
+/// as it is written, and a client's stdin reaches a guest started with
+/// `stdin: true` (`stdin_once`: the end of the attach is its end of file).
+fn attach(cd: &PrivateContainerd, cri: &Client) {
+    let sleep = import(cd, "sleep", "wasip1/sleep.wasm");
+    let echo = import(cd, "echo", "wasip1/echo.wasm");
+    let pod = run_pod(cri, "attach");
+
+    // Prints "sleeping", then "woke" two seconds later, while attached.
+    let id = run_running(
+        cri,
+        &pod,
+        cri::with_args(cri.container_config("sleeper", &sleep), &["2"]),
+    );
+    let url = cri.attach(&id, false).unwrap();
+    let streamed = cri::stream_probe(&url, EXIT_LIMIT).unwrap();
+    assert!(
+        streamed.contains("[1] woke\n"),
+        "attached client got: {streamed:?}"
+    );
+    let status = cri.wait_exited(&id, EXIT_LIMIT).unwrap();
+    assert_eq!(status.exit_code, 0, "{status:?}");
+
+    let mut config = cri::with_args(cri.container_config("reader", &echo), &["--stdin"]);
+    config.stdin = true;
+    config.stdin_once = true;
+    let id = run_running(cri, &pod, config);
+    let url = cri.attach(&id, true).unwrap();
+    cri::stream_stdin(&url, b"typed into attach\n", EXIT_LIMIT).unwrap();
+    let status = cri.wait_exited(&id, EXIT_LIMIT).unwrap();
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    let lines = cri::wait_log_line(
+        &pod.log_dir().join("reader.log"),
+        "stdin=typed into attach",
+        EXIT_LIMIT,
+    )
+    .unwrap();
+    assert!(
+        lines.iter().any(|l| l == "stdin=typed into attach"),
+        "{lines:?}"
+    );
+    remove_pod(cd, cri, &pod);
+}
+
 /// i. UpdateContainerResources (an in-place resize) is refused with
 /// "update is not supported by RUNTIME"; the container keeps running.
 fn update_refused(cd: &PrivateContainerd, cri: &Client) {
@@ -532,4 +577,5 @@ wasishim_e2e::scenarios!(
     bad_input,
     exec_unsupported,
     update_refused,
+    attach,
 );

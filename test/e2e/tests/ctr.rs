@@ -1004,6 +1004,34 @@ fn shim_killed(cd: &PrivateContainerd) {
     assert_still_serves(cd, "orphan");
 }
 
+/// SIGTERM to the shim server drains it: its running guest gets the signal
+/// (143), the server keeps answering containerd until the task is deleted,
+/// then exits, removing its socket. SIGKILL is `shim_killed`.
+fn shim_sigterm_drains(cd: &PrivateContainerd) {
+    let image = import(cd, "sleep", "wasip1/sleep.wasm");
+    cd.run_detached(&[], &image, "drained", &["/app.wasm", "3600"])
+        .unwrap();
+    cd.wait_task_status("drained", "RUNNING", Duration::from_secs(10))
+        .unwrap();
+    let shims = cd.shim_pids();
+    assert_eq!(shims.len(), 1, "shims: {shims:?}");
+    kill(Pid::from_raw(shims[0]), Signal::SIGTERM).unwrap();
+    cd.wait_task_status("drained", "STOPPED", Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        Path::new(&format!("/proc/{}", shims[0])).exists(),
+        "the shim exited before its task was deleted"
+    );
+    assert_eq!(cd.task_delete("drained").unwrap(), 143);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{}", shims[0])).exists() {
+        assert!(Instant::now() < deadline, "the drained shim did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    remove(cd, "drained");
+    assert_still_serves(cd, "drained");
+}
+
 // ---------------------------------------------------------------- bad input
 
 fn corrupt_wasm(cd: &PrivateContainerd) {
@@ -1156,6 +1184,7 @@ wasishim_e2e::scenarios!(
     sleeper_finishes,
     containerd_restart,
     shim_killed,
+    shim_sigterm_drains,
     pod_shares_one_shim,
     leak_check_sees_a_live_task,
     task_events,

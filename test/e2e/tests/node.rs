@@ -5,13 +5,16 @@
 //! `WASISHIM_RUNTIME=io.containerd.wasmtimed.v1`; these are the cases only a
 //! shared process has.
 
-use std::time::Duration;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use wasishim_e2e::{exit_code, fixture_image, output_text, PrivateContainerd};
 
 const NODE_RUNTIME: &str = "io.containerd.wasmtimed.v1";
+const NODE_BINARY: &str = "containerd-shim-wasmtimed-v1";
 const OTHER_NAMESPACE: &str = "wasishim-e2e-other";
 
 fn import(cd: &PrivateContainerd, name: &str, rel: &str) -> String {
@@ -226,14 +229,206 @@ fn failures_stay_contained(cd: &PrivateContainerd) {
     remove(cd, "neighbour");
 }
 
+/// The socket the per-node server `pid` serves on (its `-socket` argument).
+fn server_socket(pid: i32) -> PathBuf {
+    let log = server_log(pid);
+    let name = log.file_stem().unwrap();
+    Path::new("/run/containerd/s").join(name)
+}
+
+/// The address file containerd keeps in task `id`'s bundle: the server it talks to.
+fn task_address(cd: &PrivateContainerd, id: &str) -> String {
+    std::fs::read_to_string(cd.task_state_dir().join(id).join("address")).unwrap()
+}
+
+/// Waits until process `pid` is gone.
+fn wait_gone(pid: i32, limit: Duration) {
+    let start = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            start.elapsed() < limit,
+            "process {pid} still runs after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Replaces the node binary in `shims` by a copy of the built one with a
+/// newer modification time, as an upgrade does (a new file renamed into
+/// place, as `wasishim install` writes it).
+fn upgrade_binary(shims: &Path) {
+    let installed = shims.join(NODE_BINARY);
+    let old = std::fs::metadata(&installed).unwrap().modified().unwrap();
+    let new = shims.join(format!(".{NODE_BINARY}.new"));
+    std::fs::copy(wasishim_e2e::shim_dir().join(NODE_BINARY), &new).unwrap();
+    let file = std::fs::File::options().write(true).open(&new).unwrap();
+    file.set_modified(old.max(SystemTime::now()) + Duration::from_secs(60))
+        .unwrap();
+    drop(file);
+    std::fs::rename(&new, &installed).unwrap();
+}
+
+/// An upgrade replaces the binary while its server hosts two tasks: the next
+/// container goes to a new server (its socket is named after the binary's
+/// identity), while the old server keeps its tasks, which are then killed
+/// and deleted as usual; idle, the old server exits and the new one keeps
+/// serving.
+fn upgrade(cd: &PrivateContainerd) {
+    let image = import(cd, "sleep", "wasip1/sleep.wasm");
+    let olds = ["old-1".to_string(), "old-2".to_string()];
+    sleepers(cd, &image, &olds);
+    let servers = cd.shim_pids();
+    assert_eq!(servers.len(), 1, "servers: {servers:?}");
+    let old = servers[0];
+    let old_socket = server_socket(old);
+    let old_address = task_address(cd, "old-1");
+
+    upgrade_binary(cd.shim_dir());
+    let hello = import(cd, "hello", "wasip1/hello.wasm");
+    let out = cd.run_rm(&[], &hello, "after-upgrade", &[]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from wasm"));
+    sleepers(cd, &image, &["new-1".to_string()]);
+    let servers = cd.shim_pids();
+    assert_eq!(servers.len(), 2, "servers after the upgrade: {servers:?}");
+    let new = *servers.iter().find(|p| **p != old).unwrap();
+    let new_address = task_address(cd, "new-1");
+    assert_ne!(
+        new_address, old_address,
+        "the new task went to the old server"
+    );
+    assert!(
+        new_address.ends_with(&server_socket(new).display().to_string()),
+        "{new_address} is not the socket of the new server {new}"
+    );
+    assert_eq!(task_address(cd, "old-2"), old_address);
+    let old_exe = std::fs::read_link(format!("/proc/{old}/exe")).unwrap();
+    assert!(
+        old_exe.display().to_string().ends_with(" (deleted)"),
+        "the old server runs {}, not the replaced binary",
+        old_exe.display()
+    );
+
+    // The old server still serves its tasks: SIGTERM and SIGKILL, delete.
+    for id in &olds {
+        assert_eq!(cd.task_status(id).unwrap().as_deref(), Some("RUNNING"));
+    }
+    let out = cd.ctr(["task", "kill", "old-1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    cd.wait_task_status("old-1", "STOPPED", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(cd.task_delete("old-1").unwrap(), 143);
+    let out = cd.ctr(["containers", "rm", "old-1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    remove(cd, "old-2");
+
+    // Idle, the old server exits; the new one keeps its task.
+    wait_gone(old, Duration::from_secs(15));
+    assert!(!old_socket.exists(), "the old server left its socket");
+    assert_eq!(cd.shim_pids(), [new]);
+    assert_eq!(cd.task_status("new-1").unwrap().as_deref(), Some("RUNNING"));
+    remove(cd, "new-1");
+}
+
+/// A free port on 127.0.0.1 (free when asked).
+fn free_address() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// SIGINT to the node server drains it: it passes the signal to each task
+/// (a command guest ends with 130, an HTTP server finishes the request in
+/// flight and exits 0), takes no new containers (the next one gets a new
+/// server), and exits once its tasks are deleted, leaving nothing behind.
+fn sigint_drains(cd: &PrivateContainerd) {
+    let sleep = import(cd, "sleep", "wasip1/sleep.wasm");
+    let http = import(cd, "http", "wasip2/http.wasm");
+    sleepers(cd, &sleep, &["sleeper".to_string()]);
+    let address = free_address();
+    let env = format!("WASISHIM_HTTP_ADDRESS={address}");
+    cd.run_detached(&["--net-host", "--env", &env], &http, "web", &[])
+        .unwrap();
+    let start = Instant::now();
+    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nothing listens on {address}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let servers = cd.shim_pids();
+    assert_eq!(servers.len(), 1, "servers: {servers:?}");
+    let server = servers[0];
+    let socket = server_socket(server);
+    assert!(
+        socket.exists(),
+        "{} is not the server's socket",
+        socket.display()
+    );
+
+    let slow = std::thread::spawn(move || wasishim_e2e::http::get_with(address, "/slow", ""));
+    std::thread::sleep(Duration::from_millis(300));
+    kill(Pid::from_raw(server), Signal::SIGINT).unwrap();
+    let answer = slow.join().unwrap().unwrap();
+    assert_eq!((answer.status, answer.body.as_str()), (200, "slow done\n"));
+    for id in ["sleeper", "web"] {
+        cd.wait_task_status(id, "STOPPED", Duration::from_secs(10))
+            .unwrap();
+    }
+    assert!(!socket.exists(), "the draining server kept its socket");
+    assert!(
+        Path::new(&format!("/proc/{server}")).exists(),
+        "the server exited before containerd deleted its tasks"
+    );
+
+    // A new container goes to a new server meanwhile, on the same socket
+    // path (same binary).
+    sleepers(cd, &sleep, &["after".to_string()]);
+    let servers = cd.shim_pids();
+    assert_eq!(servers.len(), 2, "servers: {servers:?}");
+    let new = *servers.iter().find(|p| **p != server).unwrap();
+    assert_eq!(server_socket(new), socket);
+
+    assert_eq!(cd.task_delete("sleeper").unwrap(), 130);
+    assert_eq!(cd.task_delete("web").unwrap(), 0);
+    wait_gone(server, Duration::from_secs(5));
+    for id in ["sleeper", "web"] {
+        let out = cd.ctr(["containers", "rm", id]);
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    // The drained server left the new one's socket alone.
+    assert!(
+        socket.exists(),
+        "the drained server removed its successor's socket"
+    );
+    let hello = import(cd, "hello", "wasip1/hello.wasm");
+    let out = cd.run_rm(&[], &hello, "after-drain", &[]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from wasm"));
+    assert_eq!(cd.shim_pids(), [new]);
+    remove(cd, "after");
+}
+
+/// Starts containerd `version` with the per-node binary in a directory of
+/// the test's own, which a scenario may replace as an upgrade does, runs
+/// `scenario` and checks for leaks.
 fn run(version: &str, scenario: fn(&PrivateContainerd)) {
     // This test binary is about the per-node shim whatever the environment
     // says; the harness reads the runtime once per process.
     std::env::set_var("WASISHIM_RUNTIME", NODE_RUNTIME);
     assert_eq!(wasishim_e2e::runtime(), NODE_RUNTIME);
-    let cd = PrivateContainerd::start(version).unwrap();
+    let shims = tempfile::tempdir().unwrap();
+    let built = wasishim_e2e::shim_dir().join(NODE_BINARY);
+    // A link costs nothing; a copy where the directories are on different filesystems.
+    if std::fs::hard_link(&built, shims.path().join(NODE_BINARY)).is_err() {
+        std::fs::copy(&built, shims.path().join(NODE_BINARY)).unwrap();
+    }
+    let cd = PrivateContainerd::start_with_shim_dir(version, shims.path()).unwrap();
     scenario(&cd);
     cd.assert_no_leaks();
+    drop(cd);
 }
 
 wasishim_e2e::scenarios!(
@@ -242,4 +437,6 @@ wasishim_e2e::scenarios!(
     restart_with_20_tasks,
     node_killed,
     failures_stay_contained,
+    upgrade,
+    sigint_drains,
 );
