@@ -55,6 +55,7 @@ mod source;
 mod spec;
 mod stdio;
 mod wasi;
+mod worker;
 
 pub use access_log::HTTP_ACCESS_LOG_ENV;
 pub use bundle::{
@@ -72,6 +73,7 @@ pub use http_limits::{
     DEFAULT_HTTP_HEADER_TIMEOUT_SECONDS, DEFAULT_HTTP_IDLE_TIMEOUT_SECONDS,
     DEFAULT_HTTP_MAX_CONNECTIONS, DEFAULT_HTTP_MAX_REQUESTS, HTTP_HEADER_TIMEOUT_ENV,
     HTTP_IDLE_TIMEOUT_ENV, HTTP_MAX_CONNECTIONS_ENV, HTTP_MAX_REQUESTS_ENV,
+    HTTP_REQUEST_TIMEOUT_ENV,
 };
 pub use http_settings::{
     DEFAULT_HTTP_ADDRESS, DEFAULT_HTTP_MAX_BODY_BYTES, HTTP_ADDRESS_ENV, HTTP_MAX_BODY_BYTES_ENV,
@@ -86,3 +88,9 @@ pub use run::{ExitStatus, Workload, WorkloadHandle};
 pub use source::{EntrypointFile, RootfsEntrypoint};
 pub use spec::WorkloadSpec;
 pub use stdio::Stdio;
+pub use worker::{
+    run_compile_worker, COMPILE_CONCURRENCY_ENV, COMPILE_MEMORY_ENV, COMPILE_TIMEOUT_ENV,
+    COMPILE_WORKER_ARG, DEFAULT_COMPILE_CONCURRENCY, DEFAULT_COMPILE_MEMORY_BYTES,
+    DEFAULT_COMPILE_TIMEOUT_SECONDS, DEFAULT_MAX_MODULE_BYTES, MAX_MODULE_BYTES_ENV,
+    THIS_EXECUTABLE,
+};
