@@ -6,9 +6,9 @@
 //! recorded and published in order. The service does not know how it is
 //! hosted beyond what [`Hosting`] tells the create pipeline.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -57,6 +57,34 @@ pub struct TaskService {
     pod_networks: PodNetworks,
     /// When a task was last created, started or deleted.
     last_activity: std::sync::Mutex<Instant>,
+    /// Tasks being created (outside the lock): a second create of one waits
+    /// for nothing and is refused.
+    creating: std::sync::Mutex<HashSet<TaskKey>>,
+}
+
+/// A task id taken by a create under way; released when dropped, also if
+/// the create's future is dropped.
+struct Reserved<'a> {
+    creating: &'a std::sync::Mutex<HashSet<TaskKey>>,
+    key: TaskKey,
+}
+
+impl<'a> Reserved<'a> {
+    /// `None` if another create holds `key`.
+    fn take(creating: &'a std::sync::Mutex<HashSet<TaskKey>>, key: &TaskKey) -> Option<Self> {
+        let mut set = creating.lock().unwrap_or_else(PoisonError::into_inner);
+        set.insert(key.clone()).then(|| Reserved {
+            creating,
+            key: key.clone(),
+        })
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        let mut set = self.creating.lock().unwrap_or_else(PoisonError::into_inner);
+        set.remove(&self.key);
+    }
 }
 
 impl TaskService {
@@ -85,6 +113,7 @@ impl TaskService {
             keys: Keys::new(default_namespace),
             pod_networks: PodNetworks::default(),
             last_activity: std::sync::Mutex::new(Instant::now()),
+            creating: std::sync::Mutex::default(),
         };
         tokio::spawn(record_exits(
             exit_rx,
@@ -156,19 +185,18 @@ async fn record_exits(
         };
         if container.exited(status) {
             log::info!("task {key} exited with status {}", status.code);
+            // Queued at once (events.rs): the lock is not held over containerd.
             if status.oom_killed {
-                events.task_oom(&key.namespace, &key.id).await;
+                events.task_oom(&key.namespace, &key.id);
             }
-            events
-                .task_ended(
-                    Ended::Exit,
-                    &key.namespace,
-                    &key.id,
-                    pid,
-                    status.code,
-                    status.exited_at,
-                )
-                .await;
+            events.task_ended(
+                Ended::Exit,
+                &key.namespace,
+                &key.id,
+                pid,
+                status.code,
+                status.exited_at,
+            );
         }
     }
 }
@@ -197,12 +225,18 @@ impl Task for TaskService {
         }
         let bundle = PathBuf::from(&req.bundle);
         let key = self.keys.create_key(&Caller::of(ctx), &id, &bundle);
-        if self.containers.lock().await.contains_key(&key) {
-            return Err(error(
-                Code::ALREADY_EXISTS,
-                format!("task {id} already exists"),
-            ));
-        }
+        let _reserved = {
+            let containers = self.containers.lock().await;
+            match Reserved::take(&self.creating, &key) {
+                Some(reserved) if !containers.contains_key(&key) => reserved,
+                _ => {
+                    return Err(error(
+                        Code::ALREADY_EXISTS,
+                        format!("task {id} already exists"),
+                    ))
+                }
+            }
+        };
 
         let cx = BuildContext {
             os: self.os.clone(),
@@ -228,8 +262,7 @@ impl Task for TaskService {
         let mut containers = self.containers.lock().await;
         containers.insert(key.clone(), Container::new(bundle, stdio, built));
         self.events
-            .task_create(&key.namespace, &id, &req.bundle, self.pid)
-            .await;
+            .task_create(&key.namespace, &id, &req.bundle, self.pid);
         Ok(CreateTaskResponse {
             pid: self.pid,
             ..Default::default()
@@ -248,9 +281,7 @@ impl Task for TaskService {
             let _ = exits.send((exit_key, status));
         })?;
         log::info!("started task {}", req.id);
-        self.events
-            .task_start(&key.namespace, &key.id, self.pid)
-            .await;
+        self.events.task_start(&key.namespace, &key.id, self.pid);
         Ok(StartResponse {
             pid: self.pid,
             ..Default::default()
@@ -270,16 +301,14 @@ impl Task for TaskService {
         let container = containers.get_mut(&key).ok_or_else(|| not_found(&req.id))?;
         log::info!("kill task {} with signal {}", req.id, req.signal);
         if let Some(status) = container.kill(&req.id, req.signal)? {
-            self.events
-                .task_ended(
-                    Ended::Exit,
-                    &key.namespace,
-                    &key.id,
-                    self.pid,
-                    status.code,
-                    status.exited_at,
-                )
-                .await;
+            self.events.task_ended(
+                Ended::Exit,
+                &key.namespace,
+                &key.id,
+                self.pid,
+                status.code,
+                status.exited_at,
+            );
         }
         Ok(Empty::new())
     }
@@ -312,16 +341,31 @@ impl Task for TaskService {
         self.no_exec(&req.exec_id)?;
         let id = req.id;
         let caller = Caller::of(ctx);
-        let (mut containers, key) = self.lookup(&caller, &id).await;
-        let container = containers.get(&key).ok_or_else(|| not_found(&id))?;
-        let (exit, teardown) = container.begin_delete(&id)?;
-        let sandbox_of = container.sandbox_of().map(str::to_string);
+        let (key, exit, teardown, sandbox_of) = {
+            let (mut containers, key) = self.lookup(&caller, &id).await;
+            let container = containers.get_mut(&key).ok_or_else(|| not_found(&id))?;
+            let (exit, teardown) = container.begin_delete(&id)?;
+            let sandbox_of = container.sandbox_of().map(str::to_string);
+            (key, exit, teardown, sandbox_of)
+        };
+        // Unmounting and removing cgroups block (a cgroup's removal waits
+        // for its last thread to leave): off the request executor, and
+        // without the lock every other tenant's requests need.
         let os = self.os.clone();
-        // Unmounting and removing cgroups block; keep them off the request executor.
-        tokio::task::spawn_blocking(move || teardown.run(os.as_ref()))
+        let torn_down = tokio::task::spawn_blocking(move || teardown.run(os.as_ref()))
             .await
-            .map_err(|err| error(Code::INTERNAL, format!("delete task {id}: {err}")))?
-            .map_err(|err| error(Code::INTERNAL, format!("delete task {id}: {err:#}")))?;
+            .map_err(|err| error(Code::INTERNAL, format!("delete task {id}: {err}")))
+            .and_then(|done| {
+                done.map_err(|err| error(Code::INTERNAL, format!("delete task {id}: {err:#}")))
+            });
+        let mut containers = self.containers.lock().await;
+        if let Err(err) = torn_down {
+            // Still there to be deleted again.
+            if let Some(container) = containers.get_mut(&key) {
+                container.delete_failed();
+            }
+            return Err(err);
+        }
         if let Some(sandbox_id) = &sandbox_of {
             self.pod_networks.remove(&key.namespace, sandbox_id);
         }
@@ -331,16 +375,14 @@ impl Task for TaskService {
         let (code, exited_at) = exit
             .map(|exit| (exit.code, exit.exited_at))
             .unwrap_or((0, SystemTime::now()));
-        self.events
-            .task_ended(
-                Ended::Delete,
-                &key.namespace,
-                &id,
-                self.pid,
-                code,
-                exited_at,
-            )
-            .await;
+        self.events.task_ended(
+            Ended::Delete,
+            &key.namespace,
+            &id,
+            self.pid,
+            code,
+            exited_at,
+        );
         if containers.is_empty() {
             // The host may exit once nothing is left to serve.
             self.shutdown.notify_one();
