@@ -64,6 +64,8 @@ const STDERR_KEPT: usize = 16 << 10;
 /// Descriptors a worker may have open: stdin, stdout, stderr and a few the
 /// C library might want.
 const WORKER_FILES: u64 = 16;
+/// A worker's `argv[0]`.
+pub(crate) const WORKER_NAME: &str = "wasishim-compile-worker";
 /// The user and group a worker runs as when the shim is root: `nobody`.
 const NOBODY: u32 = 65534;
 
@@ -76,6 +78,8 @@ impl WorkerProcess for Spawner {
     fn run(&self, input: &File, output: &File, limits: &WorkerLimits) -> io::Result<Outcome> {
         let mut command = Command::new(&self.program);
         command
+            // What `ps` shows: the program is often /proc/self/exe.
+            .arg0(WORKER_NAME)
             .arg(COMPILE_WORKER_ARG)
             .env_clear()
             .env("RAYON_NUM_THREADS", limits.threads.to_string())
