@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! compile_cost first-start FILE...   # prepare each file on a fresh cache, in
-//!                                    # process and with the worker, 5 times each
-//! compile_cost largest               # the largest ordinary module the worker
+//!                                    # process and with the worker, 9 times each
+//! compile_cost largest [N]           # the largest ordinary module (from N
+//!                                    # functions, doubling) the worker
 //!                                    # compiles under the default limits
 //! ```
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ fn main() -> Result<()> {
     }
     match args.first().map(String::as_str) {
         Some("first-start") => first_start(&args[1..]),
-        Some("largest") => largest(),
+        Some("largest") => largest(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(4096)),
         _ => bail!("usage: compile_cost first-start FILE... | largest"),
     }
 }
@@ -61,15 +62,17 @@ impl Scratch {
         builder.build()
     }
 
-    /// One first start: a fresh engine and cache, then prepare.
-    fn prepare(&self, worker: bool, pool: bool) -> Result<Duration> {
+    /// One first start: a fresh engine and cache, then prepare. Its wall
+    /// time, and the CPU time it took in this process and its workers.
+    fn prepare(&self, worker: bool, pool: bool) -> Result<(Duration, Duration)> {
         let engine = self.engine(worker, pool)?;
         let spec = WorkloadSpec::from_bundle(&self.dir)?;
+        let cpu = cpu_time();
         let started = Instant::now();
         let prepared = engine.prepare(spec, Stdio::default());
         let took = started.elapsed();
         prepared?;
-        Ok(took)
+        Ok((took, cpu_time().saturating_sub(cpu)))
     }
 }
 
@@ -79,34 +82,58 @@ impl Drop for Scratch {
     }
 }
 
+/// User and system CPU time of this process and its reaped children.
+fn cpu_time() -> Duration {
+    let of = |who| {
+        let mut usage = std::mem::MaybeUninit::<nix::libc::rusage>::zeroed();
+        // SAFETY: getrusage fills the struct it is given.
+        let usage = unsafe {
+            nix::libc::getrusage(who, usage.as_mut_ptr());
+            usage.assume_init()
+        };
+        let time = |t: nix::libc::timeval| {
+            Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+        };
+        time(usage.ru_utime) + time(usage.ru_stime)
+    };
+    of(nix::libc::RUSAGE_SELF) + of(nix::libc::RUSAGE_CHILDREN)
+}
+
 fn median(mut times: Vec<Duration>) -> Duration {
     times.sort();
     times[times.len() / 2]
 }
 
 fn first_start(files: &[String]) -> Result<()> {
-    println!(
-        "first start (fresh cache: compile, store, load, link), median of 5, per-node pool on:"
-    );
+    println!("first start (fresh cache: compile, store, load, link), median of 9, pool on;");
+    println!("wall time, and CPU time of the shim and its compile worker:");
     println!("| guest | bytes | in process | compile worker | worker's extra |");
     println!("|---|---|---|---|---|");
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     for file in files {
         let wasm = std::fs::read(file).with_context(|| format!("cannot read {file}"))?;
         let scratch = Scratch::new(&wasm)?;
-        let mut here = Vec::new();
-        let mut worker = Vec::new();
-        for _ in 0..5 {
-            here.push(scratch.prepare(false, true)?);
-            worker.push(scratch.prepare(true, true)?);
+        let (mut here, mut here_cpu, mut worker, mut worker_cpu) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..9 {
+            let (wall, cpu) = scratch.prepare(false, true)?;
+            here.push(wall);
+            here_cpu.push(cpu);
+            let (wall, cpu) = scratch.prepare(true, true)?;
+            worker.push(wall);
+            worker_cpu.push(cpu);
         }
-        let (here, worker) = (median(here), median(worker));
+        let (here, here_cpu) = (median(here), median(here_cpu));
+        let (worker, worker_cpu) = (median(worker), median(worker_cpu));
         println!(
-            "| {} | {} | {:.1} ms | {:.1} ms | {:+.1} ms |",
+            "| {} | {} | {:.0} ms wall, {:.0} ms CPU | {:.0} ms wall, {:.0} ms CPU | {:+.0} ms wall, {:+.0} ms CPU |",
             Path::new(file).display(),
             wasm.len(),
-            here.as_secs_f64() * 1e3,
-            worker.as_secs_f64() * 1e3,
-            (worker.as_secs_f64() - here.as_secs_f64()) * 1e3
+            ms(here),
+            ms(here_cpu),
+            ms(worker),
+            ms(worker_cpu),
+            ms(worker) - ms(here),
+            ms(worker_cpu) - ms(here_cpu),
         );
     }
     Ok(())
@@ -138,11 +165,11 @@ fn children_peak_kib() -> i64 {
     }
 }
 
-/// Doubles an ordinary module until the worker refuses it under the
-/// default limits, then reports the largest it compiled, and how long and
-/// how much memory (the worker's peak) that took.
-fn largest() -> Result<()> {
-    let mut n = 4096;
+/// Doubles an ordinary module, from `n` functions, until the worker
+/// refuses it under the default limits, then reports the largest it
+/// compiled, and how long, how much CPU time and how much memory (the
+/// largest worker's peak) that took.
+fn largest(mut n: usize) -> Result<()> {
     let mut last_ok = None;
     loop {
         let wasm = ordinary_module(n)?;
@@ -151,9 +178,9 @@ fn largest() -> Result<()> {
         let result = scratch.prepare(true, false);
         let took = started.elapsed();
         match result {
-            Ok(_) => {
+            Ok((_, cpu)) => {
                 println!(
-                    "{n} functions, {} bytes: compiled in {took:?}, largest worker so far {} MiB resident",
+                    "{n} functions, {} bytes: compiled in {took:.1?} ({cpu:.1?} of CPU), largest worker so far {} MiB resident",
                     wasm.len(),
                     children_peak_kib() >> 10
                 );

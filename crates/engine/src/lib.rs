@@ -10,6 +10,13 @@
 //! OCI artifact's) is prepared from the layer's bytes with
 //! `WasmEngine::prepare_layer`, the cache keyed on the layer's digest.
 //!
+//! Untrusted code is best compiled outside the process: with
+//! [`WasmEngineBuilder::compile_worker`] each compilation runs in a child
+//! process (the program's main calls [`run_compile_worker`] when given
+//! [`COMPILE_WORKER_ARG`]) under memory, CPU and time limits and its own
+//! seccomp filter, so that a module made to exhaust the compiler fails its
+//! own prepare only. The shims always do this.
+//!
 //! A component exporting `wasi:http/incoming-handler` (and no `wasi:cli/run`)
 //! runs as an HTTP server instead of a command, one instance per request;
 //! see [`HTTP_ADDRESS_ENV`] for its settings.
