@@ -3,7 +3,9 @@
 //!
 //! A guest's code is found by its [`Key`]: the SHA-256 of the engine's
 //! [`Fingerprint`] (cache format, wasmtime version, target, compilation
-//! settings) and of the guest's wasm binary (WAT is converted first). Three
+//! settings) and of the guest's bytes as the image holds them (a WAT text
+//! and its binary are two guests: converting text is parsing untrusted
+//! input, which only the compile worker does). Three
 //! places are tried, fastest first:
 //!
 //! 1. memory: the compiled and linked code of the [`MEMORY_ENTRIES`] guests
@@ -11,12 +13,22 @@
 //! 2. disk: artifacts this engine compiled and stored in the cache directory
 //!    (`<key>.cwasm`, with its SHA-256 and size in `<key>.sha256`). They are
 //!    memory-mapped on load, so shims running the same guest share the pages;
-//! 3. Cranelift, whose result is then stored on disk.
+//! 3. Cranelift, whose result is then stored on disk unless it is larger
+//!    than a quarter of the directory's cap (then it is used and not kept):
+//!    storing one guest evicts at most that much of the others.
+//!
+//! Compiling happens in a compile worker process when the engine has one
+//! (the shims always do, see worker/mod.rs), else in this process; at most
+//! [`WasmEngineBuilder::compile_concurrency`](crate::WasmEngineBuilder::compile_concurrency)
+//! compilations run at once. A guest whose compilation failed in a way that
+//! would repeat (invalid, or past a limit) fails again at once for
+//! [`FAILURE_REMEMBERED`], without holding a compile slot.
 //!
 //! Trust: wasmtime runs the native code of an artifact as is, so only
-//! artifacts written by this code into a directory that belongs to the shim's
-//! user and is closed to everyone else (0700) are loaded, and only after
-//! their digest matched the one recorded when they were stored. A corrupt or
+//! artifacts written by this code, or by a compile worker this process
+//! started into a file it made for it, into a directory that belongs to the
+//! shim's user and is closed to everyone else (0700) are loaded, and only
+//! after their digest matched the one recorded when they were stored. A corrupt or
 //! truncated artifact is logged, removed and compiled again. Nothing from an
 //! image's rootfs is ever loaded as native code (see `compile::binary`).
 //!
@@ -26,18 +38,21 @@
 //! Artifacts and their digests are written to a temporary file, synced and
 //! renamed, so a reader never sees half an artifact.
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use wasmtime::Engine;
 
 use crate::cache_key::{fingerprint, key, layer_key, FileIdentity, Fingerprint, Key};
-use crate::compile::{Code, Kind};
-use crate::disk_cache::DiskCache;
+use crate::compile::{self, Code};
+use crate::disk_cache::{self, DiskCache};
 use crate::link::Linked;
+use crate::worker::{verdict, CompileLimits, CompileSlots, WorkerProcess};
 
 /// Where artifacts are stored unless configured otherwise.
 pub(crate) const DEFAULT_DIR: &str = "/var/lib/wasishim/cache";
@@ -60,6 +75,22 @@ pub struct CacheStats {
 
 /// Files remembered with their keys; cleared when it reaches this size.
 const MAX_KNOWN_FILES: usize = 4096;
+
+/// How long a failed compilation that would fail again is remembered: a
+/// compile bomb's retries (kubelet backs off up to 5 minutes) fail at once
+/// instead of holding a compile slot for the whole timeout each time.
+pub(crate) const FAILURE_REMEMBERED: Duration = Duration::from_secs(300);
+/// Failures remembered at most; cleared when it reaches this size.
+const MAX_FAILURES: usize = 1024;
+
+/// How guests are compiled: by `worker` (a compile worker process), or in
+/// this process if none, within `limits`.
+pub(crate) struct Compiler {
+    pub(crate) worker: Option<Box<dyn WorkerProcess>>,
+    pub(crate) limits: CompileLimits,
+    /// Cores one compilation may use.
+    pub(crate) threads: usize,
+}
 
 /// A guest's compiled code and, once a prepare linked it, the linked form.
 pub(crate) struct Compiled {
@@ -137,14 +168,24 @@ pub(crate) struct CodeCache {
     compiled: AtomicU64,
     loaded: AtomicU64,
     memory_hits: AtomicU64,
+    compiler: Compiler,
+    slots: CompileSlots,
+    /// Compilations that failed and would fail again: the message, and when.
+    failures: Mutex<HashMap<Key, (String, Instant)>>,
 }
 
 impl CodeCache {
     /// A cache for `engine`, storing artifacts in `dir` (none: memory only)
-    /// up to `max_bytes`. A directory that cannot be created or is not safe
-    /// to load code from is logged and left out: the shim then compiles each
-    /// guest once per process, which is slower but correct.
-    pub(crate) fn new(engine: &Engine, dir: Option<&Path>, max_bytes: u64) -> CodeCache {
+    /// up to `max_bytes`, compiling with `compiler`. A directory that cannot
+    /// be created or is not safe to load code from is logged and left out:
+    /// the shim then compiles each guest once per process, which is slower
+    /// but correct.
+    pub(crate) fn new(
+        engine: &Engine,
+        dir: Option<&Path>,
+        max_bytes: u64,
+        compiler: Compiler,
+    ) -> CodeCache {
         let disk = dir.and_then(|dir| match DiskCache::open(dir, max_bytes) {
             Ok(disk) => Some(disk),
             Err(e) => {
@@ -152,6 +193,10 @@ impl CodeCache {
                 None
             }
         });
+        let slots = CompileSlots::new(
+            compiler.limits.concurrency,
+            disk.as_ref().map(|d| d.dir.clone()),
+        );
         CodeCache {
             fingerprint: fingerprint(engine),
             disk,
@@ -160,7 +205,15 @@ impl CodeCache {
             compiled: AtomicU64::new(0),
             loaded: AtomicU64::new(0),
             memory_hits: AtomicU64::new(0),
+            compiler,
+            slots,
+            failures: Mutex::default(),
         }
+    }
+
+    /// What one compilation may use.
+    pub(crate) fn limits(&self) -> &CompileLimits {
+        &self.compiler.limits
     }
 
     /// The directory artifacts are stored in, if the disk cache is on.
@@ -176,26 +229,26 @@ impl CodeCache {
         }
     }
 
-    /// The code of the wasm `binary` (a `kind`), read from the file `file`
-    /// after `read_at`: from memory, from disk, or from `compile`, which is
-    /// called at most once per key at a time in this process. A file that
-    /// had settled by then is remembered, so that [`Self::get_known_file`]
-    /// can find its code without the bytes.
+    /// The code of the guest `bytes` (checked by `compile::check_source`),
+    /// read from the file `file` after `read_at`: from memory, from disk,
+    /// or compiled, at most once per key at a time in this process. A file
+    /// that had settled by then is remembered, so that
+    /// [`Self::get_known_file`] can find its code without the bytes. `shown`
+    /// names the guest in errors.
     ///
     /// # Errors
     ///
-    /// Only `compile`'s: every cache failure is logged and falls back to
-    /// compiling.
+    /// Only the compilation's: every cache failure is logged and falls back
+    /// to compiling.
     pub(crate) fn get_file(
         &self,
         engine: &Engine,
         file: FileIdentity,
         read_at: SystemTime,
-        binary: &[u8],
-        kind: Kind,
-        compile: impl FnOnce() -> Result<Code>,
+        bytes: &[u8],
+        shown: &str,
     ) -> Result<Arc<Compiled>> {
-        let key = key(&self.fingerprint, binary);
+        let key = key(&self.fingerprint, bytes);
         if file.settled(read_at) {
             let mut files = lock(&self.files);
             if files.len() >= MAX_KNOWN_FILES {
@@ -203,7 +256,7 @@ impl CodeCache {
             }
             files.insert(file, key);
         }
-        self.get_keyed(engine, key, kind, compile)
+        self.get_keyed(engine, key, bytes, shown)
     }
 
     /// The code of file `file` if it was looked up before by its bytes and
@@ -225,18 +278,19 @@ impl CodeCache {
         &self,
         engine: &Engine,
         digest: &str,
-        kind: Kind,
-        compile: impl FnOnce() -> Result<Code>,
+        bytes: &[u8],
+        shown: &str,
     ) -> Result<Arc<Compiled>> {
-        self.get_keyed(engine, layer_key(&self.fingerprint, digest), kind, compile)
+        let key = layer_key(&self.fingerprint, digest);
+        self.get_keyed(engine, key, bytes, shown)
     }
 
     fn get_keyed(
         &self,
         engine: &Engine,
         key: Key,
-        kind: Kind,
-        compile: impl FnOnce() -> Result<Code>,
+        bytes: &[u8],
+        shown: &str,
     ) -> Result<Arc<Compiled>> {
         let slot = lock(&self.memory).slot(key);
         let mut compiled = lock(&slot.compiled);
@@ -244,7 +298,7 @@ impl CodeCache {
             self.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(found.clone());
         }
-        let code = self.load_or_compile(engine, &key, kind, compile)?;
+        let code = self.load_or_compile(engine, &key, bytes, shown)?;
         let found = Arc::new(Compiled {
             code,
             linked: OnceLock::new(),
@@ -253,30 +307,65 @@ impl CodeCache {
         Ok(found)
     }
 
+    /// The failure of an earlier compilation of `key` that would repeat.
+    fn failed_before(&self, key: &Key) -> Option<String> {
+        let failures = lock(&self.failures);
+        let (message, at) = failures.get(key)?;
+        (at.elapsed() < FAILURE_REMEMBERED).then(|| message.clone())
+    }
+
+    fn remember_failure(&self, key: Key, message: &str) {
+        let mut failures = lock(&self.failures);
+        if failures.len() >= MAX_FAILURES {
+            failures.retain(|_, (_, at)| at.elapsed() < FAILURE_REMEMBERED);
+            if failures.len() >= MAX_FAILURES {
+                failures.clear();
+            }
+        }
+        failures.insert(key, (message.to_string(), Instant::now()));
+    }
+
     fn load_or_compile(
         &self,
         engine: &Engine,
         key: &Key,
-        kind: Kind,
-        compile: impl FnOnce() -> Result<Code>,
+        bytes: &[u8],
+        shown: &str,
     ) -> Result<Code> {
-        let Some(disk) = &self.disk else {
-            let code = compile()?;
-            self.compiled.fetch_add(1, Ordering::Relaxed);
-            return Ok(code);
-        };
         // Held until the artifact is stored: another shim preparing the same
         // guest waits here, then loads what this one stored.
-        let _locked = disk.lock(key);
-        if let Some(code) = disk.load(engine, key, kind) {
-            self.loaded.fetch_add(1, Ordering::Relaxed);
-            return Ok(code);
+        let _locked = self.disk.as_ref().and_then(|disk| disk.lock(key));
+        if let Some(disk) = &self.disk {
+            if let Some(code) = disk.load(engine, key) {
+                self.loaded.fetch_add(1, Ordering::Relaxed);
+                return Ok(code);
+            }
         }
-        let code = compile()?;
+        if let Some(message) = self.failed_before(key) {
+            bail!(
+                "{message} (remembered from an attempt less than {} minutes ago)",
+                FAILURE_REMEMBERED.as_secs() / 60
+            );
+        }
+        let _slot = self.slots.acquire(self.compiler.limits.timeout, shown)?;
+        let code = match &self.compiler.worker {
+            None => self.compile_here(engine, key, bytes, shown)?,
+            Some(worker) => self.compile_in_worker(worker.as_ref(), engine, key, bytes, shown)?,
+        };
         self.compiled.fetch_add(1, Ordering::Relaxed);
+        Ok(code)
+    }
+
+    /// Compiles in this process and stores the artifact.
+    fn compile_here(&self, engine: &Engine, key: &Key, bytes: &[u8], shown: &str) -> Result<Code> {
+        let code = compile::compile_source(engine, bytes, shown)?;
+        let Some(disk) = &self.disk else {
+            return Ok(code);
+        };
         match code.serialize() {
             Ok(artifact) => match disk.store(key, &artifact) {
-                Ok(()) => disk.evict(key),
+                Ok(true) => disk.evict(key),
+                Ok(false) => {}
                 Err(e) => log::warn!(
                     "compiled-code cache: cannot store an artifact in {}: {e}; the guest is compiled again in the next shim (check that the disk has room)",
                     disk.dir.display()
@@ -286,6 +375,113 @@ impl CodeCache {
         }
         Ok(code)
     }
+
+    /// Has a compile worker compile `bytes` into a file made for it (in the
+    /// cache directory, else in memory), judges how it ended, then keeps and
+    /// loads what it wrote.
+    fn compile_in_worker(
+        &self,
+        worker: &dyn WorkerProcess,
+        engine: &Engine,
+        key: &Key,
+        bytes: &[u8],
+        shown: &str,
+    ) -> Result<Code> {
+        // Exactly the bytes the key was computed over: the worker never
+        // reads the image's file, which could have changed since.
+        let input = memory_file("wasishim-guest", bytes)
+            .context("cannot hand the guest to the compile worker")?;
+        let output = match &self.disk {
+            Some(disk) => Output::Disk(disk.temp_file()?),
+            None => Output::Memory(
+                memory_file("wasishim-artifact", b"")
+                    .context("cannot make a file for the compile worker's output")?,
+            ),
+        };
+        let limits = self.compiler.limits.worker(self.compiler.threads);
+        let outcome = worker.run(&input, output.file(), &limits);
+        drop(input);
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                output.discard();
+                bail!("cannot compile entrypoint {shown}: cannot start the compile worker: {e}");
+            }
+        };
+        if let Err(failure) = verdict(&outcome, &limits, shown) {
+            output.discard();
+            log::warn!("{}", failure.message);
+            if failure.repeats {
+                self.remember_failure(*key, &failure.message);
+            }
+            bail!(failure.message);
+        }
+        let loaded = match output {
+            Output::Disk(temp) => self.disk.as_ref().map(|disk| disk.adopt(engine, key, temp)),
+            Output::Memory(mut file) => Some(load_memory_file(engine, &mut file)),
+        };
+        match loaded {
+            Some(Ok(code)) => Ok(code),
+            Some(Err(e)) => Err(e.context(format!(
+                "cannot load the code the compile worker made for entrypoint {shown}"
+            ))),
+            None => bail!("cannot load the code the compile worker made for entrypoint {shown}: the cache directory is gone"),
+        }
+    }
+}
+
+/// Where a compile worker writes.
+enum Output {
+    /// A temporary file in the cache directory, renamed into place if kept.
+    Disk(disk_cache::TempFile),
+    /// A memory file (no cache directory).
+    Memory(File),
+}
+
+impl Output {
+    fn file(&self) -> &File {
+        match self {
+            Output::Disk(temp) => &temp.file,
+            Output::Memory(file) => file,
+        }
+    }
+
+    fn discard(self) {
+        if let Output::Disk(temp) = self {
+            temp.remove();
+        }
+    }
+}
+
+/// A memory file (`memfd`) holding `bytes`, at offset 0.
+fn memory_file(name: &str, bytes: &[u8]) -> io::Result<File> {
+    let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    let fd = nix::sys::memfd::memfd_create(&name, nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)?;
+    let mut file = File::from(fd);
+    file.write_all(bytes)?;
+    file.rewind()?;
+    Ok(file)
+}
+
+/// Loads the artifact a compile worker wrote into the memory file `file`.
+fn load_memory_file(engine: &Engine, file: &mut File) -> Result<Code> {
+    file.rewind()?;
+    let mut artifact = Vec::new();
+    file.read_to_end(&mut artifact)?;
+    let kind = disk_cache::artifact_kind(Engine::detect_precompiled(&artifact))?;
+    // SAFETY: the memory file was made by this process and handed only to
+    // a compile worker it started, which exited 0 after writing this.
+    let code = unsafe {
+        match kind {
+            compile::Kind::Module => {
+                wasmtime::Module::deserialize(engine, &artifact).map(Code::Module)
+            }
+            compile::Kind::Component => {
+                wasmtime::component::Component::deserialize(engine, &artifact).map(Code::Component)
+            }
+        }
+    };
+    code.map_err(|e| anyhow::anyhow!("wasmtime refused it: {e:#}"))
 }
 
 #[cfg(test)]

@@ -34,31 +34,41 @@ pub(crate) enum Kind {
     Component,
 }
 
-/// Turns the entrypoint's bytes into a wasm binary (converting WAT text) and
-/// tells module from component by the binary header, never by the file name.
-/// Cheap for a binary (borrowed as is); WAT costs a parse.
+/// Refuses, without parsing them, bytes that cannot be a guest: wasmtime's
+/// precompiled native code (never loaded from an image: it cannot be
+/// verified) and files that are neither wasm nor WAT, saying what they are.
+/// Cheap: looks at the first bytes only.
 ///
 /// # Errors
 ///
-/// Fails, naming the entrypoint `shown` (its guest path), if the bytes are
-/// neither wasm nor WAT (saying what they are), or are invalid WAT.
-pub(crate) fn binary<'a>(
-    engine: &Engine,
-    bytes: &'a [u8],
-    shown: &str,
-) -> Result<(Cow<'a, [u8]>, Kind)> {
+/// Names the entrypoint `shown` (its guest path) and what was found.
+pub(crate) fn check_source(bytes: &[u8], shown: &str) -> Result<()> {
     if bytes.starts_with(b"\x7fELF") && Engine::detect_precompiled(bytes).is_some() {
         bail!("entrypoint {shown} is not a WebAssembly module or component (found wasmtime precompiled native code, which is never loaded from an image because it cannot be verified: ship the .wasm file instead)");
     }
-    let is_binary = bytes.starts_with(b"\0asm");
-    if !is_binary {
+    if !bytes.starts_with(b"\0asm") {
         if let Some(found) = not_wasm(bytes) {
             bail!("entrypoint {shown} is not a WebAssembly module or component (found {found})");
         }
     }
+    Ok(())
+}
+
+/// Turns checked source bytes ([`check_source`]) into a wasm binary
+/// (parsing WAT text) and tells module from component by the binary
+/// header, never by the file name. Cheap for a binary (borrowed as is); WAT
+/// costs a parse, which is why the compile worker does it.
+///
+/// # Errors
+///
+/// A phrase completing "entrypoint <path> ...": the text is not valid WAT.
+pub(crate) fn parse_source<'a>(
+    engine: &Engine,
+    bytes: &'a [u8],
+) -> std::result::Result<(Cow<'a, [u8]>, Kind), String> {
     let binary = match wat::parse_bytes(bytes) {
         Ok(binary) => binary,
-        Err(e) => bail!("entrypoint {shown} is not valid WebAssembly text: {e:#}"),
+        Err(e) => return Err(format!("is not valid WebAssembly text: {e:#}")),
     };
     let mut builder = CodeBuilder::new(engine);
     let hint = match builder.wasm_binary(&*binary, None) {
@@ -73,7 +83,42 @@ pub(crate) fn binary<'a>(
     Ok((binary, kind))
 }
 
-/// Compiles the wasm `binary` (from [`binary`]) of the entrypoint `shown`.
+/// Compiles checked source bytes in this process: [`parse_source`], then
+/// [`compile`]. Blocking; costs a full Cranelift compilation.
+///
+/// # Errors
+///
+/// Names the entrypoint `shown` and says why the bytes are not valid.
+pub(crate) fn compile_source(engine: &Engine, bytes: &[u8], shown: &str) -> Result<Code> {
+    let (binary, kind) =
+        parse_source(engine, bytes).map_err(|why| anyhow::anyhow!("entrypoint {shown} {why}"))?;
+    compile(engine, &binary, kind, shown)
+}
+
+/// Compiles the wasm `binary` (a `kind`, from [`parse_source`]) to
+/// wasmtime's native artifact, which this process never loads: the compile
+/// worker's job.
+///
+/// # Errors
+///
+/// A phrase completing "entrypoint <path> ...", with wasmtime's reason.
+pub(crate) fn precompile(
+    engine: &Engine,
+    binary: &[u8],
+    kind: Kind,
+) -> std::result::Result<Vec<u8>, String> {
+    let mut builder = CodeBuilder::new(engine);
+    if let Err(e) = builder.wasm_binary(binary, None) {
+        return Err(format!("cannot be compiled: {e:#}"));
+    }
+    let compiled = match kind {
+        Kind::Component => builder.compile_component_serialized(),
+        Kind::Module => builder.compile_module_serialized(),
+    };
+    compiled.map_err(|e| format!("is not valid WebAssembly: {e:#}"))
+}
+
+/// Compiles the wasm `binary` (from [`parse_source`]) of the entrypoint `shown`.
 ///
 /// Blocking; costs a full Cranelift compilation.
 ///

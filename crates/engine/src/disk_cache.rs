@@ -10,13 +10,60 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
-use wasmtime::{Engine, Module};
+use wasmtime::{Engine, Module, Precompiled};
 
 use crate::cache_key::{hex, Key};
 use crate::compile::{Code, Kind};
 
 /// Temporary files older than this were left by a shim that died mid-store.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
+
+/// An artifact is kept only if it takes at most this fraction of the cap:
+/// storing one evicts at most that much of the others, so one image never
+/// empties the cache.
+const ARTIFACT_SHARE: u64 = 4;
+
+/// Whether wasmtime's artifact header says module or component.
+pub(crate) fn artifact_kind(found: Option<Precompiled>) -> Result<Kind> {
+    match found {
+        Some(Precompiled::Module) => Ok(Kind::Module),
+        Some(Precompiled::Component) => Ok(Kind::Component),
+        None => bail!("it is not a wasmtime artifact"),
+    }
+}
+
+/// Loads the artifact at `path`, of `kind`.
+///
+/// # Safety
+///
+/// wasmtime runs the file's native code as is: it must be code this
+/// engine's configuration compiled, in a file nobody else could write.
+unsafe fn deserialize(engine: &Engine, path: &Path, kind: Kind) -> wasmtime::Result<Code> {
+    // SAFETY: as promised by the caller.
+    unsafe {
+        match kind {
+            Kind::Module => Module::deserialize_file(engine, path).map(Code::Module),
+            Kind::Component => Component::deserialize_file(engine, path).map(Code::Component),
+        }
+    }
+}
+
+/// A temporary file in the cache directory, for a compile worker's output.
+pub(crate) struct TempFile {
+    pub(crate) file: File,
+    pub(crate) path: PathBuf,
+}
+
+impl TempFile {
+    pub(crate) fn remove(self) {
+        if let Err(e) = fs::remove_file(&self.path) {
+            log::warn!(
+                "compiled-code cache: cannot remove {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+}
 
 /// The cache directory.
 pub(crate) struct DiskCache {
@@ -115,7 +162,7 @@ impl DiskCache {
     /// Loads the artifact of `key` if it is stored and intact. A damaged one
     /// is logged and removed. Costs a SHA-256 pass over the artifact and an
     /// mmap.
-    pub(crate) fn load(&self, engine: &Engine, key: &Key, kind: Kind) -> Option<Code> {
+    pub(crate) fn load(&self, engine: &Engine, key: &Key) -> Option<Code> {
         let hex = key.hex();
         let artifact = self.path(&hex, "cwasm");
         match self.verify(&hex, &artifact) {
@@ -126,21 +173,24 @@ impl DiskCache {
                 return None;
             }
         }
-        // SAFETY: wasmtime runs this file's native code as is. The file is
-        // one this engine serialized and stored (the directory belongs to the
-        // shim's user and is closed to everyone else, see `open`), its
-        // SHA-256 just matched the digest recorded when it was stored, and
-        // the key's fingerprint covers the engine's compilation settings
-        // (wasmtime checks them again while loading).
-        let loaded = unsafe {
-            match kind {
-                Kind::Module => Module::deserialize_file(engine, &artifact).map(Code::Module),
-                Kind::Component => {
-                    Component::deserialize_file(engine, &artifact).map(Code::Component)
-                }
+        let kind = Engine::detect_precompiled_file(&artifact)
+            .map_err(anyhow::Error::from)
+            .and_then(artifact_kind);
+        let kind = match kind {
+            Ok(kind) => kind,
+            Err(e) => {
+                self.discard(&hex, &artifact, &format!("{e:#}"));
+                return None;
             }
         };
-        match loaded {
+        // SAFETY: wasmtime runs this file's native code as is. The file is
+        // one this engine serialized, or its compile worker wrote, and stored
+        // (the directory belongs to the shim's user and is closed to
+        // everyone else, see `open`), its SHA-256 just matched the digest
+        // recorded when it was stored, and the key's fingerprint covers the
+        // engine's compilation settings (wasmtime checks them again while
+        // loading).
+        match unsafe { deserialize(engine, &artifact, kind) } {
             Ok(code) => {
                 touch(&artifact);
                 Some(code)
@@ -150,6 +200,102 @@ impl DiskCache {
                 None
             }
         }
+    }
+
+    /// The largest artifact kept.
+    fn max_artifact(&self) -> u64 {
+        self.max_bytes / ARTIFACT_SHARE
+    }
+
+    /// A new empty temporary file for a compile worker's output.
+    pub(crate) fn temp_file(&self) -> Result<TempFile> {
+        let path = self.dir.join(format!(
+            ".out.{}.{}.tmp",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| {
+                format!(
+                    "cannot make a file for the compile worker's output in {} (check that the disk has room)",
+                    self.dir.display()
+                )
+            })?;
+        Ok(TempFile { file, path })
+    }
+
+    /// Stores what a compile worker wrote into `temp` (it exited 0) as the
+    /// code of `key`, if it is not larger than a quarter of the cap, and
+    /// loads it. A larger one is loaded and removed: the guest runs, and the
+    /// next shim compiles it again.
+    pub(crate) fn adopt(&self, engine: &Engine, key: &Key, temp: TempFile) -> Result<Code> {
+        let size = temp.file.metadata()?.len();
+        let kind = Engine::detect_precompiled_file(&temp.path)
+            .map_err(anyhow::Error::from)
+            .and_then(artifact_kind);
+        let kind = match kind {
+            Ok(kind) => kind,
+            Err(e) => {
+                temp.remove();
+                return Err(e);
+            }
+        };
+        let hex = key.hex();
+        let kept = if size > self.max_artifact() {
+            log::info!(
+                "compiled-code cache: not keeping the {size} bytes of {hex}, more than a quarter of the cache's {} bytes",
+                self.max_bytes
+            );
+            None
+        } else {
+            match self.keep(&hex, &temp, size) {
+                Ok(path) => Some(path),
+                Err(e) => {
+                    log::warn!(
+                        "compiled-code cache: cannot store an artifact in {}: {e}; the guest is compiled again in the next shim (check that the disk has room)",
+                        self.dir.display()
+                    );
+                    None
+                }
+            }
+        };
+        let path = kept.clone().unwrap_or_else(|| temp.path.clone());
+        // SAFETY: the file was created (O_EXCL, 0600) by this process in its
+        // private cache directory and handed only to a compile worker it
+        // started, which exited 0 after writing it.
+        let code = unsafe { deserialize(engine, &path, kind) }
+            .map_err(|e| anyhow::anyhow!("wasmtime refused it: {e:#}"));
+        match (&kept, &code) {
+            // Mapped already: the file can go.
+            (None, _) => temp.remove(),
+            (Some(_), Err(_)) => self.discard(&hex, &path, "wasmtime cannot load it"),
+            (Some(_), Ok(_)) => self.evict(key),
+        }
+        code
+    }
+
+    /// Makes `temp` (of `size` bytes) the artifact of `hex`: synced, renamed
+    /// into place, its digest recorded.
+    fn keep(&self, hex: &str, temp: &TempFile, size: u64) -> io::Result<PathBuf> {
+        temp.file.sync_all()?;
+        let digest = hash_file(&temp.path)?;
+        let artifact = self.path(hex, "cwasm");
+        fs::rename(&temp.path, &artifact)?;
+        let record = format!("{digest} {size}\n");
+        let recorded = self
+            .write_atomically(&self.path(hex, "sha256"), record.as_bytes())
+            .and_then(|()| File::open(&self.dir)?.sync_all());
+        if let Err(e) = recorded {
+            // Back where the caller loads an unkept artifact from.
+            let _ = fs::rename(&artifact, &temp.path);
+            return Err(e);
+        }
+        Ok(artifact)
     }
 
     /// Whether the artifact is stored (`Ok(false)`: it is not), or why it
@@ -200,15 +346,26 @@ impl DiskCache {
         }
     }
 
-    /// Stores `artifact` as the code of `key`, then its digest.
-    pub(crate) fn store(&self, key: &Key, artifact: &[u8]) -> io::Result<()> {
+    /// Stores `artifact` as the code of `key`, then its digest; false (not
+    /// stored) if it is larger than a quarter of the cap.
+    pub(crate) fn store(&self, key: &Key, artifact: &[u8]) -> io::Result<bool> {
+        if artifact.len() as u64 > self.max_artifact() {
+            log::info!(
+                "compiled-code cache: not keeping the {} bytes of {}, more than a quarter of the cache's {} bytes",
+                artifact.len(),
+                key.hex(),
+                self.max_bytes
+            );
+            return Ok(false);
+        }
         let hex = key.hex();
         let digest = self::hex(&Sha256::digest(artifact));
         self.write_atomically(&self.path(&hex, "cwasm"), artifact)?;
         let record = format!("{digest} {}\n", artifact.len());
         self.write_atomically(&self.path(&hex, "sha256"), record.as_bytes())?;
         // Makes the renames durable.
-        File::open(&self.dir)?.sync_all()
+        File::open(&self.dir)?.sync_all()?;
+        Ok(true)
     }
 
     /// Writes `bytes` to a temporary file in the cache directory, syncs it
@@ -349,6 +506,31 @@ mod tests {
         assert_eq!(parse_record("abc 12\n"), None);
         assert_eq!(parse_record(&format!("{digest} x\n")), None);
         assert_eq!(parse_record(&format!("{digest} 1 2\n")), None);
+    }
+
+    #[test]
+    fn one_artifact_never_evicts_more_than_a_quarter_of_the_cache() {
+        let Ok(tmp) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
+        let Ok(disk) = DiskCache::open(&tmp.path().join("cache"), 4000) else {
+            panic!("open")
+        };
+        let stored = |i: u8, size: usize| disk.store(&Key([i; 32]), &vec![i; size]);
+        let present = |i: u8| disk.path(&Key([i; 32]).hex(), "cwasm").exists();
+        for i in 0..8 {
+            assert!(matches!(stored(i, 500), Ok(true)));
+            disk.evict(&Key([i; 32]));
+        }
+        // Larger than a quarter of the cap: used, not kept, nothing evicted.
+        assert!(matches!(stored(100, 1001), Ok(false)));
+        assert!(!present(100));
+        assert!((0..8).all(present));
+        // A quarter: kept, and only the two oldest go to make room.
+        assert!(matches!(stored(101, 1000), Ok(true)));
+        disk.evict(&Key([101; 32]));
+        assert!(present(101));
+        assert_eq!((0..8).filter(|&i| present(i)).count(), 6);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy};
 
-use crate::cache::{self, CacheStats, CodeCache};
+use crate::cache::{self, CacheStats, CodeCache, Compiler};
 use crate::layer::WasmLayer;
 use crate::pool::{
     self, PoolShare, DEFAULT_POOL_CAPACITY, DEFAULT_POOL_CONTAINERS, POOL_CAPACITY_ENV,
@@ -19,6 +19,10 @@ use crate::run::Workload;
 use crate::source::{EntrypointFile, RootfsEntrypoint};
 use crate::spec::WorkloadSpec;
 use crate::stdio::Stdio;
+use crate::worker::{
+    CompileLimits, Spawner, COMPILE_CONCURRENCY_ENV, COMPILE_MEMORY_ENV, COMPILE_TIMEOUT_ENV,
+    MAX_MODULE_BYTES_ENV,
+};
 
 /// How often the epoch advances: the time slice after which a running guest
 /// yields, and so how late a kill can take effect.
@@ -54,14 +58,20 @@ pub struct WasmEngine {
 }
 
 /// Configures a [`WasmEngine`]: where compiled code is cached, how large
-/// that cache may grow, and whether instances come from a pool. Made by [`WasmEngine::builder`]; nothing happens
-/// until [`build`](WasmEngineBuilder::build).
+/// that cache may grow, where and within which limits guests are compiled,
+/// and whether instances come from a pool. Made by [`WasmEngine::builder`];
+/// nothing happens until [`build`](WasmEngineBuilder::build).
 ///
 /// ```no_run
-/// # use wasishim_engine::WasmEngine;
+/// # use std::time::Duration;
+/// # use wasishim_engine::{WasmEngine, THIS_EXECUTABLE};
+/// // This program's main calls `run_compile_worker` when its first argument
+/// // is `COMPILE_WORKER_ARG`.
 /// let engine = WasmEngine::builder()
 ///     .cache_dir(Some("/var/lib/wasishim/cache".into()))
 ///     .cache_max_bytes(512 << 20)
+///     .compile_worker(Some(THIS_EXECUTABLE.into()))
+///     .compile_timeout(Duration::from_secs(30))
 ///     .build()?;
 /// # anyhow::Ok(())
 /// ```
@@ -74,6 +84,8 @@ pub struct WasmEngineBuilder {
     pool_containers: u32,
     default_memory_limit: Option<u64>,
     spare_network_namespaces: usize,
+    compile_worker: Option<PathBuf>,
+    compile: CompileLimits,
 }
 
 impl Default for WasmEngineBuilder {
@@ -86,6 +98,8 @@ impl Default for WasmEngineBuilder {
             pool_containers: DEFAULT_POOL_CONTAINERS,
             default_memory_limit: None,
             spare_network_namespaces: 0,
+            compile_worker: None,
+            compile: CompileLimits::default(),
         }
     }
 }
@@ -107,7 +121,9 @@ impl WasmEngineBuilder {
 
     /// Size cap of the cache directory's artifacts (default 1 GiB). After
     /// storing an artifact, the least recently used others are removed until
-    /// the total fits; the one just stored is always kept.
+    /// the total fits; the one just stored is kept. An artifact larger than
+    /// a quarter of the cap is used and not stored, so storing one guest
+    /// never evicts more than a quarter of the others.
     pub fn cache_max_bytes(mut self, bytes: u64) -> WasmEngineBuilder {
         self.cache_max_bytes = bytes;
         self
@@ -170,12 +186,72 @@ impl WasmEngineBuilder {
         self
     }
 
+    /// Where guests are compiled (default: in this process). With
+    /// `Some(program)`, each compilation (and WAT parse) runs in a new
+    /// process, `program --wasishim-compile-worker`
+    /// ([`COMPILE_WORKER_ARG`](crate::COMPILE_WORKER_ARG)), whose main must
+    /// call [`run_compile_worker`](crate::run_compile_worker) when it sees
+    /// that argument; it must be this very build (use
+    /// [`THIS_EXECUTABLE`](crate::THIS_EXECUTABLE)). The worker runs under
+    /// the limits below and its own seccomp filter, so that a module made to
+    /// exhaust the compiler fails its own prepare and nothing else. The
+    /// shims always compile this way.
+    ///
+    /// Costs a process start per compilation (a few milliseconds) and, with
+    /// the disk cache off, a copy of the artifact.
+    pub fn compile_worker(mut self, program: Option<PathBuf>) -> WasmEngineBuilder {
+        self.compile_worker = program;
+        self
+    }
+
+    /// The largest guest compiled, in bytes of its `.wasm` or `.wat`
+    /// (default [`DEFAULT_MAX_MODULE_BYTES`](crate::DEFAULT_MAX_MODULE_BYTES)):
+    /// a larger one fails its prepare before it is read.
+    pub fn max_module_bytes(mut self, bytes: u64) -> WasmEngineBuilder {
+        self.compile.max_module_bytes = bytes;
+        self
+    }
+
+    /// The address space one compile worker may use (default
+    /// [`DEFAULT_COMPILE_MEMORY_BYTES`](crate::DEFAULT_COMPILE_MEMORY_BYTES)),
+    /// which also bounds its artifact. Only with a
+    /// [`compile_worker`](Self::compile_worker).
+    pub fn compile_memory_bytes(mut self, bytes: u64) -> WasmEngineBuilder {
+        self.compile.memory_bytes = bytes;
+        self
+    }
+
+    /// How long one compile worker may run (default
+    /// [`DEFAULT_COMPILE_TIMEOUT_SECONDS`](crate::DEFAULT_COMPILE_TIMEOUT_SECONDS)),
+    /// in wall-clock time and in CPU time per core it may use; it is killed
+    /// then. Also the longest a compilation waits for a free slot (see
+    /// [`compile_concurrency`](Self::compile_concurrency)). Only with a
+    /// [`compile_worker`](Self::compile_worker); rounded up to whole seconds
+    /// for the CPU limit.
+    pub fn compile_timeout(mut self, timeout: Duration) -> WasmEngineBuilder {
+        self.compile.timeout = timeout;
+        self
+    }
+
+    /// How many compilations run at once (default
+    /// [`DEFAULT_COMPILE_CONCURRENCY`](crate::DEFAULT_COMPILE_CONCURRENCY));
+    /// more wait for a slot. Counted in this process and, when the disk
+    /// cache is on, across every shim using the same cache directory (lock
+    /// files in it), so the per-pod shims of a node share the limit.
+    pub fn compile_concurrency(mut self, compilations: u32) -> WasmEngineBuilder {
+        self.compile.concurrency = compilations.max(1);
+        self
+    }
+
     /// Applies the environment: `WASISHIM_CACHE_DIR` (an absolute path, or
     /// empty to turn the disk cache off), `WASISHIM_CACHE_MAX_BYTES` (a
     /// number of bytes), `WASISHIM_POOL_CAPACITY` and
     /// `WASISHIM_POOL_CONTAINERS` (numbers, see [`Self::pool_capacity`] and
-    /// [`Self::pool_containers`]) and `WASISHIM_DEFAULT_MEMORY_LIMIT` (bytes,
-    /// 0 for none). Unset variables leave the setting as it is.
+    /// [`Self::pool_containers`]), `WASISHIM_DEFAULT_MEMORY_LIMIT` (bytes,
+    /// 0 for none), and the compile limits `WASISHIM_MAX_MODULE_BYTES`,
+    /// `WASISHIM_COMPILE_MEMORY_BYTES`, `WASISHIM_COMPILE_TIMEOUT_SECONDS`
+    /// and `WASISHIM_COMPILE_CONCURRENCY` (positive numbers). Unset
+    /// variables leave the setting as it is.
     ///
     /// # Errors
     ///
@@ -196,6 +272,18 @@ impl WasmEngineBuilder {
             "e.g. 536870912 for 512 MiB, or 0 for no cap",
         )? {
             builder.default_memory_limit = Some(bytes).filter(|&b| b > 0);
+        }
+        if let Some(bytes) = env_positive(MAX_MODULE_BYTES_ENV, "e.g. 67108864 for 64 MiB")? {
+            builder.compile.max_module_bytes = bytes;
+        }
+        if let Some(bytes) = env_positive(COMPILE_MEMORY_ENV, "e.g. 2147483648 for 2 GiB")? {
+            builder.compile.memory_bytes = bytes;
+        }
+        if let Some(seconds) = env_positive(COMPILE_TIMEOUT_ENV, "e.g. 60 seconds")? {
+            builder.compile.timeout = Duration::from_secs(seconds);
+        }
+        if let Some(n) = env_positive(COMPILE_CONCURRENCY_ENV, "e.g. 2 compilations")? {
+            builder.compile.concurrency = u32::try_from(n).unwrap_or(u32::MAX);
         }
         Ok(builder)
     }
@@ -251,13 +339,7 @@ impl WasmEngineBuilder {
         if self.spare_network_namespaces > 0 {
             crate::netns::keep_spares(self.spare_network_namespaces);
         }
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        // Each store's stack is counted against its container's memory
-        // limit at this size (limits.rs).
-        config.async_stack_size(crate::limits::STACK_BYTES);
-        config.wasm_component_model(true);
-        config.memory_init_cow(true);
+        let config = compile_config();
         let pooled = if self.pooling {
             let mut pooled = config.clone();
             pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool::config(
@@ -290,7 +372,19 @@ impl WasmEngineBuilder {
                 }
             })
             .context("cannot start the wasm epoch thread")?;
-        let cache = CodeCache::new(&engine, self.cache_dir.as_deref(), self.cache_max_bytes);
+        let compiler = Compiler {
+            worker: self.compile_worker.map(|program| {
+                Box::new(Spawner { program }) as Box<dyn crate::worker::WorkerProcess>
+            }),
+            limits: self.compile,
+            threads: std::thread::available_parallelism().map_or(1, usize::from),
+        };
+        let cache = CodeCache::new(
+            &engine,
+            self.cache_dir.as_deref(),
+            self.cache_max_bytes,
+            compiler,
+        );
         // On demand, nothing is shared out; a store still has its caps.
         let share = match pooling {
             true => PoolShare::of(self.pool_capacity, self.pool_containers),
@@ -304,6 +398,21 @@ impl WasmEngineBuilder {
             default_memory_limit: self.default_memory_limit,
         })
     }
+}
+
+/// The settings that decide what code wasmtime compiles, shared by the
+/// engine and its compile worker (whose artifacts the engine loads):
+/// epoch interruption, the component model, copy-on-write memory images.
+/// The instance pool is not among them: it does not change the code.
+pub(crate) fn compile_config() -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.wasm_component_model(true);
+    config.memory_init_cow(true);
+    // Each store's stack is counted against its container's memory limit
+    // at this size (limits.rs).
+    config.async_stack_size(crate::limits::STACK_BYTES);
+    config
 }
 
 /// Whether [`WasmEngine::new`] and [`WasmEngine::builder`] use the pooling
@@ -341,6 +450,14 @@ impl WasmEngine {
     /// As [`WasmEngineBuilder::build`].
     pub fn with_cache_dir(dir: Option<PathBuf>) -> Result<WasmEngine> {
         WasmEngine::builder().cache_dir(dir).build()
+    }
+
+    /// The largest guest this engine compiles, in bytes (see
+    /// [`WasmEngineBuilder::max_module_bytes`]): for callers that read a
+    /// guest's bytes from elsewhere (an image layer) and can refuse a larger
+    /// one before reading it.
+    pub fn max_module_bytes(&self) -> u64 {
+        self.cache.limits().max_module_bytes
     }
 
     /// The directory compiled code is stored in, `None` if the disk cache is
@@ -486,6 +603,14 @@ fn env_number(name: &str, example: &str) -> Result<Option<u64>> {
             "{name}={} is not a number: give {example}, or unset it",
             value.to_string_lossy()
         ),
+    }
+}
+
+/// The positive number in environment variable `name`, if set.
+fn env_positive(name: &str, example: &str) -> Result<Option<u64>> {
+    match env_number(name, example)? {
+        Some(0) => bail!("{name}=0 is not a positive number: give {example}, or unset it"),
+        other => Ok(other),
     }
 }
 

@@ -19,8 +19,10 @@
 //! failed request gets a 500 and the server goes on.
 //!
 //! Limits: the container's memory limit applies to the sum over its
-//! requests in flight (limits.rs); header and idle timeouts and caps on
-//! connections and requests in flight are in http_limits.rs. Request bodies are capped by
+//! requests in flight (limits.rs); header and idle timeouts, caps on
+//! connections and requests in flight, and the optional request deadline
+//! (`WASISHIM_HTTP_REQUEST_TIMEOUT_SECONDS`: the guest's instance is
+//! interrupted and the client gets 504) are in http_limits.rs. Request bodies are capped by
 //! `WASISHIM_HTTP_MAX_BODY_BYTES` (http_settings.rs, http_body.rs): a larger
 //! `Content-Length` gets 413 without running the guest; a chunked body that
 //! grows past it fails the guest's read (`HTTP-request-body-size`) and the
@@ -52,7 +54,7 @@ use wasmtime_wasi_http::WasiHttpView;
 use crate::access_log::AccessLog;
 use crate::control::{ended_by, yield_on_epoch, Control, Ended};
 use crate::http_body::{content_length, plain, LimitedBody};
-use crate::http_limits::{self, Activity, InFlight};
+use crate::http_limits::{self, Activity, InFlight, HTTP_REQUEST_TIMEOUT_ENV};
 use crate::http_settings::{HttpSettings, HTTP_ADDRESS_ENV, HTTP_MAX_BODY_BYTES_ENV};
 use crate::http_state::HttpState;
 use crate::limits::{GuestLimiter, GuestLimits};
@@ -303,23 +305,42 @@ impl Server {
         let pre = self.guest.pre.clone();
         let server = self.clone();
         let request_name = what.to_string();
+        let timeout = self.guest.settings.limits.request_timeout;
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let late = timed_out.clone();
         // The guest runs in its own task: it may go on writing the response
         // body after the headers were sent.
         let task = tokio::spawn(async move {
             // Counted until the instance is gone, also while it writes the body.
             let _in_flight = in_flight;
-            let result = async {
+            let run = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, out)
                     .await
-            }
-            .await;
+            };
+            // The store yields at every epoch tick, so the deadline drops
+            // the guest's future there, whether it computes or waits.
+            let result = match deadline {
+                None => run.await,
+                Some(deadline) => match tokio::time::timeout_at(deadline, run).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        late.store(true, Ordering::Relaxed);
+                        Err(wasmtime::Error::msg("deadline"))
+                    }
+                },
+            };
             let oom = store.data().limiter.limit_hit();
             drop(store);
             let message = match result {
                 Ok(()) => return Ok(()),
+                Err(_) if late.load(Ordering::Relaxed) => format!(
+                    "the request took longer than {} s ({HTTP_REQUEST_TIMEOUT_ENV}): its instance was interrupted",
+                    timeout.unwrap_or_default().as_secs()
+                ),
                 Err(e) => match ended_by(e) {
                     Ended::Failed(message) => message,
                     Ended::Returned(code) => format!("the handler exited with code {code}"),
@@ -358,6 +379,9 @@ impl Server {
                 };
                 if exceeded.load(Ordering::Relaxed) {
                     return too_large();
+                }
+                if timed_out.load(Ordering::Relaxed) {
+                    return http_limits::deadline_passed(timeout.unwrap_or_default());
                 }
                 match failed {
                     Some(message) => self.failed(what, &message),

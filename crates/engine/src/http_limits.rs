@@ -1,6 +1,7 @@
 //! What an HTTP server guest's clients may hold of the shim: how long a
 //! request header and an idle keep-alive connection may take, how many
-//! connections may be open and how many requests in flight at once. Beyond a
+//! connections may be open and how many requests in flight at once, and
+//! (optionally) how long the guest may take over a request. Beyond a
 //! cap a client gets 503 with `Retry-After` at once; nothing grows with the
 //! number or slowness of clients. Each is set per container by a
 //! `WASISHIM_HTTP_*` variable of its environment, like http_settings.rs.
@@ -26,6 +27,11 @@ pub const HTTP_MAX_CONNECTIONS_ENV: &str = "WASISHIM_HTTP_MAX_CONNECTIONS";
 /// Container env variable: requests in flight at once (each has its own
 /// instance); more get 503.
 pub const HTTP_MAX_REQUESTS_ENV: &str = "WASISHIM_HTTP_MAX_REQUESTS";
+/// Container env variable: seconds the guest may take over one request,
+/// from its arrival until the response is written; then its instance is
+/// interrupted (at the next epoch tick) and the client gets 504, or, if the
+/// response had begun, a cut-off body. Unset, `0` or `off`: no deadline.
+pub const HTTP_REQUEST_TIMEOUT_ENV: &str = "WASISHIM_HTTP_REQUEST_TIMEOUT_SECONDS";
 
 /// Defaults: 10 s for a header, 60 s idle, 1000 connections, 100 requests in
 /// flight (the per-node pool's share of memories is 90 per container, and a
@@ -45,6 +51,8 @@ pub(crate) struct HttpLimits {
     pub(crate) idle_timeout: Duration,
     pub(crate) max_connections: usize,
     pub(crate) max_requests: usize,
+    /// [`HTTP_REQUEST_TIMEOUT_ENV`]; `None`: no deadline.
+    pub(crate) request_timeout: Option<Duration>,
 }
 
 impl HttpLimits {
@@ -78,8 +86,27 @@ impl HttpLimits {
             )?),
             max_connections: count(HTTP_MAX_CONNECTIONS_ENV, DEFAULT_HTTP_MAX_CONNECTIONS)?,
             max_requests: count(HTTP_MAX_REQUESTS_ENV, DEFAULT_HTTP_MAX_REQUESTS)?,
+            request_timeout: match get(HTTP_REQUEST_TIMEOUT_ENV) {
+                None | Some("0") => None,
+                Some(v) if v.eq_ignore_ascii_case("off") => None,
+                Some(v) => match v.parse::<u64>() {
+                    Ok(n) => Some(Duration::from_secs(n)),
+                    Err(_) => bail!("{HTTP_REQUEST_TIMEOUT_ENV}={v} is not a whole number of seconds: give e.g. 30, or off (the default) for no deadline"),
+                },
+            },
         })
     }
+}
+
+/// The 504 of a request whose guest went past [`HttpLimits::request_timeout`].
+pub(crate) fn deadline_passed(timeout: Duration) -> Response<HyperOutgoingBody> {
+    plain(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!(
+            "the request took longer than {} s, this server's limit ({HTTP_REQUEST_TIMEOUT_ENV}): its handler was stopped\n",
+            timeout.as_secs()
+        ),
+    )
 }
 
 /// Turns away a connection above [`HttpLimits::max_connections`]: one
@@ -235,6 +262,15 @@ mod tests {
         );
         let set = |name: &str| (name == HTTP_MAX_REQUESTS_ENV).then_some("3");
         assert!(matches!(HttpLimits::from_env(set), Ok(l) if l.max_requests == 3));
+        assert_eq!(defaults.request_timeout, None);
+        for (value, timeout) in [("30", Some(30)), ("0", None), ("OFF", None)] {
+            let set = |name: &str| (name == HTTP_REQUEST_TIMEOUT_ENV).then_some(value);
+            let limits = HttpLimits::from_env(set).ok().map(|l| l.request_timeout);
+            assert_eq!(limits, Some(timeout.map(Duration::from_secs)), "{value}");
+        }
+        let bad = |name: &str| (name == HTTP_REQUEST_TIMEOUT_ENV).then_some("1.5");
+        let error = HttpLimits::from_env(bad).err().map(|e| e.to_string());
+        assert_eq!(error.as_deref(), Some("WASISHIM_HTTP_REQUEST_TIMEOUT_SECONDS=1.5 is not a whole number of seconds: give e.g. 30, or off (the default) for no deadline"));
         let zero = |name: &str| (name == HTTP_IDLE_TIMEOUT_ENV).then_some("0");
         let error = HttpLimits::from_env(zero).err().map(|e| e.to_string());
         assert_eq!(error.as_deref(), Some("WASISHIM_HTTP_IDLE_TIMEOUT_SECONDS=0 is not a positive whole number: give e.g. 60, or leave it unset for 60"));

@@ -10,6 +10,13 @@
 //! OCI artifact's) is prepared from the layer's bytes with
 //! `WasmEngine::prepare_layer`, the cache keyed on the layer's digest.
 //!
+//! Untrusted code is best compiled outside the process: with
+//! [`WasmEngineBuilder::compile_worker`] each compilation runs in a child
+//! process (the program's main calls [`run_compile_worker`] when given
+//! [`COMPILE_WORKER_ARG`]) under memory, CPU and time limits and its own
+//! seccomp filter, so that a module made to exhaust the compiler fails its
+//! own prepare only. The shims always do this.
+//!
 //! A component exporting `wasi:http/incoming-handler` (and no `wasi:cli/run`)
 //! runs as an HTTP server instead of a command, one instance per request;
 //! see [`HTTP_ADDRESS_ENV`] for its settings.
@@ -55,6 +62,7 @@ mod source;
 mod spec;
 mod stdio;
 mod wasi;
+mod worker;
 
 pub use access_log::HTTP_ACCESS_LOG_ENV;
 pub use bundle::{
@@ -72,6 +80,7 @@ pub use http_limits::{
     DEFAULT_HTTP_HEADER_TIMEOUT_SECONDS, DEFAULT_HTTP_IDLE_TIMEOUT_SECONDS,
     DEFAULT_HTTP_MAX_CONNECTIONS, DEFAULT_HTTP_MAX_REQUESTS, HTTP_HEADER_TIMEOUT_ENV,
     HTTP_IDLE_TIMEOUT_ENV, HTTP_MAX_CONNECTIONS_ENV, HTTP_MAX_REQUESTS_ENV,
+    HTTP_REQUEST_TIMEOUT_ENV,
 };
 pub use http_settings::{
     DEFAULT_HTTP_ADDRESS, DEFAULT_HTTP_MAX_BODY_BYTES, HTTP_ADDRESS_ENV, HTTP_MAX_BODY_BYTES_ENV,
@@ -86,3 +95,9 @@ pub use run::{ExitStatus, Workload, WorkloadHandle};
 pub use source::{EntrypointFile, RootfsEntrypoint};
 pub use spec::WorkloadSpec;
 pub use stdio::Stdio;
+pub use worker::{
+    run_compile_worker, COMPILE_CONCURRENCY_ENV, COMPILE_MEMORY_ENV, COMPILE_TIMEOUT_ENV,
+    COMPILE_WORKER_ARG, DEFAULT_COMPILE_CONCURRENCY, DEFAULT_COMPILE_MEMORY_BYTES,
+    DEFAULT_COMPILE_TIMEOUT_SECONDS, DEFAULT_MAX_MODULE_BYTES, MAX_MODULE_BYTES_ENV,
+    THIS_EXECUTABLE,
+};

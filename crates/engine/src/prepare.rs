@@ -22,6 +22,7 @@ use crate::run::{ComponentState, Guest, ModuleState, Workload};
 use crate::source::EntrypointFile;
 use crate::stdio::{GuestStdin, Stdio};
 use crate::wasi;
+use crate::worker::MAX_MODULE_BYTES_ENV;
 use crate::WorkloadSpec;
 
 /// Where a guest's bytes came from, which keys them in the code cache.
@@ -56,9 +57,15 @@ pub(crate) fn prepare_file(
     if let Some(compiled) = cache.get_known_file(&identity) {
         return prepare_compiled(engine, share, spec, compiled, &shown, stdio);
     }
+    let max = cache.limits().max_module_bytes;
+    check_size(identity.size(), max, &shown)?;
     let mut bytes = Vec::with_capacity(usize::try_from(identity.size()).unwrap_or(0));
+    // One byte more than allowed: a file that grew since is refused too.
     file.by_ref()
-        .take(crate::rootfs::MAX_ENTRYPOINT_BYTES)
+        .take(
+            max.min(crate::rootfs::MAX_ENTRYPOINT_BYTES)
+                .saturating_add(1),
+        )
         .read_to_end(&mut bytes)
         .with_context(|| format!("cannot read entrypoint {shown}"))?;
     drop(file);
@@ -85,16 +92,25 @@ pub(crate) fn prepare_code(
     shown: &str,
     stdio: Stdio,
 ) -> Result<Workload> {
-    let (binary, kind) = compile::binary(engine, bytes, shown)?;
-    let compile = || compile::compile(engine, &binary, kind, shown);
+    check_size(bytes.len() as u64, cache.limits().max_module_bytes, shown)?;
+    compile::check_source(bytes, shown)?;
     let compiled = match origin {
-        CodeOrigin::Layer { digest } => cache.get_by_digest(engine, digest, kind, compile),
+        CodeOrigin::Layer { digest } => cache.get_by_digest(engine, digest, bytes, shown),
         CodeOrigin::File { identity, read_at } => {
-            cache.get_file(engine, identity, read_at, &binary, kind, compile)
+            cache.get_file(engine, identity, read_at, bytes, shown)
         }
     }?;
-    drop(binary);
     prepare_compiled(engine, share, spec, compiled, shown, stdio)
+}
+
+/// Refuses a guest of `size` bytes above `max`, before it is read.
+fn check_size(size: u64, max: u64, shown: &str) -> Result<()> {
+    if size > max {
+        anyhow::bail!(
+            "entrypoint {shown} is {size} bytes, more than the {max} bytes of WebAssembly this shim compiles ({MAX_MODULE_BYTES_ENV}): build a smaller module, or raise the limit in containerd's environment"
+        );
+    }
+    Ok(())
 }
 
 /// The rest of a prepare once the guest's code is compiled: link (once

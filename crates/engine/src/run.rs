@@ -159,6 +159,15 @@ impl Workload {
         self
     }
 
+    /// The memory cap in bytes the guest runs under: its container's
+    /// `linux.resources.memory.limit`, else the engine's default cap
+    /// ([`WasmEngineBuilder::default_memory_limit`](crate::WasmEngineBuilder::default_memory_limit));
+    /// `None` if neither applies. For an HTTP server, the cap of the sum
+    /// over its requests in flight.
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.limits.memory
+    }
+
     /// Starts the guest on its own thread and returns at once. `on_exit` runs once,
     /// on the guest's unconfined supervisor thread, after the guest ended and
     /// its output was flushed.

@@ -399,6 +399,39 @@ fn sigkill_ends_at_once_also_after_sigterm() {
     }
 }
 
+/// With `WASISHIM_HTTP_REQUEST_TIMEOUT_SECONDS`, a spinning handler is
+/// interrupted at its deadline: the client gets 504 saying why, the
+/// container's stderr says which request, the instance's memory is given
+/// back, and the server goes on.
+#[test]
+fn a_request_past_its_deadline_gets_504() {
+    let wasm = fixture();
+    let (b, address) = server_bundle(&wasm, &["WASISHIM_HTTP_REQUEST_TIMEOUT_SECONDS=1"]);
+    let running = b.start();
+    wait_listening(address, &running);
+    let started = Instant::now();
+    let request = "GET /spin HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+    let answer = check("GET /spin", send(address, request.as_bytes()));
+    let took = started.elapsed();
+    assert_eq!(answer.status, 504, "{answer:?}");
+    assert_eq!(
+        answer.body,
+        "the request took longer than 1 s, this server's limit (WASISHIM_HTTP_REQUEST_TIMEOUT_SECONDS): its handler was stopped\n"
+    );
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "answered after {took:?}"
+    );
+    assert_eq!(running.handle.memory_bytes(), 0, "the instance is gone");
+    assert_eq!(get(address, "/").status, 200);
+    assert_eq!(stop(&running), 137);
+    assert_contains(
+        &b.stderr(),
+        "GET /spin failed: the request took longer than 1 s (WASISHIM_HTTP_REQUEST_TIMEOUT_SECONDS): its instance was interrupted",
+    );
+    assert_contains(&b.stdout(), "GET /spin 504 ");
+}
+
 /// A handler spinning in wasm yields at every epoch tick: other requests
 /// are answered meanwhile, SIGTERM waits for it, SIGKILL ends it.
 #[test]

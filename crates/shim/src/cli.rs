@@ -5,6 +5,9 @@
 //! - `start`: find or launch the server, print its address.
 //! - `delete`: clean up after a dead server, print a DeleteResponse.
 //! - no action, with `-socket`: be the server.
+//! - `--wasishim-compile-worker` (first, never from containerd): compile one
+//!   guest for the server that started this process (see the engine's
+//!   `run_compile_worker`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,6 +22,11 @@ use crate::{cleanup, launch};
 
 /// Runs the shim binary for `runtime` and returns the process exit code.
 pub fn main(runtime: Runtime) -> i32 {
+    // Before anything else: the worker is started by the server, with its
+    // own limits and filter, and needs no logging or flags.
+    if std::env::args_os().nth(1).as_deref() == Some(wasishim_engine::COMPILE_WORKER_ARG.as_ref()) {
+        return wasishim_engine::run_compile_worker();
+    }
     match run(runtime) {
         Ok(()) => 0,
         Err(err) => {

@@ -30,13 +30,16 @@ pub struct Container {
     rootfs_mounted: bool,
     /// The container's cgroup at `linux.cgroupsPath`, if the spec names one.
     cgroup: Option<Arc<Cgroup>>,
-    /// `linux.resources.memory.limit`, reported with the stats (0: none).
+    /// The memory cap the guest runs under, reported with the stats (0: none).
     memory_limit: u64,
     /// The sandbox id, when this container is a pod sandbox.
     sandbox_of: Option<String>,
     lifecycle: Lifecycle,
     /// Wakes `wait` requests once the container has stopped.
     exit_watch: watch::Sender<Option<ExitStatus>>,
+    /// A delete is undoing what it holds on the host (outside the service's
+    /// lock): it may not start, nor be deleted twice.
+    deleting: bool,
 }
 
 /// What deleting a container leaves to undo on the host, in this order:
@@ -74,6 +77,7 @@ impl Container {
             sandbox_of: built.sandbox_of,
             lifecycle: Lifecycle::Created(built.prepared),
             exit_watch,
+            deleting: false,
         }
     }
 
@@ -89,6 +93,7 @@ impl Container {
         id: &str,
         on_exit: impl FnOnce(ExitStatus) + Send + 'static,
     ) -> ttrpc::Result<()> {
+        self.not_deleting(id, "start")?;
         let prepared = self
             .lifecycle
             .begin_start()
@@ -193,18 +198,37 @@ impl Container {
         }
     }
 
+    fn not_deleting(&self, id: &str, action: &str) -> ttrpc::Result<()> {
+        if self.deleting {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                format!("cannot {action} task {id}: it is being deleted"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether the container may be deleted now: its exit status (none for a
-    /// container that never ran) and what to undo on the host.
-    pub fn begin_delete(&self, id: &str) -> ttrpc::Result<(Option<ExitStatus>, Teardown)> {
+    /// container that never ran) and what to undo on the host, which the
+    /// caller does without the service's lock, then removes the container
+    /// (or calls [`Self::delete_failed`]).
+    pub fn begin_delete(&mut self, id: &str) -> ttrpc::Result<(Option<ExitStatus>, Teardown)> {
+        self.not_deleting(id, "delete")?;
         let exit = self
             .lifecycle
             .check_delete()
             .map_err(|err| illegal(id, err))?;
+        self.deleting = true;
         let teardown = Teardown {
             cgroup: self.cgroup.clone(),
             unmount: self.rootfs_mounted.then(|| self.bundle.clone()),
         };
         Ok((exit, teardown))
+    }
+
+    /// The teardown of a delete failed: the container may be deleted again.
+    pub fn delete_failed(&mut self) {
+        self.deleting = false;
     }
 }
 

@@ -73,6 +73,7 @@ pub fn prepare_guest(
         container.namespace,
         container.id,
         &spec.entrypoint.path,
+        engine.max_module_bytes(),
     ) {
         Ok(Some(layer)) => {
             log::info!(
@@ -113,6 +114,7 @@ fn wasm_layer(
     namespace: &str,
     id: &str,
     file: &str,
+    max_module: u64,
 ) -> Result<Option<WasmLayer>, Lookup> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -121,7 +123,12 @@ fn wasm_layer(
         .map_err(Lookup::Containerd)?;
     let path = address.strip_prefix("unix://").unwrap_or(address);
     runtime.block_on(async {
-        match tokio::time::timeout(LOOKUP_TIMEOUT, lookup(path, namespace, id, file)).await {
+        match tokio::time::timeout(
+            LOOKUP_TIMEOUT,
+            lookup(path, namespace, id, file, max_module),
+        )
+        .await
+        {
             Ok(found) => found,
             Err(_) => Err(Lookup::Containerd(anyhow::anyhow!(
                 "containerd at {path} did not answer within {LOOKUP_TIMEOUT:?}"
@@ -263,6 +270,7 @@ async fn lookup(
     namespace: &str,
     id: &str,
     file: &str,
+    max_module: u64,
 ) -> Result<Option<WasmLayer>, Lookup> {
     let channel = containerd_client::connect(path)
         .await
@@ -319,8 +327,19 @@ async fn lookup(
         Some(title) => format!("layer {} ({title}) of image {image}", layer.digest),
         None => format!("layer {} of image {image}", layer.digest),
     };
+    // Refused before it is read: the engine would refuse it anyway.
+    if u64::try_from(layer.size).unwrap_or(u64::MAX) > max_module {
+        return Err(Lookup::Artifact(anyhow::anyhow!(
+            "the entrypoint {name} is {} bytes, more than the {max_module} bytes of WebAssembly this shim compiles ({}): build a smaller module, or raise the limit in containerd's environment",
+            layer.size,
+            wasishim_engine::MAX_MODULE_BYTES_ENV
+        )));
+    }
+    let max = i64::try_from(max_module)
+        .unwrap_or(i64::MAX)
+        .min(MAX_LAYER_BYTES);
     let bytes = api
-        .read(&layer.digest, layer.size, MAX_LAYER_BYTES)
+        .read(&layer.digest, layer.size, max)
         .await
         .with_context(|| format!("cannot read the entrypoint {name}"))
         .map_err(Lookup::Artifact)?

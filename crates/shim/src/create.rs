@@ -29,7 +29,8 @@ pub struct Built {
     pub sandbox_of: Option<String>,
     pub rootfs_mounted: bool,
     pub cgroup: Option<Arc<Cgroup>>,
-    /// `linux.resources.memory.limit`, reported with the stats (0: none).
+    /// The memory cap the guest runs under (its spec's limit, else the
+    /// engine's default cap), reported with the stats (0: none).
     pub memory_limit: u64,
 }
 
@@ -81,7 +82,7 @@ pub fn build(dir: &Path, mounts: &[Mount], stdio: Stdio, cx: &BuildContext) -> R
             os.remove_cgroup(cgroup);
         }
     };
-    // Stats report the limit the engine enforces.
+    // A sandbox runs nothing: its spec's limit is all there is to report.
     let memory_limit = bundle.resources.memory_limit.unwrap_or(0);
     let sandbox_id = bundle.sandbox_id().unwrap_or(&cx.key.id).to_string();
     if sandbox {
@@ -124,12 +125,13 @@ pub fn build(dir: &Path, mounts: &[Mount], stdio: Stdio, cx: &BuildContext) -> R
             })
         });
     match guest {
+        // Stats report the cap the engine enforces, a default one included.
         Ok(guest) => Ok(Built {
+            memory_limit: guest.memory_limit().unwrap_or(0),
             prepared: Prepared::Guest(guest),
             sandbox_of: None,
             rootfs_mounted,
             cgroup,
-            memory_limit,
         }),
         Err(err) => {
             if rootfs_mounted {

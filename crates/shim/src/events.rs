@@ -1,9 +1,13 @@
 //! Task events published to containerd (/tasks/create, /tasks/start, /tasks/exit,
 //! /tasks/delete).
 //!
-//! Publishing never blocks a request: events go into the publisher's queue, in
-//! the order they were produced, and a lost containerd connection is retried by
-//! the queue, not by the caller.
+//! Publishing never blocks a request, nor waits: an event goes into this
+//! publisher's own queue at once (callers may hold the service's lock), in
+//! the order it was produced, and one task forwards the queue to containerd
+//! in that order. A containerd that stops taking events delays only that
+//! task; once [`QUEUE`] events wait, further ones are dropped and counted in
+//! the log. A lost containerd connection is retried by the forwarding, not
+//! by the caller.
 //!
 //! Each event's `Any` is built here with its type name written out, not by
 //! `RemotePublisher::publish`, which asks protobuf's reflection for the name:
@@ -11,7 +15,12 @@
 //! about 490 KiB of heap that an idle per-pod shim then keeps (measured with
 //! `mallinfo2` around the first event: a third of its private memory).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
 
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskOOM, TaskStart};
@@ -41,9 +50,33 @@ pub enum Ended {
     Delete,
 }
 
+/// Events waiting to be forwarded, at most.
+pub const QUEUE: usize = 4096;
+
+/// Where queued events go: containerd's event service, or a test's stand-in.
+#[async_trait]
+pub trait EventSink: Send + Sync + 'static {
+    /// Hands one event to containerd; may take as long as containerd does.
+    async fn forward(&self, request: ForwardRequest) -> Result<(), String>;
+}
+
+#[async_trait]
+impl EventSink for RemotePublisher {
+    async fn forward(&self, request: ForwardRequest) -> Result<(), String> {
+        // `forward` queues the envelope as `publish` does, in order, with
+        // the remote queue's retries.
+        Events::forward(self, &TtrpcContext::default(), request)
+            .await
+            .map(|_| ())
+            .map_err(|err| err.to_string())
+    }
+}
+
 /// Publishes task events, each in its container's containerd namespace.
 pub struct EventPublisher {
-    remote: Option<RemotePublisher>,
+    /// The forwarding task's queue; `None` without containerd.
+    queue: Option<mpsc::Sender<ForwardRequest>>,
+    dropped: AtomicU64,
     /// Unit tests read the topics published, in order.
     #[cfg(test)]
     pub published: std::sync::Mutex<Vec<String>>,
@@ -65,14 +98,39 @@ impl EventPublisher {
             },
             None => None,
         };
+        match remote {
+            Some(remote) => EventPublisher::with_sink(Arc::new(remote)),
+            None => EventPublisher::unqueued(),
+        }
+    }
+
+    /// A publisher whose events are only logged.
+    fn unqueued() -> EventPublisher {
         EventPublisher {
-            remote,
+            queue: None,
+            dropped: AtomicU64::new(0),
             #[cfg(test)]
             published: std::sync::Mutex::default(),
         }
     }
 
-    pub async fn task_create(&self, namespace: &str, container_id: &str, bundle: &str, pid: u32) {
+    /// A publisher forwarding to `sink` from a task of the current runtime.
+    pub fn with_sink(sink: Arc<dyn EventSink>) -> EventPublisher {
+        let (queue, mut events) = mpsc::channel::<ForwardRequest>(QUEUE);
+        tokio::spawn(async move {
+            while let Some(request) = events.recv().await {
+                if let Err(err) = sink.forward(request).await {
+                    log::warn!("dropped an event: {err}");
+                }
+            }
+        });
+        EventPublisher {
+            queue: Some(queue),
+            ..EventPublisher::unqueued()
+        }
+    }
+
+    pub fn task_create(&self, namespace: &str, container_id: &str, bundle: &str, pid: u32) {
         let event = TaskCreate {
             container_id: container_id.to_string(),
             bundle: bundle.to_string(),
@@ -84,11 +142,10 @@ impl EventPublisher {
             topics::TASK_CREATE_EVENT_TOPIC,
             TASK_CREATE_TYPE,
             &event,
-        )
-        .await;
+        );
     }
 
-    pub async fn task_start(&self, namespace: &str, container_id: &str, pid: u32) {
+    pub fn task_start(&self, namespace: &str, container_id: &str, pid: u32) {
         let event = TaskStart {
             container_id: container_id.to_string(),
             pid,
@@ -99,13 +156,12 @@ impl EventPublisher {
             topics::TASK_START_EVENT_TOPIC,
             TASK_START_TYPE,
             &event,
-        )
-        .await;
+        );
     }
 
     /// The task's guest ended (/tasks/exit) or the task was deleted
     /// (/tasks/delete): the two events carry the same exit fields.
-    pub async fn task_ended(
+    pub fn task_ended(
         &self,
         event: Ended,
         namespace: &str,
@@ -136,7 +192,6 @@ impl EventPublisher {
                     TASK_EXIT_TYPE,
                     &event,
                 )
-                .await
             }
             Ended::Delete => {
                 let event = ended!(TaskDelete);
@@ -146,14 +201,13 @@ impl EventPublisher {
                     TASK_DELETE_TYPE,
                     &event,
                 )
-                .await
             }
         }
     }
 
     /// The guest ran out of memory under its limit; sent before its exit,
     /// as the kernel's OOM notification precedes a killed process's exit.
-    pub async fn task_oom(&self, namespace: &str, container_id: &str) {
+    pub fn task_oom(&self, namespace: &str, container_id: &str) {
         let event = TaskOOM {
             container_id: container_id.to_string(),
             ..Default::default()
@@ -163,19 +217,18 @@ impl EventPublisher {
             topics::TASK_OOM_EVENT_TOPIC,
             TASK_OOM_TYPE,
             &event,
-        )
-        .await;
+        );
     }
 
     /// Queues `event`, of protobuf type `type_name` (its full name, which
-    /// containerd resolves), for containerd.
-    async fn publish<M: Message>(&self, namespace: &str, topic: &str, type_name: &str, event: &M) {
+    /// containerd resolves), for containerd. Never waits.
+    fn publish<M: Message>(&self, namespace: &str, topic: &str, type_name: &str, event: &M) {
         log::debug!("event {topic} in namespace {namespace}");
         #[cfg(test)]
         if let Ok(mut published) = self.published.lock() {
             published.push(format!("{topic} {namespace}"));
         }
-        let Some(remote) = &self.remote else {
+        let Some(queue) = &self.queue else {
             return;
         };
         let value = match event.write_to_bytes() {
@@ -201,10 +254,14 @@ impl EventPublisher {
             envelope: Some(envelope).into(),
             ..Default::default()
         };
-        // `forward` queues the envelope as `publish` does, in order, with
-        // the queue's retries.
-        if let Err(err) = remote.forward(&TtrpcContext::default(), request).await {
-            log::warn!("dropped event {topic}: {err}");
+        if let Err(err) = queue.try_send(request) {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            // Once, then every thousandth: a stuck containerd would flood the log.
+            if dropped % 1000 == 1 {
+                log::warn!(
+                    "dropped event {topic} ({dropped} so far): containerd is not taking events ({err})"
+                );
+            }
         }
     }
 }

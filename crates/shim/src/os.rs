@@ -111,9 +111,20 @@ pub mod tests {
         calls: Mutex<Vec<String>>,
         /// Make `mount_rootfs` fail.
         fail_mount: bool,
+        /// How long `remove_cgroup` takes, as a cgroup whose last thread is
+        /// slow to leave does.
+        cgroup_removal: std::time::Duration,
     }
 
     impl RecordingOs {
+        /// A stub whose cgroup removals take `time` each.
+        pub fn slow_cgroup_removal(time: std::time::Duration) -> RecordingOs {
+            RecordingOs {
+                cgroup_removal: time,
+                ..RecordingOs::default()
+            }
+        }
+
         /// A stub whose rootfs mounts fail.
         pub fn failing_mount() -> RecordingOs {
             RecordingOs {
@@ -162,6 +173,7 @@ pub mod tests {
         }
 
         fn remove_cgroup(&self, cgroup: &Cgroup) {
+            std::thread::sleep(self.cgroup_removal);
             self.record(format!("remove cgroup {}", cgroup.path().display()));
         }
     }

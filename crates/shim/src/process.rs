@@ -27,6 +27,9 @@ pub type OnExit = Box<dyn FnOnce(ExitStatus) + Send>;
 pub trait Guest: Send {
     /// Starts the guest on its own thread; `on_exit` runs once when it ends.
     fn start(self: Box<Self>, on_exit: OnExit) -> Result<Arc<dyn RunningGuest>>;
+    /// The memory cap the guest runs under (its limit or the engine's
+    /// default cap), for Stats; `None` if there is none.
+    fn memory_limit(&self) -> Option<u64>;
 }
 
 /// Controls a started guest.
@@ -99,6 +102,10 @@ impl Guest for Workload {
     fn start(self: Box<Self>, on_exit: OnExit) -> Result<Arc<dyn RunningGuest>> {
         let handle = Workload::start(*self, on_exit)?;
         Ok(Arc::new(handle))
+    }
+
+    fn memory_limit(&self) -> Option<u64> {
+        Workload::memory_limit(self)
     }
 }
 
@@ -252,6 +259,7 @@ pub mod fakes {
     struct FakeGuest {
         started: Arc<Mutex<Vec<Arc<FakeRunning>>>>,
         fail_start: bool,
+        memory_limit: Option<u64>,
     }
 
     impl Guest for FakeGuest {
@@ -266,6 +274,10 @@ pub mod fakes {
             self.started.lock().unwrap().push(running.clone());
             Ok(running)
         }
+
+        fn memory_limit(&self) -> Option<u64> {
+            self.memory_limit
+        }
     }
 
     /// Builds fake guests, or fails as a bad image would.
@@ -273,6 +285,8 @@ pub mod fakes {
     pub struct FakeGuests {
         pub fail_prepare: bool,
         pub fail_start: bool,
+        /// The engine's cap for a container without a memory limit.
+        pub default_memory_limit: Option<u64>,
         /// The network each guest was asked to join instead of its spec's.
         pub networks: Mutex<Vec<Option<PathBuf>>>,
         pub started: Arc<Mutex<Vec<Arc<FakeRunning>>>>,
@@ -293,6 +307,11 @@ pub mod fakes {
             Ok(Box::new(FakeGuest {
                 started: self.started.clone(),
                 fail_start: self.fail_start,
+                memory_limit: request
+                    .bundle
+                    .resources
+                    .memory_limit
+                    .or(self.default_memory_limit),
             }))
         }
     }

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use containerd_shim_protos::shim_async::{create_task, Task};
 use containerd_shim_protos::ttrpc::r#async::transport::Listener;
 use containerd_shim_protos::ttrpc::r#async::Server;
-use wasishim_engine::WasmEngine;
+use wasishim_engine::{WasmEngine, THIS_EXECUTABLE};
 
 use crate::events::EventPublisher;
 use crate::hosting::Runtime;
@@ -47,8 +47,10 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
     let listener = Listener::try_from(listener).context("cannot serve the shim socket")?;
 
     let hosting = options.runtime.hosting;
-    // The environment overrides the hosting's defaults.
+    // The environment overrides the hosting's defaults. Guests are compiled
+    // by this binary run as a compile worker, never in the server.
     let engine = WasmEngine::builder()
+        .compile_worker(Some(THIS_EXECUTABLE.into()))
         .pool_capacity(hosting.pool_capacity())
         .pool_containers(hosting.pool_containers())
         .default_memory_limit(hosting.default_memory_limit())

@@ -6,10 +6,10 @@
 //! recorded and published in order. The service does not know how it is
 //! hosted beyond what [`Hosting`] tells the create pipeline.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -60,6 +60,34 @@ pub struct TaskService {
     last_activity: std::sync::Mutex<Instant>,
     /// Set once the server was told to stop (see [`TaskService::begin_drain`]).
     draining: AtomicBool,
+    /// Tasks being created (outside the lock): a second create of one waits
+    /// for nothing and is refused.
+    creating: std::sync::Mutex<HashSet<TaskKey>>,
+}
+
+/// A task id taken by a create under way; released when dropped, also if
+/// the create's future is dropped.
+struct Reserved<'a> {
+    creating: &'a std::sync::Mutex<HashSet<TaskKey>>,
+    key: TaskKey,
+}
+
+impl<'a> Reserved<'a> {
+    /// `None` if another create holds `key`.
+    fn take(creating: &'a std::sync::Mutex<HashSet<TaskKey>>, key: &TaskKey) -> Option<Self> {
+        let mut set = creating.lock().unwrap_or_else(PoisonError::into_inner);
+        set.insert(key.clone()).then(|| Reserved {
+            creating,
+            key: key.clone(),
+        })
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        let mut set = self.creating.lock().unwrap_or_else(PoisonError::into_inner);
+        set.remove(&self.key);
+    }
 }
 
 impl TaskService {
@@ -89,6 +117,7 @@ impl TaskService {
             pod_networks: PodNetworks::default(),
             last_activity: std::sync::Mutex::new(Instant::now()),
             draining: AtomicBool::new(false),
+            creating: std::sync::Mutex::default(),
         };
         tokio::spawn(record_exits(
             exit_rx,
@@ -138,16 +167,14 @@ impl TaskService {
             match container.kill(&key.id, signal) {
                 // Never started: stopped now, and its exit is published here.
                 Ok(Some(status)) => {
-                    self.events
-                        .task_ended(
-                            Ended::Exit,
-                            &key.namespace,
-                            &key.id,
-                            self.pid,
-                            status.code,
-                            status.exited_at,
-                        )
-                        .await;
+                    self.events.task_ended(
+                        Ended::Exit,
+                        &key.namespace,
+                        &key.id,
+                        self.pid,
+                        status.code,
+                        status.exited_at,
+                    );
                 }
                 Ok(None) => log::info!("task {key}: sent signal {signal}"),
                 // Already stopped.
@@ -198,19 +225,18 @@ async fn record_exits(
         };
         if container.exited(status) {
             log::info!("task {key} exited with status {}", status.code);
+            // Queued at once (events.rs): the lock is not held over containerd.
             if status.oom_killed {
-                events.task_oom(&key.namespace, &key.id).await;
+                events.task_oom(&key.namespace, &key.id);
             }
-            events
-                .task_ended(
-                    Ended::Exit,
-                    &key.namespace,
-                    &key.id,
-                    pid,
-                    status.code,
-                    status.exited_at,
-                )
-                .await;
+            events.task_ended(
+                Ended::Exit,
+                &key.namespace,
+                &key.id,
+                pid,
+                status.code,
+                status.exited_at,
+            );
         }
     }
 }
@@ -248,12 +274,18 @@ impl Task for TaskService {
         }
         let bundle = PathBuf::from(&req.bundle);
         let key = self.keys.create_key(&Caller::of(ctx), &id, &bundle);
-        if self.containers.lock().await.contains_key(&key) {
-            return Err(error(
-                Code::ALREADY_EXISTS,
-                format!("task {id} already exists"),
-            ));
-        }
+        let _reserved = {
+            let containers = self.containers.lock().await;
+            match Reserved::take(&self.creating, &key) {
+                Some(reserved) if !containers.contains_key(&key) => reserved,
+                _ => {
+                    return Err(error(
+                        Code::ALREADY_EXISTS,
+                        format!("task {id} already exists"),
+                    ))
+                }
+            }
+        };
 
         let cx = BuildContext {
             os: self.os.clone(),
@@ -279,8 +311,7 @@ impl Task for TaskService {
         let mut containers = self.containers.lock().await;
         containers.insert(key.clone(), Container::new(bundle, stdio, built));
         self.events
-            .task_create(&key.namespace, &id, &req.bundle, self.pid)
-            .await;
+            .task_create(&key.namespace, &id, &req.bundle, self.pid);
         Ok(CreateTaskResponse {
             pid: self.pid,
             ..Default::default()
@@ -299,9 +330,7 @@ impl Task for TaskService {
             let _ = exits.send((exit_key, status));
         })?;
         log::info!("started task {}", req.id);
-        self.events
-            .task_start(&key.namespace, &key.id, self.pid)
-            .await;
+        self.events.task_start(&key.namespace, &key.id, self.pid);
         Ok(StartResponse {
             pid: self.pid,
             ..Default::default()
@@ -321,16 +350,14 @@ impl Task for TaskService {
         let container = containers.get_mut(&key).ok_or_else(|| not_found(&req.id))?;
         log::info!("kill task {} with signal {}", req.id, req.signal);
         if let Some(status) = container.kill(&req.id, req.signal)? {
-            self.events
-                .task_ended(
-                    Ended::Exit,
-                    &key.namespace,
-                    &key.id,
-                    self.pid,
-                    status.code,
-                    status.exited_at,
-                )
-                .await;
+            self.events.task_ended(
+                Ended::Exit,
+                &key.namespace,
+                &key.id,
+                self.pid,
+                status.code,
+                status.exited_at,
+            );
         }
         Ok(Empty::new())
     }
@@ -363,16 +390,31 @@ impl Task for TaskService {
         self.no_exec(&req.exec_id)?;
         let id = req.id;
         let caller = Caller::of(ctx);
-        let (mut containers, key) = self.lookup(&caller, &id).await;
-        let container = containers.get(&key).ok_or_else(|| not_found(&id))?;
-        let (exit, teardown) = container.begin_delete(&id)?;
-        let sandbox_of = container.sandbox_of().map(str::to_string);
+        let (key, exit, teardown, sandbox_of) = {
+            let (mut containers, key) = self.lookup(&caller, &id).await;
+            let container = containers.get_mut(&key).ok_or_else(|| not_found(&id))?;
+            let (exit, teardown) = container.begin_delete(&id)?;
+            let sandbox_of = container.sandbox_of().map(str::to_string);
+            (key, exit, teardown, sandbox_of)
+        };
+        // Unmounting and removing cgroups block (a cgroup's removal waits
+        // for its last thread to leave): off the request executor, and
+        // without the lock every other tenant's requests need.
         let os = self.os.clone();
-        // Unmounting and removing cgroups block; keep them off the request executor.
-        tokio::task::spawn_blocking(move || teardown.run(os.as_ref()))
+        let torn_down = tokio::task::spawn_blocking(move || teardown.run(os.as_ref()))
             .await
-            .map_err(|err| error(Code::INTERNAL, format!("delete task {id}: {err}")))?
-            .map_err(|err| error(Code::INTERNAL, format!("delete task {id}: {err:#}")))?;
+            .map_err(|err| error(Code::INTERNAL, format!("delete task {id}: {err}")))
+            .and_then(|done| {
+                done.map_err(|err| error(Code::INTERNAL, format!("delete task {id}: {err:#}")))
+            });
+        let mut containers = self.containers.lock().await;
+        if let Err(err) = torn_down {
+            // Still there to be deleted again.
+            if let Some(container) = containers.get_mut(&key) {
+                container.delete_failed();
+            }
+            return Err(err);
+        }
         if let Some(sandbox_id) = &sandbox_of {
             self.pod_networks.remove(&key.namespace, sandbox_id);
         }
@@ -382,16 +424,14 @@ impl Task for TaskService {
         let (code, exited_at) = exit
             .map(|exit| (exit.code, exit.exited_at))
             .unwrap_or((0, SystemTime::now()));
-        self.events
-            .task_ended(
-                Ended::Delete,
-                &key.namespace,
-                &id,
-                self.pid,
-                code,
-                exited_at,
-            )
-            .await;
+        self.events.task_ended(
+            Ended::Delete,
+            &key.namespace,
+            &id,
+            self.pid,
+            code,
+            exited_at,
+        );
         if containers.is_empty() {
             // The host may exit once nothing is left to serve.
             self.shutdown.notify_one();

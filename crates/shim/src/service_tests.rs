@@ -12,6 +12,10 @@ use crate::keys::request_context;
 use crate::os::tests::RecordingOs;
 use crate::process::fakes::FakeGuests;
 
+/// What runs while the service's lock is held, and what must not.
+#[path = "service_lock_tests.rs"]
+mod locks;
+
 struct Harness {
     service: TaskService,
     os: Arc<RecordingOs>,
@@ -562,6 +566,15 @@ async fn stats_report_the_memory_limit() {
     h.start("c1").await.unwrap();
     let metrics = h.metrics("c1").await;
     assert_eq!(metrics.memory.usage.usage, 65536);
+
+    // Without a limit, the default cap the engine applies is reported.
+    let guests = FakeGuests {
+        default_memory_limit: Some(512 << 20),
+        ..FakeGuests::default()
+    };
+    let h = harness_with(crate::PER_NODE, RecordingOs::default(), guests).await;
+    h.create("c2").await.unwrap();
+    assert_eq!(h.metrics("c2").await.memory.usage.limit, 512 << 20);
 }
 
 #[tokio::test]
