@@ -18,6 +18,7 @@ use crate::cgroups::Cgroup;
 use crate::create::Built;
 use crate::events::timestamp;
 use crate::lifecycle::{IllegalTransition, KillAction, Lifecycle, Status};
+use crate::native::NativeTask;
 use crate::os::Os;
 use crate::stats::{self, Usage};
 
@@ -37,11 +38,15 @@ pub struct Container {
     lifecycle: Lifecycle,
     /// Wakes `wait` requests once the container has stopped.
     exit_watch: watch::Sender<Option<ExitStatus>>,
+    /// The runc container, when this is a native container.
+    native: Option<Arc<dyn NativeTask>>,
 }
 
 /// What deleting a container leaves to undo on the host, in this order:
-/// the cgroup is removed, then the rootfs unmounted.
+/// a native container is deleted by runc, the cgroup is removed, then the
+/// rootfs unmounted.
 pub struct Teardown {
+    native: Option<Arc<dyn NativeTask>>,
     cgroup: Option<Arc<Cgroup>>,
     unmount: Option<PathBuf>,
 }
@@ -49,6 +54,10 @@ pub struct Teardown {
 impl Teardown {
     /// Blocking: removing a cgroup may wait for its last thread to leave.
     pub fn run(self, os: &dyn Os) -> anyhow::Result<()> {
+        if let Some(native) = self.native {
+            // Its processes must be gone before the cgroup and rootfs go.
+            native.delete()?;
+        }
         if let Some(cgroup) = self.cgroup {
             os.remove_cgroup(&cgroup);
         }
@@ -74,7 +83,17 @@ impl Container {
             sandbox_of: built.sandbox_of,
             lifecycle: Lifecycle::Created(built.prepared),
             exit_watch,
+            native: built.native,
         }
+    }
+
+    /// The pid containerd is told: a native container's init, else this
+    /// shim's own (a Wasm guest runs inside it).
+    pub fn pid(&self, shim_pid: u32) -> u32 {
+        self.native
+            .as_ref()
+            .map(|native| native.pid())
+            .unwrap_or(shim_pid)
     }
 
     /// The sandbox id, when this container is a pod sandbox.
@@ -201,6 +220,7 @@ impl Container {
             .check_delete()
             .map_err(|err| illegal(id, err))?;
         let teardown = Teardown {
+            native: self.native.clone(),
             cgroup: self.cgroup.clone(),
             unmount: self.rootfs_mounted.then(|| self.bundle.clone()),
         };

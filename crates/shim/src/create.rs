@@ -18,6 +18,7 @@ use wasishim_engine::{Bundle, Stdio};
 use crate::cgroups::{self, Cgroup};
 use crate::hosting::Hosting;
 use crate::keys::TaskKey;
+use crate::native::{NativeTask, Natives};
 use crate::os::{CgroupRole, Os};
 use crate::pod_network::PodNetworks;
 use crate::process::{GuestRequest, Guests, Prepared};
@@ -31,12 +32,15 @@ pub struct Built {
     pub cgroup: Option<Arc<Cgroup>>,
     /// `linux.resources.memory.limit`, reported with the stats (0: none).
     pub memory_limit: u64,
+    /// The runc container, when the entrypoint is a Linux executable.
+    pub native: Option<Arc<dyn NativeTask>>,
 }
 
 /// What `build` may consult and act through.
 pub struct BuildContext {
     pub os: Arc<dyn Os>,
     pub guests: Arc<dyn Guests>,
+    pub natives: Arc<dyn Natives>,
     pub pod_networks: PodNetworks,
     pub key: TaskKey,
     pub hosting: Hosting,
@@ -96,6 +100,7 @@ pub fn build(dir: &Path, mounts: &[Mount], stdio: Stdio, cx: &BuildContext) -> R
             rootfs_mounted: false,
             cgroup,
             memory_limit,
+            native: None,
         });
     }
     let rootfs_mounted = match os.mount_rootfs(dir, mounts) {
@@ -115,21 +120,27 @@ pub fn build(dir: &Path, mounts: &[Mount], stdio: Stdio, cx: &BuildContext) -> R
             &cx.key.id,
         )
         .and_then(|network| {
-            cx.guests.prepare(GuestRequest {
+            let request = GuestRequest {
                 bundle: &bundle,
                 key: &cx.key,
                 stdio,
                 network,
                 cgroup: cgroup.clone(),
-            })
+            };
+            // A Linux executable goes to runc, anything else to the engine.
+            match cx.natives.prepare(&request)? {
+                Some(native) => Ok((native.guest, Some(native.task))),
+                None => Ok((cx.guests.prepare(request)?, None)),
+            }
         });
     match guest {
-        Ok(guest) => Ok(Built {
+        Ok((guest, native)) => Ok(Built {
             prepared: Prepared::Guest(guest),
             sandbox_of: None,
             rootfs_mounted,
             cgroup,
             memory_limit,
+            native,
         }),
         Err(err) => {
             if rootfs_mounted {

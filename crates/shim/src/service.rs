@@ -32,6 +32,7 @@ use crate::create::{self, BuildContext};
 use crate::events::{timestamp, Ended, EventPublisher};
 use crate::hosting::{Hosting, Runtime};
 use crate::keys::{Caller, Keys, TaskKey};
+use crate::native::{Natives, NoNatives};
 use crate::os::Os;
 use crate::pod_network::PodNetworks;
 use crate::process::Guests;
@@ -47,6 +48,8 @@ pub struct TaskService {
     runtime: Runtime,
     os: Arc<dyn Os>,
     guests: Arc<dyn Guests>,
+    /// Runs containers whose entrypoint is a Linux executable.
+    natives: Arc<dyn Natives>,
     events: Arc<EventPublisher>,
     containers: Arc<Mutex<Containers>>,
     exits: mpsc::UnboundedSender<(TaskKey, ExitStatus)>,
@@ -78,6 +81,7 @@ impl TaskService {
             pid: os.pid(),
             os,
             guests,
+            natives: Arc::new(NoNatives),
             events: Arc::new(events),
             containers: Arc::new(Mutex::new(HashMap::new())),
             exits,
@@ -93,6 +97,12 @@ impl TaskService {
             service.pid,
         ));
         service
+    }
+
+    /// Runs Linux-executable entrypoints with `natives` instead of refusing them.
+    pub fn with_natives(mut self, natives: Arc<dyn Natives>) -> TaskService {
+        self.natives = natives;
+        self
     }
 
     /// How long since the last request that created, started or deleted a task.
@@ -156,6 +166,7 @@ async fn record_exits(
         };
         if container.exited(status) {
             log::info!("task {key} exited with status {}", status.code);
+            let pid = container.pid(pid);
             if status.oom_killed {
                 events.task_oom(&key.namespace, &key.id).await;
             }
@@ -207,6 +218,7 @@ impl Task for TaskService {
         let cx = BuildContext {
             os: self.os.clone(),
             guests: self.guests.clone(),
+            natives: self.natives.clone(),
             pod_networks: self.pod_networks.clone(),
             key: key.clone(),
             hosting: self.hosting(),
@@ -226,12 +238,14 @@ impl Task for TaskService {
 
         let stdio = [req.stdin, req.stdout, req.stderr];
         let mut containers = self.containers.lock().await;
-        containers.insert(key.clone(), Container::new(bundle, stdio, built));
+        let container = Container::new(bundle, stdio, built);
+        let pid = container.pid(self.pid);
+        containers.insert(key.clone(), container);
         self.events
-            .task_create(&key.namespace, &id, &req.bundle, self.pid)
+            .task_create(&key.namespace, &id, &req.bundle, pid)
             .await;
         Ok(CreateTaskResponse {
-            pid: self.pid,
+            pid,
             ..Default::default()
         })
     }
@@ -248,11 +262,10 @@ impl Task for TaskService {
             let _ = exits.send((exit_key, status));
         })?;
         log::info!("started task {}", req.id);
-        self.events
-            .task_start(&key.namespace, &key.id, self.pid)
-            .await;
+        let pid = container.pid(self.pid);
+        self.events.task_start(&key.namespace, &key.id, pid).await;
         Ok(StartResponse {
-            pid: self.pid,
+            pid,
             ..Default::default()
         })
     }
@@ -261,7 +274,7 @@ impl Task for TaskService {
         self.no_exec(&req.exec_id)?;
         let (containers, key) = self.lookup(&Caller::of(ctx), &req.id).await;
         let container = containers.get(&key).ok_or_else(|| not_found(&req.id))?;
-        Ok(container.state(&req.id, self.pid))
+        Ok(container.state(&req.id, container.pid(self.pid)))
     }
 
     async fn kill(&self, ctx: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
@@ -269,13 +282,14 @@ impl Task for TaskService {
         let (mut containers, key) = self.lookup(&Caller::of(ctx), &req.id).await;
         let container = containers.get_mut(&key).ok_or_else(|| not_found(&req.id))?;
         log::info!("kill task {} with signal {}", req.id, req.signal);
+        let pid = container.pid(self.pid);
         if let Some(status) = container.kill(&req.id, req.signal)? {
             self.events
                 .task_ended(
                     Ended::Exit,
                     &key.namespace,
                     &key.id,
-                    self.pid,
+                    pid,
                     status.code,
                     status.exited_at,
                 )
@@ -316,6 +330,7 @@ impl Task for TaskService {
         let container = containers.get(&key).ok_or_else(|| not_found(&id))?;
         let (exit, teardown) = container.begin_delete(&id)?;
         let sandbox_of = container.sandbox_of().map(str::to_string);
+        let pid = container.pid(self.pid);
         let os = self.os.clone();
         // Unmounting and removing cgroups block; keep them off the request executor.
         tokio::task::spawn_blocking(move || teardown.run(os.as_ref()))
@@ -332,21 +347,14 @@ impl Task for TaskService {
             .map(|exit| (exit.code, exit.exited_at))
             .unwrap_or((0, SystemTime::now()));
         self.events
-            .task_ended(
-                Ended::Delete,
-                &key.namespace,
-                &id,
-                self.pid,
-                code,
-                exited_at,
-            )
+            .task_ended(Ended::Delete, &key.namespace, &id, pid, code, exited_at)
             .await;
         if containers.is_empty() {
             // The host may exit once nothing is left to serve.
             self.shutdown.notify_one();
         }
         Ok(DeleteResponse {
-            pid: self.pid,
+            pid,
             exit_status: code,
             exited_at: Some(timestamp(exited_at)).into(),
             ..Default::default()
@@ -355,12 +363,10 @@ impl Task for TaskService {
 
     async fn pids(&self, ctx: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
         let (containers, key) = self.lookup(&Caller::of(ctx), &req.id).await;
-        if !containers.contains_key(&key) {
-            return Err(not_found(&req.id));
-        }
+        let container = containers.get(&key).ok_or_else(|| not_found(&req.id))?;
         Ok(PidsResponse {
             processes: vec![ProcessInfo {
-                pid: self.pid,
+                pid: container.pid(self.pid),
                 ..Default::default()
             }],
             ..Default::default()

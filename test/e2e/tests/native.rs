@@ -1,0 +1,177 @@
+//! Native containers: an image whose entrypoint is a Linux executable (ELF
+//! or `#!` script), run with the wasmtime runtime, runs under runc (see the
+//! README, "Linux containers in Wasm pods").
+//!
+//! The program is test/fixtures/native/probe.c, built static by `make
+//! fixtures`. One scenario per containerd version checks output, exit
+//! codes, SIGTERM and SIGKILL, delete, and that nothing of runc is left
+//! (state, cgroups, processes), besides the harness's own leak checks.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use wasishim_e2e::{exit_code, fixture, image_name, output_text, Image, PrivateContainerd};
+
+/// The state root the shim gives runc for containerd namespace `default`.
+const RUNC_STATE: &str = "/run/containerd/wasishim/runc/default";
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The probe at /probe (the entrypoint), and a `#!` script at /script run
+/// by it.
+fn import_probe(cd: &PrivateContainerd) -> String {
+    let probe = fs::read(fixture("native/probe")).expect("make fixtures builds native/probe");
+    let image = Image::new(&image_name("native-probe"))
+        .file("/probe", probe, 0o755)
+        .file("/script", "#!/probe from-script\n", 0o755)
+        .env("FROM_IMAGE", "yes")
+        .entrypoint(["/probe"]);
+    cd.import(&image).unwrap()
+}
+
+/// The pid `ctr task ls` reports for `id`.
+fn task_pid(cd: &PrivateContainerd, id: &str) -> u32 {
+    let tasks = cd.tasks().unwrap();
+    let (_, pid, _) = tasks
+        .iter()
+        .find(|(task, _, _)| task == id)
+        .unwrap_or_else(|| panic!("no task {id} in {tasks:?}"));
+    pid.parse().unwrap()
+}
+
+/// Nothing of container `id` is left: runc state, cgroups in any hierarchy,
+/// the init process `pid`.
+fn assert_runc_gone(id: &str, pid: u32) {
+    let state = Path::new(RUNC_STATE).join(id);
+    assert!(!state.exists(), "runc state {} left", state.display());
+    for hierarchy in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let dir = hierarchy.path().join("default").join(id);
+        assert!(!dir.exists(), "cgroup {} left", dir.display());
+    }
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains("probe"),
+        "init {pid} of {id} still runs"
+    );
+}
+
+/// Runs `args` detached, waits until it prints "waiting" (its stdout goes
+/// to the containerd log, so the state is polled instead) and returns the
+/// init's pid.
+fn start_detached(cd: &PrivateContainerd, image: &str, id: &str, args: &[&str]) -> u32 {
+    cd.run_detached(&[], image, id, args).unwrap();
+    cd.wait_task_status(id, "RUNNING", Duration::from_secs(10))
+        .unwrap();
+    let pid = task_pid(cd, id);
+    // The init is the probe itself, a host process other than the shim.
+    let mut cmdline = String::new();
+    for _ in 0..100 {
+        cmdline =
+            String::from_utf8_lossy(&fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+                .replace('\0', " ");
+        if cmdline.starts_with("/probe ") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        cmdline.starts_with("/probe "),
+        "pid {pid} of {id} runs {cmdline:?}"
+    );
+    pid
+}
+
+fn native_under_runc(cd: &PrivateContainerd) {
+    let image = import_probe(cd);
+
+    // Output, arguments, environment and the exit code; a new PID namespace.
+    let out = cd.run_rm(
+        &["--env", "FOO=bar baz"],
+        &image,
+        "native-exit",
+        &["/probe", "exit", "7"],
+    );
+    let text = stdout(&out);
+    assert_eq!(exit_code(&out.status), 7, "{}", output_text(&out));
+    for want in [
+        "pid=1",
+        "arg[0]=/probe",
+        "arg[1]=exit",
+        "arg[2]=7",
+        "env FOO=bar baz",
+        "env FROM_IMAGE=yes",
+    ] {
+        assert!(
+            text.lines().any(|l| l == want),
+            "no '{want}' in:\n{}",
+            output_text(&out)
+        );
+    }
+
+    // A #! script goes to runc too (the kernel runs its interpreter).
+    let out = cd.run_rm(&[], &image, "native-script", &["/script", "x"]);
+    assert_eq!(exit_code(&out.status), 0, "{}", output_text(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("arg[1]=from-script\n") && text.contains("arg[2]=/script\n"),
+        "{}",
+        output_text(&out)
+    );
+
+    // SIGTERM: the program's handler runs and it exits 0.
+    let pid = start_detached(cd, &image, "native-term", &["/probe", "wait"]);
+    let out = cd.ctr(["task", "kill", "native-term"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    cd.wait_task_status("native-term", "STOPPED", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(cd.task_delete("native-term").unwrap(), 0);
+    cd.ctr(["containers", "rm", "native-term"]);
+    assert_runc_gone("native-term", pid);
+
+    // SIGTERM ignored: still running; SIGKILL ends it with 137.
+    let pid = start_detached(cd, &image, "native-kill", &["/probe", "stubborn"]);
+    let out = cd.ctr(["task", "kill", "native-kill"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        cd.task_status("native-kill").unwrap().as_deref(),
+        Some("RUNNING")
+    );
+    let out = cd.ctr(["task", "kill", "-s", "SIGKILL", "native-kill"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    cd.wait_task_status("native-kill", "STOPPED", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(cd.task_delete("native-kill").unwrap(), 137);
+    cd.ctr(["containers", "rm", "native-kill"]);
+    assert_runc_gone("native-kill", pid);
+
+    // Delete of a running container (`ctr task delete --force`) kills and
+    // removes it through runc.
+    let pid = start_detached(cd, &image, "native-force", &["/probe", "stubborn"]);
+    let out = cd.ctr(["task", "delete", "--force", "native-force"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    cd.ctr(["containers", "rm", "native-force"]);
+    assert_runc_gone("native-force", pid);
+
+    // A Wasm container still runs in the engine next to them.
+    let hello = cd
+        .import(&wasishim_e2e::fixture_image("hello", "wasip1/hello.wasm").unwrap())
+        .unwrap();
+    let out = cd.run_rm(&[], &hello, "wasm-after", &[]);
+    assert_eq!(stdout(&out), "hello from wasm\n", "{}", output_text(&out));
+
+    for id in ["native-exit", "native-script"] {
+        assert_runc_gone(id, 0);
+    }
+}
+
+fn run(version: &str, scenario: fn(&PrivateContainerd)) {
+    let cd = PrivateContainerd::start(version).unwrap();
+    scenario(&cd);
+    cd.assert_no_leaks();
+}
+
+wasishim_e2e::scenarios!(native_under_runc);
