@@ -11,10 +11,12 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use wasishim_e2e::{exit_code, fixture, image_name, output_text, Image, PrivateContainerd};
+use wasishim_e2e::{exit_code, fixture, image_name, output_text, Image, PrivateContainerd, NAMESPACE};
 
-/// The state root the shim gives runc for containerd namespace `default`.
-const RUNC_STATE: &str = "/run/containerd/wasishim/runc/default";
+/// The state root the shim gives runc for the harness's namespace.
+fn runc_state() -> std::path::PathBuf {
+    Path::new("/run/containerd/wasishim/runc").join(NAMESPACE)
+}
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -45,10 +47,10 @@ fn task_pid(cd: &PrivateContainerd, id: &str) -> u32 {
 /// Nothing of container `id` is left: runc state, cgroups in any hierarchy,
 /// the init process `pid`.
 fn assert_runc_gone(id: &str, pid: u32) {
-    let state = Path::new(RUNC_STATE).join(id);
+    let state = runc_state().join(id);
     assert!(!state.exists(), "runc state {} left", state.display());
     for hierarchy in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let dir = hierarchy.path().join("default").join(id);
+        let dir = hierarchy.path().join(NAMESPACE).join(id);
         assert!(!dir.exists(), "cgroup {} left", dir.display());
     }
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
