@@ -140,6 +140,21 @@ impl NativeTask for Native {
     }
 }
 
+/// After the shim died: kills and removes native container `id` of `bundle`,
+/// if it was one; failures are logged (containerd's cleanup goes on).
+pub fn delete_orphan(bundle: &Path, namespace: &str, id: &str) {
+    let dir = bundle.join("runc");
+    if !dir.exists() {
+        return;
+    }
+    if let Err(err) = Runc::new(namespace).delete_force(id) {
+        log::warn!("native container {id}: {err:#}");
+    }
+    if let Err(err) = std::fs::remove_dir_all(&dir) {
+        log::warn!("cannot remove {}: {err}", dir.display());
+    }
+}
+
 struct NativeGuest(Arc<Native>);
 
 impl Guest for NativeGuest {

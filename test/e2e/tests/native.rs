@@ -9,9 +9,14 @@
 
 use std::fs;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use wasishim_e2e::{exit_code, fixture, image_name, output_text, Image, PrivateContainerd, NAMESPACE};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use wasishim_e2e::{
+    exit_code, fixture, image_name, output_text, Image, PrivateContainerd, NAMESPACE,
+};
 
 /// The state root the shim gives runc for the harness's namespace.
 fn runc_state() -> std::path::PathBuf {
@@ -45,9 +50,14 @@ fn task_pid(cd: &PrivateContainerd, id: &str) -> u32 {
 }
 
 /// Nothing of container `id` is left: runc state, cgroups in any hierarchy,
-/// the init process `pid`.
+/// the init process `pid`. containerd may still be running its cleanup after
+/// a dead shim when ctr returns, so the state gets a few seconds to go.
 fn assert_runc_gone(id: &str, pid: u32) {
     let state = runc_state().join(id);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(!state.exists(), "runc state {} left", state.display());
     for hierarchy in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
         let dir = hierarchy.path().join(NAMESPACE).join(id);
@@ -157,6 +167,53 @@ fn native_under_runc(cd: &PrivateContainerd) {
     assert!(out.status.success(), "{}", output_text(&out));
     cd.ctr(["containers", "rm", "native-force"]);
     assert_runc_gone("native-force", pid);
+
+    // containerd restarts: the container keeps running under the same shim
+    // and is still managed.
+    let pid = start_detached(cd, &image, "native-survivor", &["/probe", "stubborn"]);
+    let shims = cd.shim_pids();
+    cd.restart().unwrap();
+    cd.wait_task_status("native-survivor", "RUNNING", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        cd.shim_pids(),
+        shims,
+        "the shim was replaced across the restart"
+    );
+    assert_eq!(task_pid(cd, "native-survivor"), pid);
+    let out = cd.ctr(["task", "kill", "-s", "SIGKILL", "native-survivor"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    cd.wait_task_status("native-survivor", "STOPPED", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(cd.task_delete("native-survivor").unwrap(), 137);
+    cd.ctr(["containers", "rm", "native-survivor"]);
+    assert_runc_gone("native-survivor", pid);
+
+    // The shim is SIGKILLed: the container outlives it until containerd's
+    // cleanup (the shim binary's `delete`) removes it with runc.
+    let pid = start_detached(cd, &image, "native-orphan", &["/probe", "stubborn"]);
+    for shim in cd.shim_pids() {
+        kill(Pid::from_raw(shim), Signal::SIGKILL).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cd.task_status("native-orphan").unwrap().as_deref() {
+            None | Some("STOPPED") | Some("UNKNOWN") => break,
+            Some(other) if Instant::now() > deadline => {
+                panic!("task still {other} 10 s after its shim was killed")
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    if cd.task_status("native-orphan").unwrap().is_some() {
+        let out = cd.ctr(["task", "delete", "native-orphan"]);
+        if !out.status.success() {
+            cd.ctr(["task", "delete", "--force", "native-orphan"]);
+        }
+    }
+    let out = cd.ctr(["containers", "rm", "native-orphan"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_runc_gone("native-orphan", pid);
 
     // A Wasm container still runs in the engine next to them.
     let hello = cd
