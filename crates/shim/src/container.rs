@@ -17,6 +17,7 @@ use wasishim_engine::ExitStatus;
 use crate::cgroups::Cgroup;
 use crate::create::Built;
 use crate::events::timestamp;
+use crate::exec::Execs;
 use crate::lifecycle::{IllegalTransition, KillAction, Lifecycle, Status};
 use crate::native::NativeTask;
 use crate::os::Os;
@@ -40,6 +41,8 @@ pub struct Container {
     exit_watch: watch::Sender<Option<ExitStatus>>,
     /// The runc container, when this is a native container.
     native: Option<Arc<dyn NativeTask>>,
+    /// Exec processes (native containers only).
+    execs: Execs,
 }
 
 /// What deleting a container leaves to undo on the host, in this order:
@@ -84,7 +87,24 @@ impl Container {
             lifecycle: Lifecycle::Created(built.prepared),
             exit_watch,
             native: built.native,
+            execs: Execs::default(),
         }
+    }
+
+    /// The runc container, when this is a native container; `None` for a
+    /// Wasm guest or a sandbox, which have no process to exec into.
+    pub fn native(&self) -> Option<&Arc<dyn NativeTask>> {
+        self.native.as_ref()
+    }
+
+    /// Exec processes; only a native container that runs gets new ones.
+    pub fn execs(&mut self) -> &mut Execs {
+        &mut self.execs
+    }
+
+    /// Whether the container's init runs now.
+    pub fn is_running(&self) -> bool {
+        self.lifecycle.status() == Status::Running
     }
 
     /// The pid containerd is told: a native container's init, else this

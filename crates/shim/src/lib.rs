@@ -16,6 +16,7 @@ mod container;
 mod content;
 mod create;
 mod events;
+mod exec;
 mod hosting;
 mod keys;
 mod launch;

@@ -36,6 +36,16 @@ pub trait NativeTask: Send + Sync {
     /// Kills what still runs and removes the container's runc state and
     /// cgroup. Blocking.
     fn delete(&self) -> Result<()>;
+    /// Starts `process` (OCI process JSON) in the container with `stdio`
+    /// (containerd's paths, empty: none); `on_exit` gets its exit code once.
+    /// Returns its pid. Blocking.
+    fn exec(
+        &self,
+        exec_id: &str,
+        process: &[u8],
+        stdio: &[String; 3],
+        on_exit: Box<dyn FnOnce(u32) + Send>,
+    ) -> Result<u32>;
 }
 
 /// A native container made ready by `create`.
@@ -137,6 +147,49 @@ impl NativeTask for Native {
             log::warn!("cannot remove {}: {err}", self.dir.display());
         }
         Ok(())
+    }
+
+    fn exec(
+        &self,
+        exec_id: &str,
+        process: &[u8],
+        stdio: &[String; 3],
+        on_exit: Box<dyn FnOnce(u32) + Send>,
+    ) -> Result<u32> {
+        if exec_id.contains('/') || exec_id.starts_with('.') {
+            bail!("exec id {exec_id:?} is not a plain name");
+        }
+        let spec: Value = serde_json::from_slice(process).context("invalid exec process spec")?;
+        if spec["terminal"].as_bool() == Some(true) {
+            bail!("a terminal (tty) is not supported: exec without -t");
+        }
+        let spec_file = self.dir.join(format!("exec-{exec_id}.json"));
+        let pid_file = self.dir.join(format!("exec-{exec_id}.pid"));
+        std::fs::write(&spec_file, process).context("cannot write the exec process spec")?;
+        let path = |p: &String| (!p.is_empty()).then(|| PathBuf::from(p));
+        let stdio = [
+            open_input(path(&stdio[0]).as_deref())?,
+            open_output(path(&stdio[1]).as_deref())?,
+            open_output(path(&stdio[2]).as_deref())?,
+        ];
+        let result = self.runc.exec(
+            &self.id,
+            &spec_file,
+            &pid_file,
+            stdio,
+            &self.dir.join("log.json"),
+        );
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok());
+        let _ = std::fs::remove_file(&spec_file);
+        let _ = std::fs::remove_file(&pid_file);
+        result?;
+        let Some(pid) = pid else {
+            bail!("runc exec wrote no pid");
+        };
+        reaper::watch(pid as i32, on_exit);
+        Ok(pid)
     }
 }
 

@@ -79,6 +79,38 @@ impl Runc {
         Ok(())
     }
 
+    /// `runc exec --detach`: starts `process` (an OCI process JSON file) in
+    /// the container with `stdio`, writes its pid to `pid_file`.
+    pub fn exec(
+        &self,
+        id: &str,
+        process: &Path,
+        pid_file: &Path,
+        stdio: [Stdio; 3],
+        log: &Path,
+    ) -> Result<()> {
+        let mut command = self.command(Some(log));
+        let [stdin, stdout, stderr] = stdio;
+        command
+            .args(["exec", "--detach", "--process"])
+            .arg(process)
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr);
+        let output = self.spawn(&mut command, false)?;
+        if output.code != 0 {
+            bail!(
+                "runc exec failed (exit {}): {}",
+                output.code,
+                last_log_error(log)
+            );
+        }
+        Ok(())
+    }
+
     pub fn start(&self, id: &str) -> Result<()> {
         self.simple(&["start", id])
     }

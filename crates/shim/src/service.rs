@@ -32,7 +32,7 @@ use crate::create::{self, BuildContext};
 use crate::events::{timestamp, Ended, EventPublisher};
 use crate::hosting::{Hosting, Runtime};
 use crate::keys::{Caller, Keys, TaskKey};
-use crate::native::{Natives, NoNatives};
+use crate::native::{NativeTask, Natives, NoNatives};
 use crate::os::Os;
 use crate::pod_network::PodNetworks;
 use crate::process::Guests;
@@ -142,12 +142,13 @@ impl TaskService {
         )
     }
 
-    fn no_exec(&self, exec_id: &str) -> ttrpc::Result<()> {
-        if exec_id.is_empty() {
-            Ok(())
-        } else {
-            Err(self.unsupported("exec"))
-        }
+    /// The runc container of `container`: only a native container has
+    /// processes to exec into; a Wasm guest refuses exec.
+    fn native_of(&self, container: &Container) -> ttrpc::Result<Arc<dyn NativeTask>> {
+        container
+            .native()
+            .cloned()
+            .ok_or_else(|| self.unsupported("exec"))
     }
 }
 
@@ -252,9 +253,17 @@ impl Task for TaskService {
 
     async fn start(&self, ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
         self.mark_activity();
-        self.no_exec(&req.exec_id)?;
         let (mut containers, key) = self.lookup(&Caller::of(ctx), &req.id).await;
         let container = containers.get_mut(&key).ok_or_else(|| not_found(&req.id))?;
+        if !req.exec_id.is_empty() {
+            let native = self.native_of(container)?;
+            let pid = container.execs().start(&native, &req.id, &req.exec_id)?;
+            log::info!("started exec {} in task {}", req.exec_id, req.id);
+            return Ok(StartResponse {
+                pid,
+                ..Default::default()
+            });
+        }
         let exits = self.exits.clone();
         let exit_key = key.clone();
         container.start(&req.id, move |status| {
@@ -271,16 +280,21 @@ impl Task for TaskService {
     }
 
     async fn state(&self, ctx: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
-        self.no_exec(&req.exec_id)?;
-        let (containers, key) = self.lookup(&Caller::of(ctx), &req.id).await;
-        let container = containers.get(&key).ok_or_else(|| not_found(&req.id))?;
+        let (mut containers, key) = self.lookup(&Caller::of(ctx), &req.id).await;
+        let container = containers.get_mut(&key).ok_or_else(|| not_found(&req.id))?;
+        if !req.exec_id.is_empty() {
+            return container.execs().state(&req.id, &req.exec_id);
+        }
         Ok(container.state(&req.id, container.pid(self.pid)))
     }
 
     async fn kill(&self, ctx: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
-        self.no_exec(&req.exec_id)?;
         let (mut containers, key) = self.lookup(&Caller::of(ctx), &req.id).await;
         let container = containers.get_mut(&key).ok_or_else(|| not_found(&req.id))?;
+        if !req.exec_id.is_empty() {
+            container.execs().kill(&req.id, &req.exec_id, req.signal)?;
+            return Ok(Empty::new());
+        }
         log::info!("kill task {} with signal {}", req.id, req.signal);
         let pid = container.pid(self.pid);
         if let Some(status) = container.kill(&req.id, req.signal)? {
@@ -299,11 +313,14 @@ impl Task for TaskService {
     }
 
     async fn wait(&self, ctx: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
-        self.no_exec(&req.exec_id)?;
         let mut exit_rx = {
-            let (containers, key) = self.lookup(&Caller::of(ctx), &req.id).await;
-            let container = containers.get(&key).ok_or_else(|| not_found(&req.id))?;
-            container.exit_watch()
+            let (mut containers, key) = self.lookup(&Caller::of(ctx), &req.id).await;
+            let container = containers.get_mut(&key).ok_or_else(|| not_found(&req.id))?;
+            if req.exec_id.is_empty() {
+                container.exit_watch()
+            } else {
+                container.execs().exit_watch(&req.id, &req.exec_id)?
+            }
         };
         let status = exit_rx
             .wait_for(|status| status.is_some())
@@ -323,11 +340,19 @@ impl Task for TaskService {
         req: DeleteRequest,
     ) -> ttrpc::Result<DeleteResponse> {
         self.mark_activity();
-        self.no_exec(&req.exec_id)?;
         let id = req.id;
         let caller = Caller::of(ctx);
         let (mut containers, key) = self.lookup(&caller, &id).await;
-        let container = containers.get(&key).ok_or_else(|| not_found(&id))?;
+        let container = containers.get_mut(&key).ok_or_else(|| not_found(&id))?;
+        if !req.exec_id.is_empty() {
+            let (pid, exit) = container.execs().remove(&id, &req.exec_id)?;
+            return Ok(DeleteResponse {
+                pid,
+                exit_status: exit.code,
+                exited_at: Some(timestamp(exit.exited_at)).into(),
+                ..Default::default()
+            });
+        }
         let (exit, teardown) = container.begin_delete(&id)?;
         let sandbox_of = container.sandbox_of().map(str::to_string);
         let pid = container.pid(self.pid);
@@ -374,9 +399,12 @@ impl Task for TaskService {
     }
 
     async fn close_io(&self, ctx: &TtrpcContext, req: CloseIORequest) -> ttrpc::Result<Empty> {
-        self.no_exec(&req.exec_id)?;
         let (containers, key) = self.lookup(&Caller::of(ctx), &req.id).await;
         let container = containers.get(&key).ok_or_else(|| not_found(&req.id))?;
+        if !req.exec_id.is_empty() {
+            // An exec process holds its stdin itself; the shim keeps no copy.
+            return Ok(Empty::new());
+        }
         container.close_stdin();
         Ok(Empty::new())
     }
@@ -435,8 +463,34 @@ impl Task for TaskService {
         Err(self.unsupported("checkpoint"))
     }
 
-    async fn exec(&self, _ctx: &TtrpcContext, _req: ExecProcessRequest) -> ttrpc::Result<Empty> {
-        Err(self.unsupported("exec"))
+    async fn exec(&self, ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        let (mut containers, key) = self.lookup(&Caller::of(ctx), &req.id).await;
+        let container = containers.get_mut(&key).ok_or_else(|| not_found(&req.id))?;
+        self.native_of(container)?;
+        if req.terminal {
+            return Err(error(
+                Code::INVALID_ARGUMENT,
+                format!(
+                    "terminal (tty) is not supported by {}: exec without -t",
+                    self.runtime.name
+                ),
+            ));
+        }
+        if !container.is_running() {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                format!("task {} is not running: cannot exec in it", req.id),
+            ));
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
+        let stdio = [req.stdin, req.stdout, req.stderr];
+        container.execs().add(&req.id, &req.exec_id, spec, stdio)?;
+        log::info!("added exec {} to task {}", req.exec_id, req.id);
+        Ok(Empty::new())
     }
 
     async fn resize_pty(

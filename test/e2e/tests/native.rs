@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use wasishim_e2e::cri::{self, Client};
 use wasishim_e2e::{
-    exit_code, fixture, image_name, output_text, Image, PrivateContainerd, NAMESPACE,
+    exit_code, fixture, fixture_image, image_name, output_text, Image, PrivateContainerd,
+    CRI_NAMESPACE, NAMESPACE,
 };
 
 /// The state root the shim gives runc for the harness's namespace.
@@ -224,6 +226,98 @@ fn native_under_runc(cd: &PrivateContainerd) {
 
     for id in ["native-exit", "native-script"] {
         assert_runc_gone(id, 0);
+    }
+}
+
+/// A pod with the wasi:http server (Wasm) and a native sidecar: the
+/// sidecar reaches the server over the pod's loopback, both log through
+/// CRI, ExecSync runs in the sidecar through runc and is still refused for
+/// the Wasm container, and stopping the pod leaves nothing behind.
+fn mixed_pod(cd: &PrivateContainerd, cri: &Client) {
+    const LIMIT: Duration = Duration::from_secs(20);
+    let http = cri::import(cd, &fixture_image("http", "wasip2/http.wasm").unwrap()).unwrap();
+    let probe = fs::read(fixture("native/probe")).expect("make fixtures builds native/probe");
+    let sidecar_image = cri::import(
+        cd,
+        &Image::new(&image_name("native-sidecar"))
+            .file("/probe", probe, 0o755)
+            .entrypoint(["/probe"]),
+    )
+    .unwrap();
+    let pod = cri.run_pod(cri.pod_config("mixed")).unwrap();
+    let server = cri
+        .run_container(&pod, cri.container_config("server", &http))
+        .unwrap();
+    let sidecar = cri
+        .run_container(
+            &pod,
+            cri::with_args(
+                cri.container_config("sidecar", &sidecar_image),
+                &["poll", "8080"],
+            ),
+        )
+        .unwrap();
+    cri::wait_log_line(
+        &pod.log_dir().join("server.log"),
+        "listening on http://0.0.0.0:8080",
+        LIMIT,
+    )
+    .unwrap();
+    let lines = cri::wait_log_line(
+        &pod.log_dir().join("sidecar.log"),
+        "answer: hello from wasm http",
+        LIMIT,
+    )
+    .unwrap();
+    // Its own PID namespace, not the host's (the sandbox has no process).
+    assert_eq!(
+        lines.first().map(String::as_str),
+        Some("pid=1"),
+        "{lines:?}"
+    );
+    cri::wait_log_line(&pod.log_dir().join("sidecar.log"), "waiting", LIMIT).unwrap();
+
+    // ExecSync: runc exec in the sidecar; the Wasm server still refuses.
+    let out = cri.exec_sync(&sidecar, &["/probe", "exit", "3"]).unwrap();
+    assert_eq!(out.exit_code, 3, "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("arg[1]=exit\n"), "{text}");
+    assert!(!text.contains("pid=1\n"), "exec ran as the init: {text}");
+    let err = cri.exec_sync(&server, &["/app.wasm"]).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("exec is not supported"),
+        "{err:#}"
+    );
+
+    // Stop: SIGTERM reaches the sidecar's handler (exit 0).
+    cri.stop_container(&sidecar, 10).unwrap();
+    let status = cri.container_status(&sidecar).unwrap();
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    cri.stop_pod(&pod.id).unwrap();
+    cri.remove_pod(&pod.id).unwrap();
+    let state = Path::new("/run/containerd/wasishim/runc")
+        .join(CRI_NAMESPACE)
+        .join(&sidecar);
+    assert!(!state.exists(), "runc state {} left", state.display());
+}
+
+fn run_cri(version: &str, scenario: fn(&PrivateContainerd, &Client)) {
+    let cd = PrivateContainerd::start_with_cri(version).unwrap();
+    {
+        let cri = Client::connect(&cd).unwrap();
+        scenario(&cd, &cri);
+    }
+    cd.assert_no_leaks();
+}
+
+mod cri_pods {
+    #[test]
+    fn v1_7_mixed_pod() {
+        super::run_cri("1.7.24", super::mixed_pod)
+    }
+    #[test]
+    fn v2_1_mixed_pod() {
+        super::run_cri("2.1.9", super::mixed_pod)
     }
 }
 
