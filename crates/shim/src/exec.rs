@@ -16,6 +16,7 @@ use wasishim_engine::ExitStatus;
 use crate::container::error;
 use crate::events::timestamp;
 use crate::native::NativeTask;
+use crate::reaper;
 
 /// One exec process of a container.
 struct ExecProcess {
@@ -116,17 +117,12 @@ impl Execs {
     pub fn kill(&self, id: &str, exec_id: &str, signal: u32) -> ttrpc::Result<()> {
         let process = self.0.get(exec_id).ok_or_else(|| unknown(id, exec_id))?;
         match (process.pid, *process.exit.borrow()) {
-            (Some(pid), None) => {
-                // SAFETY: kill(2) with integer arguments.
-                if unsafe { libc::kill(pid as i32, signal as i32) } != 0 {
-                    let err = std::io::Error::last_os_error();
-                    return Err(error(
-                        Code::INTERNAL,
-                        format!("kill exec {exec_id} of task {id}: {err}"),
-                    ));
-                }
-                Ok(())
-            }
+            (Some(pid), None) => reaper::signal(pid as i32, signal).map_err(|err| {
+                error(
+                    Code::INTERNAL,
+                    format!("kill exec {exec_id} of task {id}: {err}"),
+                )
+            }),
             _ => Err(error(
                 Code::NOT_FOUND,
                 format!("exec {exec_id} of task {id} is not running"),

@@ -70,36 +70,53 @@ pub fn start() -> Result<()> {
     Ok(())
 }
 
-/// Collects every child that has ended and dispatches its exit.
+/// Collects every child that has ended and dispatches its exit. The
+/// registry stays locked while children are collected, so [`signal`] never
+/// targets a pid that was freed (and may be reused) but not yet dispatched;
+/// the callbacks run after.
 fn reap_all() {
-    loop {
-        let (pid, code) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), code as u32 & 0xff),
-            Ok(WaitStatus::Signaled(pid, signal, _)) => (pid.as_raw(), 128 + signal as u32),
-            Ok(WaitStatus::StillAlive) | Err(_) => return,
-            Ok(_) => continue,
-        };
-        dispatch(pid, code);
-    }
-}
-
-fn dispatch(pid: i32, code: ExitCode) {
-    let callback = {
+    let mut ended: Vec<(Callback, ExitCode)> = Vec::new();
+    {
         let Ok(mut registry) = registry().lock() else {
             return;
         };
-        match registry.waiting.remove(&pid) {
-            Some(callback) => callback,
-            None => {
-                if registry.unclaimed.len() >= UNCLAIMED_KEPT {
-                    registry.unclaimed.clear();
+        loop {
+            let (pid, code) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), code as u32 & 0xff),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => (pid.as_raw(), 128 + signal as u32),
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            };
+            match registry.waiting.remove(&pid) {
+                Some(callback) => ended.push((callback, code)),
+                None => {
+                    if registry.unclaimed.len() >= UNCLAIMED_KEPT {
+                        registry.unclaimed.clear();
+                    }
+                    registry.unclaimed.insert(pid, code);
                 }
-                registry.unclaimed.insert(pid, code);
-                return;
             }
         }
+    }
+    for (callback, code) in ended {
+        callback(code);
+    }
+}
+
+/// Sends `signal` to watched child `pid` unless it has already ended (then
+/// nothing happens). Not yet collected, its pid cannot have been reused.
+pub fn signal(pid: i32, signal: u32) -> std::io::Result<()> {
+    let Ok(registry) = registry().lock() else {
+        return Ok(());
     };
-    callback(code);
+    if !registry.waiting.contains_key(&pid) {
+        return Ok(());
+    }
+    // SAFETY: kill(2) with integer arguments.
+    if unsafe { libc::kill(pid, signal as i32) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Calls `on_exit` once, when child `pid` ends (at once if it already has).
@@ -119,10 +136,9 @@ pub fn watch(pid: i32, on_exit: impl FnOnce(ExitCode) + Send + 'static) {
     on_exit(ended);
 }
 
-/// What a command printed and how it ended.
+/// How a command ended and what it wrote to stderr.
 pub struct Output {
     pub code: ExitCode,
-    pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
 }
 
@@ -145,9 +161,9 @@ pub fn run(command: &mut Command, capture: bool) -> Result<Output> {
         }
         bytes
     });
-    let mut stdout = Vec::new();
     if let Some(mut out) = child.stdout.take() {
-        let _ = std::io::Read::read_to_end(&mut out, &mut stdout);
+        // Read to its end so the command never blocks on a full pipe.
+        let _ = std::io::copy(&mut out, &mut std::io::sink());
     }
     let stderr = stderr_reader.join().unwrap_or_default();
     // Never `child.wait()`: every exit goes through `reap_all`, which this
@@ -162,9 +178,23 @@ pub fn run(command: &mut Command, capture: bool) -> Result<Output> {
             }
         }
     };
-    Ok(Output {
-        code,
-        stdout,
-        stderr,
-    })
+    Ok(Output { code, stderr })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exits_reach_their_waiters() {
+        let out = run(
+            Command::new("sh").args(["-c", "echo oops >&2; exit 3"]),
+            true,
+        )
+        .unwrap();
+        assert_eq!(out.code, 3);
+        assert_eq!(out.stderr, b"oops\n");
+        let out = run(Command::new("sh").args(["-c", "kill -9 $$"]), true).unwrap();
+        assert_eq!(out.code, 137);
+    }
 }

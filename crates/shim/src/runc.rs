@@ -115,11 +115,6 @@ impl Runc {
         self.simple(&["start", id])
     }
 
-    /// Sends `signal` to the container's init.
-    pub fn kill(&self, id: &str, signal: u32) -> Result<()> {
-        self.simple(&["kill", id, &signal.to_string()])
-    }
-
     /// Kills whatever still runs and removes the container's cgroup and state.
     pub fn delete_force(&self, id: &str) -> Result<()> {
         self.simple(&["delete", "--force", id])
