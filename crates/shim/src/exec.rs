@@ -28,6 +28,26 @@ struct ExecProcess {
     exit: watch::Sender<Option<ExitStatus>>,
 }
 
+/// What starting one exec process needs, outside the container's lock.
+pub struct Launch {
+    exec_id: String,
+    spec: Vec<u8>,
+    stdio: [String; 3],
+    exit: watch::Sender<Option<ExitStatus>>,
+}
+
+impl Launch {
+    /// Starts the process in `native` (blocking); its exit is recorded when
+    /// it ends. Returns its pid.
+    pub fn run(self, native: &Arc<dyn NativeTask>) -> anyhow::Result<u32> {
+        let exit = self.exit;
+        let on_exit = Box::new(move |code: u32| {
+            exit.send_replace(Some(ExitStatus::now(code)));
+        });
+        native.exec(&self.exec_id, &self.spec, &self.stdio, on_exit)
+    }
+}
+
 /// The exec processes of one container, by exec id.
 #[derive(Default)]
 pub struct Execs(HashMap<String, ExecProcess>);
@@ -67,40 +87,50 @@ impl Execs {
         Ok(())
     }
 
-    /// Start: runs the process in the container; its exit is recorded when
-    /// it ends. Blocking (runc exec).
-    pub fn start(
+    /// Start, first half: what starting the process needs, taken while the
+    /// container is locked; [`Launch::run`] blocks (runc exec), so the
+    /// caller runs it off the request thread, then calls [`Execs::started`].
+    pub fn begin_start(&self, id: &str, exec_id: &str) -> ttrpc::Result<Launch> {
+        let process = self.0.get(exec_id).ok_or_else(|| unknown(id, exec_id))?;
+        if process.pid.is_some() || process.exit.borrow().is_some() {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                format!("exec {exec_id} of task {id} was already started"),
+            ));
+        }
+        Ok(Launch {
+            exec_id: exec_id.to_string(),
+            spec: process.spec.clone(),
+            stdio: process.stdio.clone(),
+            exit: process.exit.clone(),
+        })
+    }
+
+    /// Start, second half: records the pid, or that the process never ran
+    /// (its waiters get 128).
+    pub fn started(
         &mut self,
-        native: &Arc<dyn NativeTask>,
         id: &str,
         exec_id: &str,
+        launched: anyhow::Result<u32>,
     ) -> ttrpc::Result<u32> {
         let process = self
             .0
             .get_mut(exec_id)
             .ok_or_else(|| unknown(id, exec_id))?;
-        if process.pid.is_some() {
-            return Err(error(
-                Code::FAILED_PRECONDITION,
-                format!("exec {exec_id} of task {id} is already started"),
-            ));
-        }
-        let exit = process.exit.clone();
-        let on_exit = Box::new(move |code: u32| {
-            exit.send_replace(Some(ExitStatus::now(code)));
-        });
-        let pid = native
-            .exec(exec_id, &process.spec, &process.stdio, on_exit)
-            .map_err(|err| {
-                // Never started: its waiters get the status a failed exec has.
+        match launched {
+            Ok(pid) => {
+                process.pid = Some(pid);
+                Ok(pid)
+            }
+            Err(err) => {
                 process.exit.send_replace(Some(ExitStatus::now(128)));
-                error(
+                Err(error(
                     Code::INTERNAL,
                     format!("cannot start exec {exec_id} in task {id}: {err:#}"),
-                )
-            })?;
-        process.pid = Some(pid);
-        Ok(pid)
+                ))
+            }
+        }
     }
 
     /// Wakes when the process has ended.

@@ -257,7 +257,12 @@ impl Task for TaskService {
         let container = containers.get_mut(&key).ok_or_else(|| not_found(&req.id))?;
         if !req.exec_id.is_empty() {
             let native = self.native_of(container)?;
-            let pid = container.execs().start(&native, &req.id, &req.exec_id)?;
+            let launch = container.execs().begin_start(&req.id, &req.exec_id)?;
+            // runc exec blocks; the container stays locked meanwhile.
+            let launched = tokio::task::spawn_blocking(move || launch.run(&native))
+                .await
+                .map_err(|err| error(Code::INTERNAL, format!("start exec: {err}")))?;
+            let pid = container.execs().started(&req.id, &req.exec_id, launched)?;
             log::info!("started exec {} in task {}", req.exec_id, req.id);
             return Ok(StartResponse {
                 pid,
