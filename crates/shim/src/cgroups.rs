@@ -83,6 +83,32 @@ impl Hierarchies {
         Hierarchies { v1, v2 }
     }
 
+    /// What the processes in the cgroup at `path` (below each hierarchy's
+    /// root) use: CPU nanoseconds and memory bytes, 0 where unreadable.
+    /// For native containers, whose processes runc put there.
+    pub fn process_usage(&self, path: &Path) -> (u64, u64) {
+        let read = |file: PathBuf| fs::read_to_string(file).unwrap_or_default();
+        if let Some(root) = &self.v2 {
+            let dir = root.join(path);
+            let cpu_usec = read(dir.join("cpu.stat"))
+                .lines()
+                .find_map(|line| line.strip_prefix("usage_usec ")?.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            let memory = read(dir.join("memory.current")).trim().parse().unwrap_or(0);
+            return (cpu_usec * 1000, memory);
+        }
+        let first = |controller: &str, file: &str| {
+            self.v1_dirs(&[controller])
+                .into_iter()
+                .find_map(|root| read(root.join(path).join(file)).trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        (
+            first("cpuacct", "cpuacct.usage"),
+            first("memory", "memory.usage_in_bytes"),
+        )
+    }
+
     fn v1_dirs(&self, wanted: &[&str]) -> Vec<PathBuf> {
         self.v1
             .iter()

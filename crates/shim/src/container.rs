@@ -14,7 +14,7 @@ use containerd_shim_protos::types::task::Status as ProtoStatus;
 use tokio::sync::watch;
 use wasishim_engine::ExitStatus;
 
-use crate::cgroups::Cgroup;
+use crate::cgroups::{Cgroup, Hierarchies};
 use crate::create::Built;
 use crate::events::timestamp;
 use crate::exec::Execs;
@@ -219,6 +219,17 @@ impl Container {
 
     /// What the guest uses now, and its memory limit.
     pub fn usage(&self) -> Usage {
+        if let (Some(_), Some(cgroup), Lifecycle::Running(_)) =
+            (&self.native, &self.cgroup, &self.lifecycle)
+        {
+            // A native container's processes are in its cgroup (runc's).
+            let (cpu_nanos, memory_bytes) = Hierarchies::detect().process_usage(cgroup.path());
+            return Usage {
+                cpu_nanos,
+                memory_bytes,
+                memory_limit: self.memory_limit,
+            };
+        }
         match &self.lifecycle {
             Lifecycle::Running(handle) => Usage {
                 cpu_nanos: handle.thread_id().map(stats::thread_cpu_nanos).unwrap_or(0),

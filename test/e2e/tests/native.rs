@@ -277,6 +277,20 @@ fn mixed_pod(cd: &PrivateContainerd, cri: &Client) {
     );
     cri::wait_log_line(&pod.log_dir().join("sidecar.log"), "waiting", LIMIT).unwrap();
 
+    // Stats of the sidecar come from its cgroup: it has run and holds memory.
+    let stats = cri.container_stats(&sidecar).unwrap();
+    let cpu = stats
+        .cpu
+        .as_ref()
+        .and_then(|c| c.usage_core_nano_seconds.as_ref())
+        .map_or(0, |v| v.value);
+    let memory = stats
+        .memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes.as_ref())
+        .map_or(0, |v| v.value);
+    assert!(cpu > 0 && memory > 0, "sidecar stats: {stats:?}");
+
     // ExecSync: runc exec in the sidecar; the Wasm server still refuses.
     let out = cri.exec_sync(&sidecar, &["/probe", "exit", "3"]).unwrap();
     assert_eq!(out.exit_code, 3, "{out:?}");
