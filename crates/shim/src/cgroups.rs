@@ -109,6 +109,33 @@ impl Hierarchies {
         )
     }
 
+    /// Whether the kernel's OOM killer has killed a process in the cgroup
+    /// at `path` (v1 `memory.oom_control`, v2 `memory.events`).
+    pub fn oom_killed(&self, path: &Path) -> bool {
+        let count = |text: String| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let kills = match &self.v2 {
+            Some(root) => {
+                count(fs::read_to_string(root.join(path).join("memory.events")).unwrap_or_default())
+            }
+            None => self
+                .v1_dirs(&["memory"])
+                .into_iter()
+                .map(|root| {
+                    count(
+                        fs::read_to_string(root.join(path).join("memory.oom_control"))
+                            .unwrap_or_default(),
+                    )
+                })
+                .max()
+                .unwrap_or(0),
+        };
+        kills > 0
+    }
+
     fn v1_dirs(&self, wanted: &[&str]) -> Vec<PathBuf> {
         self.v1
             .iter()

@@ -25,6 +25,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use wasishim_engine::ExitStatus;
 
+use crate::cgroups::Hierarchies;
 use crate::process::{Guest, GuestRequest, OnExit, RunningGuest};
 use crate::reaper;
 use crate::runc::Runc;
@@ -119,6 +120,7 @@ impl Natives for RuncNatives {
             id: id.clone(),
             pid,
             dir,
+            cgroup: request.cgroup.as_ref().map(|c| c.path().to_path_buf()),
         });
         Ok(Some(NativePrepared {
             guest: Box::new(NativeGuest(native.clone())),
@@ -134,6 +136,9 @@ struct Native {
     pid: u32,
     /// `<bundle>/runc`: the spec runc runs, its pid file and log.
     dir: PathBuf,
+    /// The container's cgroup below each hierarchy's root, where its OOM
+    /// kills are counted.
+    cgroup: Option<PathBuf>,
 }
 
 impl NativeTask for Native {
@@ -214,8 +219,13 @@ impl Guest for NativeGuest {
     fn start(self: Box<Self>, on_exit: OnExit) -> Result<Arc<dyn RunningGuest>> {
         let native = self.0;
         // Watched before the start: an init that ends at once is not missed.
+        let cgroup = native.cgroup.clone();
         reaper::watch(native.pid as i32, move |code| {
-            on_exit(ExitStatus::now(code))
+            let mut status = ExitStatus::now(code);
+            // Killed by SIGKILL with an OOM kill counted: the kernel's doing.
+            status.oom_killed =
+                code == 137 && cgroup.is_some_and(|path| Hierarchies::detect().oom_killed(&path));
+            on_exit(status)
         });
         native.runc.start(&native.id)?;
         Ok(Arc::new(NativeRunning(native)))

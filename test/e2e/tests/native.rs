@@ -303,6 +303,22 @@ fn mixed_pod(cd: &PrivateContainerd, cri: &Client) {
         "{err:#}"
     );
 
+    // A native container over its memory limit is OOM-killed: 137, OOMKilled.
+    let hog = cri::with_resources(
+        cri::with_args(cri.container_config("hog", &sidecar_image), &["hog"]),
+        cri::api::LinuxContainerResources {
+            memory_limit_in_bytes: 16 << 20,
+            ..Default::default()
+        },
+    );
+    let hog = cri.run_container(&pod, hog).unwrap();
+    let status = cri.wait_exited(&hog, LIMIT).unwrap();
+    assert_eq!(
+        (status.exit_code, status.reason.as_str()),
+        (137, "OOMKilled"),
+        "{status:?}"
+    );
+
     // Stop: SIGTERM reaches the sidecar's handler (exit 0).
     cri.stop_container(&sidecar, 10).unwrap();
     let status = cri.container_status(&sidecar).unwrap();
