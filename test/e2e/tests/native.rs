@@ -245,9 +245,13 @@ fn mixed_pod(cd: &PrivateContainerd, cri: &Client) {
     )
     .unwrap();
     let pod = cri.run_pod(cri.pod_config("mixed")).unwrap();
+    let started = Instant::now();
     let server = cri
         .run_container(&pod, cri.container_config("server", &http))
         .unwrap();
+    let wasm_took = started.elapsed();
+    let rss_before = shim_rss_kib(cd);
+    let started = Instant::now();
     let sidecar = cri
         .run_container(
             &pod,
@@ -257,6 +261,12 @@ fn mixed_pod(cd: &PrivateContainerd, cri: &Client) {
             ),
         )
         .unwrap();
+    // Figures for the report, not limits: a loaded CI machine varies.
+    eprintln!(
+        "mixed pod: Wasm container created and started in {wasm_took:?}, native sidecar in {:?}; shim RSS {rss_before} KiB before the sidecar, {} KiB after",
+        started.elapsed(),
+        shim_rss_kib(cd)
+    );
     cri::wait_log_line(
         &pod.log_dir().join("server.log"),
         "listening on http://0.0.0.0:8080",
@@ -329,6 +339,21 @@ fn mixed_pod(cd: &PrivateContainerd, cri: &Client) {
         .join(CRI_NAMESPACE)
         .join(&sidecar);
     assert!(!state.exists(), "runc state {} left", state.display());
+}
+
+/// Resident memory of this instance's shim processes, in KiB.
+fn shim_rss_kib(cd: &PrivateContainerd) -> u64 {
+    cd.shim_pids()
+        .iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .to_string();
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .sum()
 }
 
 fn run_cri(version: &str, scenario: fn(&PrivateContainerd, &Client)) {
