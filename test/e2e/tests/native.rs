@@ -229,6 +229,31 @@ fn native_under_runc(cd: &PrivateContainerd) {
     }
 }
 
+/// Without a usable runc (`WASISHIM_RUNC` names a missing file), a native
+/// container fails Create with an error naming the setting; Wasm containers
+/// still run and nothing is left.
+fn runc_missing(cd: &PrivateContainerd) {
+    cd.set_env("WASISHIM_RUNC", Some("/nonexistent/runc"));
+    cd.restart().unwrap();
+    let image = import_probe(cd);
+    let out = cd.run_rm(&[], &image, "no-runc", &["/probe", "exit", "0"]);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "cannot run /nonexistent/runc (set WASISHIM_RUNC to the runc binary, or install runc)"
+        ),
+        "{text}"
+    );
+    let hello = cd
+        .import(&fixture_image("hello", "wasip1/hello.wasm").unwrap())
+        .unwrap();
+    let out = cd.run_rm(&[], &hello, "wasm-without-runc", &[]);
+    assert_eq!(stdout(&out), "hello from wasm\n", "{}", output_text(&out));
+    assert!(cd.containers().unwrap().is_empty());
+    assert_runc_gone("no-runc", 0);
+}
+
 /// A pod with the wasi:http server (Wasm) and a native sidecar: the
 /// sidecar reaches the server over the pod's loopback, both log through
 /// CRI, ExecSync runs in the sidecar through runc and is still refused for
@@ -382,4 +407,4 @@ fn run(version: &str, scenario: fn(&PrivateContainerd)) {
     cd.assert_no_leaks();
 }
 
-wasishim_e2e::scenarios!(native_under_runc);
+wasishim_e2e::scenarios!(native_under_runc, runc_missing);
