@@ -54,7 +54,7 @@ demo: deps fixtures build
 # the per-node shim. One test at a time: each starts its own containerd.
 test: deps fixtures build
 	$(CARGO) test --workspace -- --test-threads=1
-	WASISHIM_RUNTIME=io.containerd.wasmtimed.v1 $(CARGO) test -p wasishim-e2e --test ctr --test cri --test cgroups --test artifact --test http --test kill --test sandbox -- --test-threads=1
+	WASISHIM_RUNTIME=io.containerd.wasmtimed.v1 $(CARGO) test -p wasishim-e2e --test ctr --test cri --test cgroups --test artifact --test http --test kill --test sandbox --test native --test tenants -- --test-threads=1
 
 test-unit: build
 	$(CARGO) test --workspace --exclude wasishim-e2e
@@ -63,7 +63,15 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-fixtures: $(WASIP1) $(WASIP2) $(WASIP2_HTTP) $(WAT)
+# Static Linux programs for native containers (run by runc in Wasm pods).
+NATIVE_FIXTURES := probe
+NATIVE := $(NATIVE_FIXTURES:%=$(OUT)/native/%)
+
+fixtures: $(WASIP1) $(WASIP2) $(WASIP2_HTTP) $(WAT) $(NATIVE)
+
+$(NATIVE): $(OUT)/native/%: $(FIXTURES)/native/%.c
+	@mkdir -p $(@D)
+	gcc -static -O2 -Wall -o $@ $<
 
 # One cargo invocation per target builds every binary; the copies depend on it.
 $(FIXTURE_TARGET)/wasm32-wasip1/release/.built: $(RUST_SRCS)

@@ -92,7 +92,7 @@ pub use pool::{
     DEFAULT_POOL_CAPACITY, DEFAULT_POOL_CONTAINERS, POOL_CAPACITY_ENV, POOL_CONTAINERS_ENV,
 };
 pub use run::{ExitStatus, Workload, WorkloadHandle};
-pub use source::{EntrypointFile, RootfsEntrypoint};
+pub use source::{linux_executable, EntrypointFile, RootfsEntrypoint};
 pub use spec::WorkloadSpec;
 pub use stdio::Stdio;
 pub use worker::{

@@ -116,3 +116,46 @@ pub(crate) fn open_entrypoint(rootfs: &Path, shown: &str) -> Result<RootfsEntryp
         opened_at,
     }))
 }
+
+/// What a Linux executable entrypoint is, for a caller that runs such
+/// containers another way (the shim hands them to runc): `Some("an ELF
+/// executable")` or `Some("a script starting with #!")` when
+/// `process.args[0]` names one in the bundle's rootfs, `None` for anything
+/// else (WebAssembly, a missing file, code in an image layer), which the
+/// engine then prepares or explains.
+///
+/// A name without `/` is looked up in the spec's `PATH`, as runc's exec
+/// would. wasmtime's own precompiled code is ELF too, but never native: the
+/// engine refuses it with its own message.
+pub fn linux_executable(bundle: &crate::Bundle) -> Option<&'static str> {
+    let arg0 = bundle.args.first()?;
+    let candidates: Vec<String> = if arg0.contains('/') {
+        vec![crate::Entrypoint::parse(arg0, &bundle.cwd).ok()?.path]
+    } else {
+        let path = bundle
+            .env
+            .iter()
+            .find(|(name, _)| name == "PATH")
+            .map(|(_, value)| value.as_str())
+            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        path.split(':')
+            .filter(|dir| dir.starts_with('/'))
+            .map(|dir| format!("{}/{arg0}", dir.trim_end_matches('/')))
+            .collect()
+    };
+    candidates.iter().find_map(|guest| {
+        let host = rootfs::resolve(&bundle.rootfs, guest).ok()?;
+        let (file, _) = rootfs::open_entrypoint_file(&host, guest).ok()?;
+        let mut header = [0u8; 8];
+        let read = std::io::Read::read(&mut &file, &mut header).ok()?;
+        let header = &header[..read];
+        // EI_OSABI 200 marks wasmtime's precompiled modules and components.
+        if header.starts_with(b"\x7fELF") && header.get(7) != Some(&200) {
+            Some("an ELF executable")
+        } else if header.starts_with(b"#!") {
+            Some("a script starting with #!")
+        } else {
+            None
+        }
+    })
+}

@@ -193,3 +193,38 @@ fn null_stdio_is_fine() {
     let running = common::start(workload);
     assert_eq!(running.wait(std::time::Duration::from_secs(5)).code, 0);
 }
+
+/// Which entrypoints `linux_executable` hands to a Linux runtime (the shim's
+/// runc path): ELF and `#!` scripts, found by path or in `PATH`; never wasm,
+/// WAT, wasmtime's precompiled code (EI_OSABI 200) or a missing file.
+#[test]
+fn linux_executables_are_told_from_wasm() {
+    let kind = |args: &[&str], files: &[(&str, &[u8])]| {
+        let b = Bundle::new(args);
+        for (path, bytes) in files {
+            b.file(path, bytes);
+        }
+        b.spec();
+        let loaded = check("load", wasishim_engine::Bundle::load(&b.dir));
+        wasishim_engine::linux_executable(&loaded)
+    };
+    let elf: &[u8] = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0";
+    assert_eq!(kind(&["/app"], &[("app", elf)]), Some("an ELF executable"));
+    assert_eq!(
+        kind(&["/run.sh"], &[("run.sh", b"#!/bin/sh\necho hi\n")]),
+        Some("a script starting with #!")
+    );
+    // A bare name is looked up in PATH (the default one here: no PATH in env).
+    assert_eq!(
+        kind(&["tool"], &[("usr/bin/tool", elf)]),
+        Some("an ELF executable")
+    );
+    let cwasm: &[u8] = b"\x7fELF\x02\x01\x01\xc8\0\0\0\0\0\0\0\0";
+    assert_eq!(kind(&["/app.cwasm"], &[("app.cwasm", cwasm)]), None);
+    assert_eq!(
+        kind(&["/app.wasm"], &[("app.wasm", b"\0asm\x01\0\0\0")]),
+        None
+    );
+    assert_eq!(kind(&["/app.wat"], &[("app.wat", START.as_bytes())]), None);
+    assert_eq!(kind(&["/missing"], &[]), None);
+}

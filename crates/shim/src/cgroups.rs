@@ -83,6 +83,59 @@ impl Hierarchies {
         Hierarchies { v1, v2 }
     }
 
+    /// What the processes in the cgroup at `path` (below each hierarchy's
+    /// root) use: CPU nanoseconds and memory bytes, 0 where unreadable.
+    /// For native containers, whose processes runc put there.
+    pub fn process_usage(&self, path: &Path) -> (u64, u64) {
+        let read = |file: PathBuf| fs::read_to_string(file).unwrap_or_default();
+        if let Some(root) = &self.v2 {
+            let dir = root.join(path);
+            let cpu_usec = read(dir.join("cpu.stat"))
+                .lines()
+                .find_map(|line| line.strip_prefix("usage_usec ")?.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            let memory = read(dir.join("memory.current")).trim().parse().unwrap_or(0);
+            return (cpu_usec * 1000, memory);
+        }
+        let first = |controller: &str, file: &str| {
+            self.v1_dirs(&[controller])
+                .into_iter()
+                .find_map(|root| read(root.join(path).join(file)).trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        (
+            first("cpuacct", "cpuacct.usage"),
+            first("memory", "memory.usage_in_bytes"),
+        )
+    }
+
+    /// Whether the kernel's OOM killer has killed a process in the cgroup
+    /// at `path` (v1 `memory.oom_control`, v2 `memory.events`).
+    pub fn oom_killed(&self, path: &Path) -> bool {
+        let count = |text: String| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let kills = match &self.v2 {
+            Some(root) => {
+                count(fs::read_to_string(root.join(path).join("memory.events")).unwrap_or_default())
+            }
+            None => self
+                .v1_dirs(&["memory"])
+                .into_iter()
+                .map(|root| {
+                    count(
+                        fs::read_to_string(root.join(path).join("memory.oom_control"))
+                            .unwrap_or_default(),
+                    )
+                })
+                .max()
+                .unwrap_or(0),
+        };
+        kills > 0
+    }
+
     fn v1_dirs(&self, wanted: &[&str]) -> Vec<PathBuf> {
         self.v1
             .iter()

@@ -1,8 +1,10 @@
 //! The `delete` subcommand: containerd's cleanup after a shim that died.
 //!
-//! The guest lived inside the dead shim, so it is gone too; what remains on
-//! the host is the rootfs mount and possibly the socket file. The reply tells
-//! containerd the task ended by SIGKILL.
+//! A Wasm guest lived inside the dead shim, so it is gone too; a native
+//! container (see [`crate::native`]) outlives it and is killed and removed
+//! here with `runc delete --force`. What else remains on the host is the
+//! rootfs mount and possibly the socket file. The reply tells containerd the
+//! task ended by SIGKILL.
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -13,7 +15,7 @@ use containerd_shim_protos::protobuf::Message;
 use wasishim_engine::Bundle;
 
 use crate::events::timestamp;
-use crate::{cgroups, rootfs, socket};
+use crate::{cgroups, native, rootfs, socket};
 
 /// Removes the container's cgroup named by its spec, if any.
 fn remove_cgroup(bundle: &Path) {
@@ -29,8 +31,11 @@ fn remove_cgroup(bundle: &Path) {
 /// Exit status reported for a task whose shim was killed.
 const KILLED: u32 = 128 + 9;
 
-/// Cleans up after the task in `bundle` and returns the encoded DeleteResponse.
-pub fn delete(bundle: &Path) -> Result<Vec<u8>> {
+/// Cleans up after task `id` of containerd namespace `namespace` in
+/// `bundle` and returns the encoded DeleteResponse.
+pub fn delete(bundle: &Path, namespace: &str, id: &str) -> Result<Vec<u8>> {
+    // Its processes go first: they hold the rootfs and the cgroup.
+    native::delete_orphan(bundle, namespace, id);
     if let Err(err) = rootfs::unmount(bundle) {
         log::warn!("{err:#}");
     }

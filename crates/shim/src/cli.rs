@@ -71,7 +71,7 @@ fn run(runtime: Runtime) -> Result<()> {
             Ok(())
         }
         "delete" => {
-            let reply = cleanup::delete(&bundle)?;
+            let reply = cleanup::delete(&bundle, &flags.namespace, &flags.id)?;
             let mut stdout = std::io::stdout();
             stdout.write_all(&reply)?;
             stdout.flush()?;

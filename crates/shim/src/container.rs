@@ -14,10 +14,12 @@ use containerd_shim_protos::types::task::Status as ProtoStatus;
 use tokio::sync::watch;
 use wasishim_engine::ExitStatus;
 
-use crate::cgroups::Cgroup;
+use crate::cgroups::{Cgroup, Hierarchies};
 use crate::create::Built;
 use crate::events::timestamp;
+use crate::exec::Execs;
 use crate::lifecycle::{IllegalTransition, KillAction, Lifecycle, Status};
+use crate::native::NativeTask;
 use crate::os::Os;
 use crate::stats::{self, Usage};
 
@@ -40,11 +42,17 @@ pub struct Container {
     /// A delete is undoing what it holds on the host (outside the service's
     /// lock): it may not start, nor be deleted twice.
     deleting: bool,
+    /// The runc container, when this is a native container.
+    native: Option<Arc<dyn NativeTask>>,
+    /// Exec processes (native containers only).
+    execs: Execs,
 }
 
 /// What deleting a container leaves to undo on the host, in this order:
-/// the cgroup is removed, then the rootfs unmounted.
+/// a native container is deleted by runc, the cgroup is removed, then the
+/// rootfs unmounted.
 pub struct Teardown {
+    native: Option<Arc<dyn NativeTask>>,
     cgroup: Option<Arc<Cgroup>>,
     unmount: Option<PathBuf>,
 }
@@ -52,6 +60,10 @@ pub struct Teardown {
 impl Teardown {
     /// Blocking: removing a cgroup may wait for its last thread to leave.
     pub fn run(self, os: &dyn Os) -> anyhow::Result<()> {
+        if let Some(native) = self.native {
+            // Its processes must be gone before the cgroup and rootfs go.
+            native.delete()?;
+        }
         if let Some(cgroup) = self.cgroup {
             os.remove_cgroup(&cgroup);
         }
@@ -78,7 +90,34 @@ impl Container {
             lifecycle: Lifecycle::Created(built.prepared),
             exit_watch,
             deleting: false,
+            native: built.native,
+            execs: Execs::default(),
         }
+    }
+
+    /// The runc container, when this is a native container; `None` for a
+    /// Wasm guest or a sandbox, which have no process to exec into.
+    pub fn native(&self) -> Option<&Arc<dyn NativeTask>> {
+        self.native.as_ref()
+    }
+
+    /// Exec processes; only a native container that runs gets new ones.
+    pub fn execs(&mut self) -> &mut Execs {
+        &mut self.execs
+    }
+
+    /// Whether the container's init runs now.
+    pub fn is_running(&self) -> bool {
+        self.lifecycle.status() == Status::Running
+    }
+
+    /// The pid containerd is told: a native container's init, else this
+    /// shim's own (a Wasm guest runs inside it).
+    pub fn pid(&self, shim_pid: u32) -> u32 {
+        self.native
+            .as_ref()
+            .map(|native| native.pid())
+            .unwrap_or(shim_pid)
     }
 
     /// The sandbox id, when this container is a pod sandbox.
@@ -185,6 +224,17 @@ impl Container {
 
     /// What the guest uses now, and its memory limit.
     pub fn usage(&self) -> Usage {
+        if let (Some(_), Some(cgroup), Lifecycle::Running(_)) =
+            (&self.native, &self.cgroup, &self.lifecycle)
+        {
+            // A native container's processes are in its cgroup (runc's).
+            let (cpu_nanos, memory_bytes) = Hierarchies::detect().process_usage(cgroup.path());
+            return Usage {
+                cpu_nanos,
+                memory_bytes,
+                memory_limit: self.memory_limit,
+            };
+        }
         match &self.lifecycle {
             Lifecycle::Running(handle) => Usage {
                 cpu_nanos: handle.thread_id().map(stats::thread_cpu_nanos).unwrap_or(0),
@@ -220,6 +270,7 @@ impl Container {
             .map_err(|err| illegal(id, err))?;
         self.deleting = true;
         let teardown = Teardown {
+            native: self.native.clone(),
             cgroup: self.cgroup.clone(),
             unmount: self.rootfs_mounted.then(|| self.bundle.clone()),
         };

@@ -18,6 +18,7 @@ use wasishim_engine::{Bundle, Stdio};
 use crate::cgroups::{self, Cgroup};
 use crate::hosting::Hosting;
 use crate::keys::TaskKey;
+use crate::native::{NativeTask, Natives};
 use crate::os::{CgroupRole, Os};
 use crate::pod_network::PodNetworks;
 use crate::process::{GuestRequest, Guests, Prepared};
@@ -32,12 +33,15 @@ pub struct Built {
     /// The memory cap the guest runs under (its spec's limit, else the
     /// engine's default cap), reported with the stats (0: none).
     pub memory_limit: u64,
+    /// The runc container, when the entrypoint is a Linux executable.
+    pub native: Option<Arc<dyn NativeTask>>,
 }
 
 /// What `build` may consult and act through.
 pub struct BuildContext {
     pub os: Arc<dyn Os>,
     pub guests: Arc<dyn Guests>,
+    pub natives: Arc<dyn Natives>,
     pub pod_networks: PodNetworks,
     pub key: TaskKey,
     pub hosting: Hosting,
@@ -97,6 +101,7 @@ pub fn build(dir: &Path, mounts: &[Mount], stdio: Stdio, cx: &BuildContext) -> R
             rootfs_mounted: false,
             cgroup,
             memory_limit,
+            native: None,
         });
     }
     let rootfs_mounted = match os.mount_rootfs(dir, mounts) {
@@ -116,22 +121,28 @@ pub fn build(dir: &Path, mounts: &[Mount], stdio: Stdio, cx: &BuildContext) -> R
             &cx.key.id,
         )
         .and_then(|network| {
-            cx.guests.prepare(GuestRequest {
+            let request = GuestRequest {
                 bundle: &bundle,
                 key: &cx.key,
                 stdio,
                 network,
                 cgroup: cgroup.clone(),
-            })
+            };
+            // A Linux executable goes to runc, anything else to the engine.
+            match cx.natives.prepare(&request)? {
+                Some(native) => Ok((native.guest, Some(native.task))),
+                None => Ok((cx.guests.prepare(request)?, None)),
+            }
         });
     match guest {
         // Stats report the cap the engine enforces, a default one included.
-        Ok(guest) => Ok(Built {
-            memory_limit: guest.memory_limit().unwrap_or(0),
+        Ok((guest, native)) => Ok(Built {
+            memory_limit: guest.memory_limit().unwrap_or(memory_limit),
             prepared: Prepared::Guest(guest),
             sandbox_of: None,
             rootfs_mounted,
             cgroup,
+            native,
         }),
         Err(err) => {
             if rootfs_mounted {

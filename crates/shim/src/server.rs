@@ -17,6 +17,7 @@ use wasishim_engine::{WasmEngine, THIS_EXECUTABLE};
 use crate::events::EventPublisher;
 use crate::hosting::Runtime;
 use crate::keys::ConnectionIds;
+use crate::native::RuncNatives;
 use crate::negotiation::{TASK_SERVICE_V2, TASK_SERVICE_V3};
 use crate::os::RealOs;
 use crate::process::EngineGuests;
@@ -61,14 +62,19 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
     let events = EventPublisher::connect(options.ttrpc_address.as_deref()).await;
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let guests = EngineGuests::new(engine, &options.containerd_address);
-    let service = Arc::new(TaskService::new(
-        options.runtime,
-        &options.namespace,
-        Arc::new(RealOs::new()),
-        Arc::new(guests),
-        events,
-        shutdown.clone(),
-    ));
+    // Native containers' inits are re-parented here; their exits are ours.
+    crate::reaper::start()?;
+    let service = Arc::new(
+        TaskService::new(
+            options.runtime,
+            &options.namespace,
+            Arc::new(RealOs::new()),
+            Arc::new(guests),
+            events,
+            shutdown.clone(),
+        )
+        .with_natives(Arc::new(RuncNatives)),
+    );
 
     let mut server = Server::new()
         .set_accept_hook(ConnectionIds::default())

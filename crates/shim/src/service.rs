@@ -33,6 +33,7 @@ use crate::create::{self, BuildContext};
 use crate::events::{timestamp, Ended, EventPublisher};
 use crate::hosting::{Hosting, Runtime};
 use crate::keys::{Caller, Keys, TaskKey};
+use crate::native::{NativeTask, Natives, NoNatives};
 use crate::os::Os;
 use crate::pod_network::PodNetworks;
 use crate::process::Guests;
@@ -48,6 +49,8 @@ pub struct TaskService {
     runtime: Runtime,
     os: Arc<dyn Os>,
     guests: Arc<dyn Guests>,
+    /// Runs containers whose entrypoint is a Linux executable.
+    natives: Arc<dyn Natives>,
     events: Arc<EventPublisher>,
     containers: Arc<Mutex<Containers>>,
     exits: mpsc::UnboundedSender<(TaskKey, ExitStatus)>,
@@ -109,6 +112,7 @@ impl TaskService {
             pid: os.pid(),
             os,
             guests,
+            natives: Arc::new(NoNatives),
             events: Arc::new(events),
             containers: Arc::new(Mutex::new(HashMap::new())),
             exits,
@@ -126,6 +130,12 @@ impl TaskService {
             service.pid,
         ));
         service
+    }
+
+    /// Runs Linux-executable entrypoints with `natives` instead of refusing them.
+    pub fn with_natives(mut self, natives: Arc<dyn Natives>) -> TaskService {
+        self.natives = natives;
+        self
     }
 
     /// How long since the last request that created, started or deleted a task.
@@ -201,12 +211,13 @@ impl TaskService {
         )
     }
 
-    fn no_exec(&self, exec_id: &str) -> ttrpc::Result<()> {
-        if exec_id.is_empty() {
-            Ok(())
-        } else {
-            Err(self.unsupported("exec"))
-        }
+    /// The runc container of `container`: only a native container has
+    /// processes to exec into; a Wasm guest refuses exec.
+    fn native_of(&self, container: &Container) -> ttrpc::Result<Arc<dyn NativeTask>> {
+        container
+            .native()
+            .cloned()
+            .ok_or_else(|| self.unsupported("exec"))
     }
 }
 
@@ -226,6 +237,7 @@ async fn record_exits(
         if container.exited(status) {
             log::info!("task {key} exited with status {}", status.code);
             // Queued at once (events.rs): the lock is not held over containerd.
+            let pid = container.pid(pid);
             if status.oom_killed {
                 events.task_oom(&key.namespace, &key.id);
             }
@@ -290,6 +302,7 @@ impl Task for TaskService {
         let cx = BuildContext {
             os: self.os.clone(),
             guests: self.guests.clone(),
+            natives: self.natives.clone(),
             pod_networks: self.pod_networks.clone(),
             key: key.clone(),
             hosting: self.hosting(),
@@ -309,20 +322,35 @@ impl Task for TaskService {
 
         let stdio = [req.stdin, req.stdout, req.stderr];
         let mut containers = self.containers.lock().await;
-        containers.insert(key.clone(), Container::new(bundle, stdio, built));
+        let container = Container::new(bundle, stdio, built);
+        let pid = container.pid(self.pid);
+        containers.insert(key.clone(), container);
         self.events
-            .task_create(&key.namespace, &id, &req.bundle, self.pid);
+            .task_create(&key.namespace, &id, &req.bundle, pid);
         Ok(CreateTaskResponse {
-            pid: self.pid,
+            pid,
             ..Default::default()
         })
     }
 
     async fn start(&self, ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
         self.mark_activity();
-        self.no_exec(&req.exec_id)?;
         let (mut containers, key) = self.lookup(&Caller::of(ctx), &req.id).await;
         let container = containers.get_mut(&key).ok_or_else(|| not_found(&req.id))?;
+        if !req.exec_id.is_empty() {
+            let native = self.native_of(container)?;
+            let launch = container.execs().begin_start(&req.id, &req.exec_id)?;
+            // runc exec blocks; the container stays locked meanwhile.
+            let launched = tokio::task::spawn_blocking(move || launch.run(&native))
+                .await
+                .map_err(|err| error(Code::INTERNAL, format!("start exec: {err}")))?;
+            let pid = container.execs().started(&req.id, &req.exec_id, launched)?;
+            log::info!("started exec {} in task {}", req.exec_id, req.id);
+            return Ok(StartResponse {
+                pid,
+                ..Default::default()
+            });
+        }
         let exits = self.exits.clone();
         let exit_key = key.clone();
         container.start(&req.id, move |status| {
@@ -330,31 +358,38 @@ impl Task for TaskService {
             let _ = exits.send((exit_key, status));
         })?;
         log::info!("started task {}", req.id);
-        self.events.task_start(&key.namespace, &key.id, self.pid);
+        let pid = container.pid(self.pid);
+        self.events.task_start(&key.namespace, &key.id, pid);
         Ok(StartResponse {
-            pid: self.pid,
+            pid,
             ..Default::default()
         })
     }
 
     async fn state(&self, ctx: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
-        self.no_exec(&req.exec_id)?;
-        let (containers, key) = self.lookup(&Caller::of(ctx), &req.id).await;
-        let container = containers.get(&key).ok_or_else(|| not_found(&req.id))?;
-        Ok(container.state(&req.id, self.pid))
+        let (mut containers, key) = self.lookup(&Caller::of(ctx), &req.id).await;
+        let container = containers.get_mut(&key).ok_or_else(|| not_found(&req.id))?;
+        if !req.exec_id.is_empty() {
+            return container.execs().state(&req.id, &req.exec_id);
+        }
+        Ok(container.state(&req.id, container.pid(self.pid)))
     }
 
     async fn kill(&self, ctx: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
-        self.no_exec(&req.exec_id)?;
         let (mut containers, key) = self.lookup(&Caller::of(ctx), &req.id).await;
         let container = containers.get_mut(&key).ok_or_else(|| not_found(&req.id))?;
+        if !req.exec_id.is_empty() {
+            container.execs().kill(&req.id, &req.exec_id, req.signal)?;
+            return Ok(Empty::new());
+        }
         log::info!("kill task {} with signal {}", req.id, req.signal);
+        let pid = container.pid(self.pid);
         if let Some(status) = container.kill(&req.id, req.signal)? {
             self.events.task_ended(
                 Ended::Exit,
                 &key.namespace,
                 &key.id,
-                self.pid,
+                pid,
                 status.code,
                 status.exited_at,
             );
@@ -363,11 +398,14 @@ impl Task for TaskService {
     }
 
     async fn wait(&self, ctx: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
-        self.no_exec(&req.exec_id)?;
         let mut exit_rx = {
-            let (containers, key) = self.lookup(&Caller::of(ctx), &req.id).await;
-            let container = containers.get(&key).ok_or_else(|| not_found(&req.id))?;
-            container.exit_watch()
+            let (mut containers, key) = self.lookup(&Caller::of(ctx), &req.id).await;
+            let container = containers.get_mut(&key).ok_or_else(|| not_found(&req.id))?;
+            if req.exec_id.is_empty() {
+                container.exit_watch()
+            } else {
+                container.execs().exit_watch(&req.id, &req.exec_id)?
+            }
         };
         let status = exit_rx
             .wait_for(|status| status.is_some())
@@ -387,15 +425,24 @@ impl Task for TaskService {
         req: DeleteRequest,
     ) -> ttrpc::Result<DeleteResponse> {
         self.mark_activity();
-        self.no_exec(&req.exec_id)?;
         let id = req.id;
         let caller = Caller::of(ctx);
-        let (key, exit, teardown, sandbox_of) = {
+        let (key, exit, teardown, sandbox_of, pid) = {
             let (mut containers, key) = self.lookup(&caller, &id).await;
             let container = containers.get_mut(&key).ok_or_else(|| not_found(&id))?;
+            if !req.exec_id.is_empty() {
+                let (pid, exit) = container.execs().remove(&id, &req.exec_id)?;
+                return Ok(DeleteResponse {
+                    pid,
+                    exit_status: exit.code,
+                    exited_at: Some(timestamp(exit.exited_at)).into(),
+                    ..Default::default()
+                });
+            }
             let (exit, teardown) = container.begin_delete(&id)?;
             let sandbox_of = container.sandbox_of().map(str::to_string);
-            (key, exit, teardown, sandbox_of)
+            let pid = container.pid(self.pid);
+            (key, exit, teardown, sandbox_of, pid)
         };
         // Unmounting and removing cgroups block (a cgroup's removal waits
         // for its last thread to leave): off the request executor, and
@@ -424,20 +471,14 @@ impl Task for TaskService {
         let (code, exited_at) = exit
             .map(|exit| (exit.code, exit.exited_at))
             .unwrap_or((0, SystemTime::now()));
-        self.events.task_ended(
-            Ended::Delete,
-            &key.namespace,
-            &id,
-            self.pid,
-            code,
-            exited_at,
-        );
+        self.events
+            .task_ended(Ended::Delete, &key.namespace, &id, pid, code, exited_at);
         if containers.is_empty() {
             // The host may exit once nothing is left to serve.
             self.shutdown.notify_one();
         }
         Ok(DeleteResponse {
-            pid: self.pid,
+            pid,
             exit_status: code,
             exited_at: Some(timestamp(exited_at)).into(),
             ..Default::default()
@@ -446,12 +487,10 @@ impl Task for TaskService {
 
     async fn pids(&self, ctx: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
         let (containers, key) = self.lookup(&Caller::of(ctx), &req.id).await;
-        if !containers.contains_key(&key) {
-            return Err(not_found(&req.id));
-        }
+        let container = containers.get(&key).ok_or_else(|| not_found(&req.id))?;
         Ok(PidsResponse {
             processes: vec![ProcessInfo {
-                pid: self.pid,
+                pid: container.pid(self.pid),
                 ..Default::default()
             }],
             ..Default::default()
@@ -459,9 +498,12 @@ impl Task for TaskService {
     }
 
     async fn close_io(&self, ctx: &TtrpcContext, req: CloseIORequest) -> ttrpc::Result<Empty> {
-        self.no_exec(&req.exec_id)?;
         let (containers, key) = self.lookup(&Caller::of(ctx), &req.id).await;
         let container = containers.get(&key).ok_or_else(|| not_found(&req.id))?;
+        if !req.exec_id.is_empty() {
+            // An exec process holds its stdin itself; the shim keeps no copy.
+            return Ok(Empty::new());
+        }
         container.close_stdin();
         Ok(Empty::new())
     }
@@ -520,8 +562,34 @@ impl Task for TaskService {
         Err(self.unsupported("checkpoint"))
     }
 
-    async fn exec(&self, _ctx: &TtrpcContext, _req: ExecProcessRequest) -> ttrpc::Result<Empty> {
-        Err(self.unsupported("exec"))
+    async fn exec(&self, ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        let (mut containers, key) = self.lookup(&Caller::of(ctx), &req.id).await;
+        let container = containers.get_mut(&key).ok_or_else(|| not_found(&req.id))?;
+        self.native_of(container)?;
+        if req.terminal {
+            return Err(error(
+                Code::INVALID_ARGUMENT,
+                format!(
+                    "terminal (tty) is not supported by {}: exec without -t",
+                    self.runtime.name
+                ),
+            ));
+        }
+        if !container.is_running() {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                format!("task {} is not running: cannot exec in it", req.id),
+            ));
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
+        let stdio = [req.stdin, req.stdout, req.stderr];
+        container.execs().add(&req.id, &req.exec_id, spec, stdio)?;
+        log::info!("added exec {} to task {}", req.exec_id, req.id);
+        Ok(Empty::new())
     }
 
     async fn resize_pty(

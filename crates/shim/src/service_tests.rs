@@ -359,11 +359,8 @@ async fn unknown_tasks_and_unsupported_requests() {
         ..Default::default()
     };
     let (code, message) = refusal(h.service.start(&ns1(), req).await);
-    assert_eq!(code, Code::UNIMPLEMENTED);
-    assert_eq!(
-        message,
-        "exec is not supported by io.containerd.wasmtime.v1"
-    );
+    assert_eq!(code, Code::NOT_FOUND);
+    assert_eq!(message, "task nope not found");
     let req = CreateTaskRequest {
         id: "c1".into(),
         terminal: true,
@@ -373,6 +370,43 @@ async fn unknown_tasks_and_unsupported_requests() {
     assert_eq!(code, Code::INVALID_ARGUMENT);
     assert!(message.contains("run without -t"), "{message}");
     assert!(h.os.calls().is_empty());
+}
+
+/// A Wasm guest has no process to enter: exec and its exec-id requests
+/// are refused with the same words, and the guest runs on.
+#[tokio::test]
+async fn exec_into_a_wasm_guest_is_refused() {
+    let h = harness().await;
+    h.create("c1").await.unwrap();
+    h.start("c1").await.unwrap();
+    let req = ExecProcessRequest {
+        id: "c1".into(),
+        exec_id: "e1".into(),
+        ..Default::default()
+    };
+    let (code, message) = refusal(h.service.exec(&ns1(), req).await);
+    assert_eq!(code, Code::UNIMPLEMENTED);
+    assert_eq!(
+        message,
+        "exec is not supported by io.containerd.wasmtime.v1"
+    );
+    let req = StartRequest {
+        id: "c1".into(),
+        exec_id: "e1".into(),
+        ..Default::default()
+    };
+    let (code, message) = refusal(h.service.start(&ns1(), req).await);
+    assert_eq!(code, Code::UNIMPLEMENTED);
+    assert_eq!(
+        message,
+        "exec is not supported by io.containerd.wasmtime.v1"
+    );
+    let req = StateRequest {
+        id: "c1".into(),
+        ..Default::default()
+    };
+    let state = h.service.state(&ns1(), req).await.unwrap();
+    assert_eq!(state.status, ProtoStatus::RUNNING.into());
 }
 
 #[tokio::test]

@@ -1052,6 +1052,8 @@ fn missing_entrypoint(cd: &PrivateContainerd) {
     );
 }
 
+/// An ELF entrypoint is a Linux container, run by runc (tests/native.rs);
+/// a dynamic one in an image without its loader fails as under runc.
 fn elf_entrypoint(cd: &PrivateContainerd) {
     let elf = fs::read("/bin/true").unwrap();
     let image = Image::new(&image_name("elf")).file("/app.wasm", elf, 0o755);
@@ -1060,10 +1062,12 @@ fn elf_entrypoint(cd: &PrivateContainerd) {
         cd,
         &image,
         "elf",
-        "entrypoint /app.wasm is not a WebAssembly module or component",
+        "exec /app.wasm: no such file or directory",
     );
 }
 
+/// A `#!` script goes to runc too; without its interpreter in the image it
+/// fails as under runc.
 fn text_entrypoint(cd: &PrivateContainerd) {
     let image = Image::new(&image_name("text")).file("/app.wasm", "#!/bin/sh\necho hi\n", 0o755);
     let image = cd.import(&image).unwrap();
@@ -1071,7 +1075,20 @@ fn text_entrypoint(cd: &PrivateContainerd) {
         cd,
         &image,
         "text",
-        "entrypoint /app.wasm is not a WebAssembly module or component",
+        "exec /app.wasm: no such file or directory",
+    );
+}
+
+/// Text that is neither WebAssembly text nor a script is still the
+/// engine's to refuse.
+fn plain_text_entrypoint(cd: &PrivateContainerd) {
+    let image = Image::new(&image_name("plain")).file("/app.wasm", "hello\n", 0o755);
+    let image = cd.import(&image).unwrap();
+    assert_refused(
+        cd,
+        &image,
+        "plain",
+        "entrypoint /app.wasm is not a WebAssembly module or component (found text)",
     );
 }
 
@@ -1194,6 +1211,7 @@ wasishim_e2e::scenarios!(
     missing_entrypoint,
     elf_entrypoint,
     text_entrypoint,
+    plain_text_entrypoint,
     unknown_export,
     terminal_refused,
     config_without_args,

@@ -1,0 +1,193 @@
+//! runc's command line, for native containers (see [`crate::native`]).
+//!
+//! A thin wrapper rather than containerd's `runc` crate: that crate waits
+//! for the runc commands it starts itself (std's or tokio's child wait), and
+//! in this process, a child subreaper, every exit must be collected by the
+//! one reaping loop ([`crate::reaper`]) so that a container's exit is never
+//! taken by the wrong waiter.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+use crate::reaper;
+
+/// Names the runc binary to use instead of `runc` on PATH.
+pub const RUNC_ENV: &str = "WASISHIM_RUNC";
+
+/// Where runc keeps its state for native containers, one directory per
+/// containerd namespace (runc ids are unique only within one).
+pub const RUNC_ROOT: &str = "/run/containerd/wasishim/runc";
+
+/// One runc binary and state root.
+#[derive(Debug, Clone)]
+pub struct Runc {
+    binary: PathBuf,
+    root: PathBuf,
+}
+
+impl Runc {
+    /// runc for the containers of containerd namespace `namespace`.
+    pub fn new(namespace: &str) -> Runc {
+        Runc {
+            binary: binary(),
+            root: Path::new(RUNC_ROOT).join(namespace),
+        }
+    }
+
+    fn command(&self, log: Option<&Path>) -> Command {
+        let mut command = Command::new(&self.binary);
+        command.arg("--root").arg(&self.root);
+        if let Some(log) = log {
+            command.arg("--log").arg(log).args(["--log-format", "json"]);
+        }
+        command.stdin(Stdio::null());
+        command
+    }
+
+    /// `runc create`: the container's init waits for [`Runc::start`]. Its
+    /// stdio is the container's; runc's own errors go to `log`.
+    pub fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        stdio: [Stdio; 3],
+        log: &Path,
+    ) -> Result<()> {
+        let mut command = self.command(Some(log));
+        let [stdin, stdout, stderr] = stdio;
+        command
+            .arg("create")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr);
+        let output = self.spawn(&mut command, false)?;
+        if output.code != 0 {
+            bail!(
+                "runc create failed (exit {}): {}",
+                output.code,
+                last_log_error(log)
+            );
+        }
+        Ok(())
+    }
+
+    /// `runc exec --detach`: starts `process` (an OCI process JSON file) in
+    /// the container with `stdio`, writes its pid to `pid_file`.
+    pub fn exec(
+        &self,
+        id: &str,
+        process: &Path,
+        pid_file: &Path,
+        stdio: [Stdio; 3],
+        log: &Path,
+    ) -> Result<()> {
+        let mut command = self.command(Some(log));
+        let [stdin, stdout, stderr] = stdio;
+        command
+            .args(["exec", "--detach", "--process"])
+            .arg(process)
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr);
+        let output = self.spawn(&mut command, false)?;
+        if output.code != 0 {
+            bail!(
+                "runc exec failed (exit {}): {}",
+                output.code,
+                last_log_error(log)
+            );
+        }
+        Ok(())
+    }
+
+    pub fn start(&self, id: &str) -> Result<()> {
+        self.simple(&["start", id])
+    }
+
+    /// Kills whatever still runs and removes the container's cgroup and state.
+    pub fn delete_force(&self, id: &str) -> Result<()> {
+        self.simple(&["delete", "--force", id])
+    }
+
+    fn simple(&self, args: &[&str]) -> Result<()> {
+        let mut command = self.command(None);
+        command.args(args);
+        let output = self.spawn(&mut command, true)?;
+        if output.code != 0 {
+            bail!(
+                "runc {} failed (exit {}): {}",
+                args.first().copied().unwrap_or_default(),
+                output.code,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    fn spawn(&self, command: &mut Command, capture: bool) -> Result<reaper::Output> {
+        reaper::run(command, capture).with_context(|| {
+            format!(
+                "cannot run {} (set {RUNC_ENV} to the runc binary, or install runc)",
+                self.binary.display()
+            )
+        })
+    }
+}
+
+/// The runc binary: `$WASISHIM_RUNC`, else `runc` on PATH or in the sbin
+/// directories a service's PATH may lack.
+fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os(RUNC_ENV).filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin"])
+        .map(|dir| Path::new(dir).join("runc"))
+        .find(|candidate| candidate.is_file());
+    found.unwrap_or_else(|| PathBuf::from("runc"))
+}
+
+/// The last error runc wrote to its JSON log, for the user.
+fn last_log_error(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .rev()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|entry| entry["level"] == "error")
+        .and_then(|entry| entry["msg"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "runc logged no error".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_runcs_last_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log.json");
+        std::fs::write(
+            &log,
+            "{\"level\":\"warning\",\"msg\":\"w\"}\n{\"level\":\"error\",\"msg\":\"exec: \\\"/x\\\": no such file\"}\n",
+        )
+        .unwrap();
+        assert_eq!(last_log_error(&log), "exec: \"/x\": no such file");
+        assert_eq!(
+            last_log_error(&dir.path().join("none")),
+            "runc logged no error"
+        );
+    }
+}
