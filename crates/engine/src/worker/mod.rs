@@ -42,7 +42,9 @@ mod verdict;
 use std::time::Duration;
 
 pub use child::run_compile_worker;
-pub(crate) use process::{Exit, Outcome, Spawner, WorkerLimits, WorkerProcess};
+#[cfg(test)]
+pub(crate) use process::{Exit, Outcome};
+pub(crate) use process::{Spawner, WorkerLimits, WorkerProcess};
 pub(crate) use slots::CompileSlots;
 pub(crate) use verdict::verdict;
 
