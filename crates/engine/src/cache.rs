@@ -487,6 +487,104 @@ fn load_memory_file(engine: &Engine, file: &mut File) -> Result<Code> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::worker::{Exit, Outcome, WorkerLimits};
+    use std::sync::atomic::AtomicUsize;
+
+    /// A worker that compiles in this process and writes the artifact, or
+    /// times out, counting its runs.
+    struct FakeWorker {
+        runs: AtomicUsize,
+        times_out: bool,
+    }
+
+    impl WorkerProcess for Arc<FakeWorker> {
+        fn run(&self, input: &File, output: &File, _: &WorkerLimits) -> io::Result<Outcome> {
+            self.runs.fetch_add(1, Ordering::Relaxed);
+            if self.times_out {
+                return Ok(Outcome {
+                    exit: Exit::TimedOut,
+                    stderr: String::new(),
+                });
+            }
+            let mut bytes = Vec::new();
+            (&*input).read_to_end(&mut bytes)?;
+            let engine = Engine::new(&crate::engine::compile_config()).map_err(io::Error::other)?;
+            let artifact = engine.precompile_module(&bytes).map_err(io::Error::other)?;
+            (&*output).write_all(&artifact)?;
+            Ok(Outcome {
+                exit: Exit::Code(0),
+                stderr: String::new(),
+            })
+        }
+    }
+
+    fn cache_with(dir: Option<&Path>, times_out: bool) -> (Engine, CodeCache, Arc<FakeWorker>) {
+        let engine = Engine::new(&crate::engine::compile_config())
+            .unwrap_or_else(|e| panic!("engine: {e:#}"));
+        let worker = Arc::new(FakeWorker {
+            runs: AtomicUsize::new(0),
+            times_out,
+        });
+        let compiler = Compiler {
+            worker: Some(Box::new(worker.clone())),
+            limits: CompileLimits::default(),
+            threads: 1,
+        };
+        let cache = CodeCache::new(&engine, dir, 1 << 30, compiler);
+        (engine, cache, worker)
+    }
+
+    #[test]
+    fn a_workers_artifact_is_kept_and_its_failure_remembered() {
+        let wasm = b"(module (func (export \"_start\")))";
+        let Ok(tmp) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
+        let (engine, cache, worker) = cache_with(Some(tmp.path()), false);
+        let loaded = cache.get_by_digest(&engine, "sha256:aa", wasm, "/app.wat");
+        assert!(matches!(&loaded, Ok(c) if matches!(c.code, Code::Module(_))));
+        let (engine, cache, _) = cache_with(Some(tmp.path()), false);
+        assert!(cache
+            .get_by_digest(&engine, "sha256:aa", wasm, "/app.wat")
+            .is_ok());
+        assert_eq!(
+            cache.stats().loaded_from_disk,
+            1,
+            "the second cache loads it"
+        );
+        assert_eq!(worker.runs.load(Ordering::Relaxed), 1);
+
+        for dir in [None, Some(tmp.path())] {
+            let (engine, cache, worker) = cache_with(dir, true);
+            let first = cache.get_by_digest(&engine, "sha256:bb", wasm, "/bomb.wasm");
+            let first = first.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                first.starts_with("compiling entrypoint /bomb.wasm took longer than 60 s"),
+                "{first}"
+            );
+            let again = cache.get_by_digest(&engine, "sha256:bb", wasm, "/bomb.wasm");
+            let again = again.err().map(|e| e.to_string()).unwrap_or_default();
+            assert_eq!(
+                again,
+                format!("{first} (remembered from an attempt less than 5 minutes ago)")
+            );
+            assert_eq!(
+                worker.runs.load(Ordering::Relaxed),
+                1,
+                "the retry ran no worker"
+            );
+        }
+        // Neither the failures nor the successes left a temporary file.
+        let temps = std::fs::read_dir(tmp.path())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+                    .count()
+            })
+            .unwrap_or(usize::MAX);
+        assert_eq!(temps, 0);
+    }
 
     #[test]
     fn memory_map_keeps_the_most_recently_used() {
