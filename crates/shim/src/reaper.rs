@@ -6,9 +6,12 @@
 //! those of every process left behind in a container that ended. One loop
 //! reaps any child (`waitpid(-1)`) when SIGCHLD arrives and hands each exit
 //! to whoever registered its pid: the runc command the shim ran
-//! ([`run`]), or the container whose init it is ([`watch`]). Nothing else
-//! in the server may wait for a child, or it would steal these exits; an
-//! exit nobody registered yet is kept for a later [`watch`].
+//! ([`run`]), or the container whose init it is ([`watch`]). The engine's
+//! compile workers are the one exception: the engine waits for them
+//! itself, and this loop leaves their exits alone
+//! ([`wasishim_engine::is_compile_worker`]). Nothing else in the server may
+//! wait for a child, or it would steal these exits; an exit nobody
+//! registered yet is kept for a later [`watch`].
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -16,8 +19,7 @@ use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 
 /// How a child ended: its exit code, or 128 + the signal that killed it.
 pub type ExitCode = u32;
@@ -81,7 +83,20 @@ fn reap_all() {
             return;
         };
         loop {
-            let (pid, code) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            // Looked at first, collected only if it is ours: a compile
+            // worker's exit belongs to the engine, which waits for it.
+            let next = match waitid(
+                Id::All,
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+            ) {
+                Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _)) => pid,
+                _ => break,
+            };
+            if wasishim_engine::is_compile_worker(next.as_raw()) {
+                // Collected by the engine soon; the others next time.
+                break;
+            }
+            let (pid, code) = match waitpid(next, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), code as u32 & 0xff),
                 Ok(WaitStatus::Signaled(pid, signal, _)) => (pid.as_raw(), 128 + signal as u32),
                 Ok(WaitStatus::StillAlive) | Err(_) => break,

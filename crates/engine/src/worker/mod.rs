@@ -42,6 +42,7 @@ mod verdict;
 use std::time::Duration;
 
 pub use child::run_compile_worker;
+pub use process::is_compile_worker;
 #[cfg(test)]
 pub(crate) use process::{Exit, Outcome};
 pub(crate) use process::{Spawner, WorkerLimits, WorkerProcess};

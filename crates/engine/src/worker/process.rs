@@ -3,12 +3,14 @@
 //!
 //! [`WorkerProcess`] is all the cache sees of a worker; [`Spawner`] is the
 //! real one, a fake in the unit tests of the decisions around it.
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::libc;
@@ -94,7 +96,15 @@ impl WorkerProcess for Spawner {
             command.pre_exec(move || in_child(&limits_now, root));
         }
         let started = Instant::now();
-        let mut child = command.spawn()?;
+        let mut child = {
+            // Spawned and listed under one lock: a reaper that asks
+            // `is_compile_worker` meanwhile waits for the answer.
+            let mut workers = WORKERS.lock().unwrap_or_else(PoisonError::into_inner);
+            let child = command.spawn()?;
+            workers.insert(child.id() as i32);
+            child
+        };
+        let _listed = Listed(child.id() as i32);
         let deadline = started + limits.timeout;
         let stderr = child.stderr.take();
         let (kept, timed_out) = match stderr {
@@ -159,6 +169,32 @@ fn read_until(mut stderr: std::process::ChildStderr, deadline: Instant) -> (Vec<
             Err(_) => return (kept, false),
         }
     }
+}
+
+/// Compile workers this process started and waits for itself.
+static WORKERS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+/// Takes a worker off [`WORKERS`] once it was waited for (or given up).
+struct Listed(i32);
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        WORKERS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.0);
+    }
+}
+
+/// Whether `pid` is a compile worker of this process that its spawner will
+/// wait for: a process-wide child reaper (the shim's, for runc's
+/// processes) must leave its exit alone, or the compile fails with
+/// `ECHILD`.
+pub fn is_compile_worker(pid: i32) -> bool {
+    WORKERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(&pid)
 }
 
 /// Waits for the child until `deadline`; `None` if it still runs then. Its
