@@ -342,7 +342,7 @@ impl Cgroup {
             if self.holds_process {
                 let _ = write(&root.join("cgroup.procs"), &std::process::id().to_string());
             }
-            if let Err(err) = remove_dir_when_empty(dir) {
+            if let Err(err) = remove_dir_when_empty(dir, Some(root)) {
                 log::warn!("cannot remove cgroup {}: {err}", dir.display());
             }
         }
@@ -350,8 +350,13 @@ impl Cgroup {
 }
 
 /// Removes a cgroup directory. A guest's thread reports its exit just before
-/// it ends, so the cgroup may be busy for a moment after the exit was seen.
-fn remove_dir_when_empty(dir: &Path) -> std::io::Result<()> {
+/// it ends, so the cgroup may be busy for a moment after the exit was seen;
+/// a helper thread the guest's runtime started (and placed there, maybe
+/// late, from a placer thread) can outlive the guest longer. While the
+/// directory is busy, the threads still in it are moved to `evict_to` (the
+/// hierarchy's root, where the sandbox moves the process too): the container
+/// is gone, and a directory left behind would never be removed.
+fn remove_dir_when_empty(dir: &Path, evict_to: Option<&Path>) -> std::io::Result<()> {
     const EBUSY: i32 = 16;
     let mut attempts = 0;
     loop {
@@ -360,9 +365,27 @@ fn remove_dir_when_empty(dir: &Path) -> std::io::Result<()> {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(err) if err.raw_os_error() == Some(EBUSY) && attempts < 100 => {
                 attempts += 1;
+                if let Some(root) = evict_to {
+                    evict_threads(dir, root);
+                }
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Moves every thread listed in `dir`'s `tasks` to `root`'s; a thread that
+/// ended meanwhile is skipped.
+fn evict_threads(dir: &Path, root: &Path) {
+    let Ok(tasks) = fs::read_to_string(dir.join("tasks")) else {
+        return;
+    };
+    for tid in tasks.lines() {
+        if let Err(err) = write(&root.join("tasks"), tid) {
+            log::debug!("thread {tid} left in {}: {err:#}", dir.display());
+        } else {
+            log::debug!("moved thread {tid} out of {} to remove it", dir.display());
         }
     }
 }
@@ -376,7 +399,7 @@ pub fn remove_dead(hierarchies: &Hierarchies, path: &Path) {
     };
     for root in roots {
         let dir = root.join(path);
-        if let Err(err) = remove_dir_when_empty(&dir) {
+        if let Err(err) = remove_dir_when_empty(&dir, None) {
             log::warn!("cannot remove cgroup {}: {err}", dir.display());
         }
     }
