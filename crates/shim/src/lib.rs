@@ -16,6 +16,8 @@ mod container;
 mod content;
 mod create;
 mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hosting;
 mod keys;
 mod launch;
