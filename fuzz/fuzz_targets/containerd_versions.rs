@@ -21,9 +21,11 @@ fuzz_target!(|data: &[u8]| {
     let (remembered, form, rewritten) = containerd_versions(&file, CALLER, &version);
     if let Some(v) = &remembered {
         assert!(!v.is_empty());
+        // One leading 'v' is allowed, as in "v2.1.9".
+        let v = v.trim();
         let major_2 = v
-            .trim()
-            .trim_start_matches('v')
+            .strip_prefix('v')
+            .unwrap_or(v)
             .split(|c: char| !c.is_ascii_digit())
             .next()
             .and_then(|d| d.parse::<u32>().ok())

@@ -1,7 +1,7 @@
 //! What the host shows: processes, mounts, sockets and cgroups, read from
 //! `/proc` and the filesystem, for leak checks, cleanup and benchmarks.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -207,6 +207,29 @@ pub fn footprint(pid: i32) -> Option<Footprint> {
         net_namespaces: net.len(),
         rss_kib,
     })
+}
+
+/// Resident memory of process `pid` (KiB) by what is mapped: a file's
+/// path, `[heap]`, `[stack]`, or `[anonymous]`; from `/proc/<pid>/smaps`.
+/// Empty if the process is gone.
+pub fn rss_by_mapping(pid: i32) -> BTreeMap<String, u64> {
+    let mut rss = BTreeMap::new();
+    let smaps = fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut name = String::new();
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if first == "Rss:" {
+            let kib: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            *rss.entry(name.clone()).or_insert(0) += kib;
+        } else if !first.ends_with(':') {
+            // A mapping's header: "start-end perms offset dev inode [path]".
+            name = fields
+                .nth(4)
+                .map_or("[anonymous]".to_string(), str::to_string);
+        }
+    }
+    rss
 }
 
 #[cfg(test)]

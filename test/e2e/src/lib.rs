@@ -60,7 +60,7 @@ pub use command::{exit_code, output_text, wait_with_timeout};
 pub use containerd::PrivateContainerd;
 pub use host::{
     cgroup_children, children_of, footprint, mounts_under, pids, process_mounts_under, processes,
-    Footprint,
+    rss_by_mapping, Footprint,
 };
 pub use paths::{
     cache_dir, containerd_bin_dir, fixture, fixture_image, fixtures_dir, image_name, repo_root,

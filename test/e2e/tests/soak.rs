@@ -24,6 +24,7 @@
 //! `WASISHIM_SOAK_CONTAINERD`.
 //! Run: `cargo test --workspace --test soak -- --test-threads=1 --nocapture`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use wasishim_e2e::{
     cgroup_children, exit_code, fixture_image, footprint, output_text, process_mounts_under,
-    wait_with_timeout, Footprint, PrivateContainerd, Tasks, NAMESPACE,
+    rss_by_mapping, wait_with_timeout, Footprint, PrivateContainerd, Tasks, NAMESPACE,
 };
 
 const NODE_RUNTIME: &str = "io.containerd.wasmtimed.v1";
@@ -332,6 +333,28 @@ fn settled(soak: &Soak<'_>, server: i32) -> Counts {
     last
 }
 
+/// The mappings whose resident memory changed most, largest first.
+fn print_rss_changes(start: &BTreeMap<String, u64>, end: &BTreeMap<String, u64>) {
+    let mut changes: Vec<(i64, &String)> = start
+        .keys()
+        .chain(end.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(|name| {
+            let kib = |map: &BTreeMap<String, u64>| map.get(name).copied().unwrap_or(0) as i64;
+            (kib(end) - kib(start), name)
+        })
+        .filter(|(change, _)| *change != 0)
+        .collect();
+    changes.sort_by_key(|(change, _)| std::cmp::Reverse(change.abs()));
+    let shown: Vec<String> = changes
+        .iter()
+        .take(6)
+        .map(|(change, name)| format!("{name} {change:+} KiB"))
+        .collect();
+    println!("soak: RSS changes by mapping: {}", shown.join(", "));
+}
+
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[(sorted.len() - 1) * p / 100]
 }
@@ -418,6 +441,7 @@ fn per_node_server_holds_nothing_after_many_cycles() {
     let start = settled(&soak, server);
     start.print("start, after a warm-up of 16 cycles");
     let mounts_at_start = soak.mounts(server);
+    let rss_at_start = rss_by_mapping(server);
 
     let began = Instant::now();
     for n in 0..cycles {
@@ -441,6 +465,7 @@ fn per_node_server_holds_nothing_after_many_cycles() {
     let growth = (end.footprint.rss_kib as f64 - start.footprint.rss_kib as f64)
         / start.footprint.rss_kib as f64;
     println!("soak: RSS growth {:+.2}%", growth * 100.0);
+    print_rss_changes(&rss_at_start, &rss_by_mapping(server));
     print_kills(&soak.kills);
 
     for mount in soak
