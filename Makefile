@@ -16,7 +16,7 @@ RUST_SRCS := $(FIXTURES)/rust/Cargo.toml $(wildcard $(FIXTURES)/rust/src/bin/*.r
 HTTP_SRCS := $(FIXTURES)/rust/Cargo.toml $(foreach f,$(HTTP_FIXTURES),$(FIXTURES)/rust/$(f)/Cargo.toml $(wildcard $(FIXTURES)/rust/$(f)/src/*.rs))
 FIXTURE_TARGET := $(FIXTURES)/rust/target
 
-.PHONY: help deps build install demo test test-unit lint fixtures images test-e2e clean-fixtures bench
+.PHONY: help deps build install demo test test-unit lint fixtures images test-e2e clean-fixtures bench soak fuzz
 
 help:
 	@echo "make demo       run a hello wasm image on a private containerd through the shim"
@@ -28,6 +28,8 @@ help:
 	@echo "make images     build OCI image tarballs of the fixtures into $(OUT)/images"
 	@echo "make test-e2e   run the end-to-end tests against every containerd version"
 	@echo "make bench      benchmark the release shims against runc, write BENCHMARKS.md; fails on a missed goal (BENCH_ARGS=--quick, --explore)"
+	@echo "make soak       2,000 task cycles through containerd against the per-node server; counts and RSS must come back (SOAK_CYCLES=...)"
+	@echo "make fuzz       fuzz what wasishim parses from untrusted input, FUZZ_SECONDS (600) per target (nightly, cargo-fuzz)"
 
 PREFIX ?= /usr/local
 SHIMS := containerd-shim-wasmtime-v1 containerd-shim-wasmtimed-v1
@@ -142,3 +144,33 @@ bench: deps fixtures $(OUT)/native/fib build
 
 clean-fixtures:
 	rm -rf $(OUT) $(FIXTURE_TARGET)
+
+# Soak (not part of make test, which runs the same test with 200 cycles):
+# SOAK_CYCLES task cycles through containerd $(SOAK_CONTAINERD) against the
+# per-node server; prints its descriptors, threads, mounts, network
+# namespaces, cgroups and RSS before and after, and the kill times.
+SOAK_CYCLES ?= 2000
+SOAK_CONTAINERD ?= 2.1.9
+soak: deps fixtures build
+	WASISHIM_SOAK_CYCLES=$(SOAK_CYCLES) WASISHIM_SOAK_CONTAINERD=$(SOAK_CONTAINERD) \
+		$(CARGO) test --workspace --test soak -- --test-threads=1 --nocapture
+
+# Fuzzing with cargo-fuzz (nightly toolchain) of everything parsed from
+# untrusted input: fuzz/fuzz_targets/*.rs, FUZZ_SECONDS each, one after the
+# other. New inputs go to fuzz/corpus/<target> (seeded from fuzz/seeds),
+# crashes to fuzz/artifacts/<target>; a crash fails the target.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= config_json entrypoint image containerd_versions
+# No sanitizer: the code fuzzed is safe Rust (panics and overflows are what
+# is looked for; debug assertions and overflow checks are on); 16 codegen
+# units keep the build of wasmtime, linked in, to minutes.
+FUZZ_BUILD_FLAGS ?= --sanitizer none --codegen-units 16
+fuzz:
+	test/install-deps.sh --fuzz
+	cd fuzz && cargo +nightly fuzz build $(FUZZ_BUILD_FLAGS)
+	@set -e; cd fuzz; for t in $(FUZZ_TARGETS); do \
+		mkdir -p corpus/$$t; \
+		echo "make fuzz: $$t for $(FUZZ_SECONDS) s"; \
+		cargo +nightly fuzz run $(FUZZ_BUILD_FLAGS) $$t corpus/$$t seeds/$$t -- \
+			-dict=dict/$$t.dict -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 -print_final_stats=1; \
+	done

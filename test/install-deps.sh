@@ -2,11 +2,29 @@
 # Install everything the fixtures and end-to-end tests need on a fresh
 # Debian 12 machine. Idempotent, and quick when everything is present.
 #
-#   test/install-deps.sh
+#   test/install-deps.sh          # fixtures and end-to-end tests
+#   test/install-deps.sh --fuzz   # make fuzz: nightly toolchain and cargo-fuzz
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 log() { echo "install-deps.sh: $*" >&2; }
+
+# `--fuzz`: only what `make fuzz` needs, the nightly toolchain and cargo-fuzz.
+if [ "${1:-}" = "--fuzz" ]; then
+    if ! command -v rustup >/dev/null; then
+        log "rustup not found: install the nightly toolchain and cargo-fuzz by hand"
+        exit 1
+    fi
+    if ! rustup toolchain list | grep -q '^nightly'; then
+        log "rustup toolchain install nightly"
+        rustup toolchain install nightly --profile minimal
+    fi
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        log "cargo install cargo-fuzz"
+        cargo install cargo-fuzz --locked
+    fi
+    exit 0
+fi
 
 # protobuf-compiler: protoc, which the k8s-cri crate (CRI tests) needs to build.
 # docker-registry, skopeo: the loopback registry and pushes of the artifact tests.

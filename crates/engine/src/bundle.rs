@@ -153,10 +153,20 @@ impl Bundle {
     /// unreadable or not a valid OCI runtime spec; otherwise as
     /// [`Bundle::from_spec`].
     pub fn load(dir: &Path) -> Result<Bundle> {
-        let path = dir.join("config.json");
-        let spec = std::fs::read(&path)
-            .map_err(anyhow::Error::from)
-            .and_then(|bytes| Ok(serde_json::from_slice::<Spec>(&bytes)?))
+        let bytes = std::fs::read(dir.join("config.json"))
+            .with_context(|| format!("invalid config.json in bundle {}", dir.display()))?;
+        Bundle::from_json(&bytes, dir)
+    }
+
+    /// Parses the bytes of a `config.json` as [`Bundle::load`] does, for a
+    /// bundle at `dir`. No I/O.
+    ///
+    /// # Errors
+    ///
+    /// "invalid config.json in bundle <dir>: ..." when `bytes` are not a
+    /// valid OCI runtime spec; otherwise as [`Bundle::from_spec`].
+    pub fn from_json(bytes: &[u8], dir: &Path) -> Result<Bundle> {
+        let spec = serde_json::from_slice::<Spec>(bytes)
             .with_context(|| format!("invalid config.json in bundle {}", dir.display()))?;
         Bundle::from_spec(&spec, dir)
     }
@@ -496,6 +506,22 @@ mod tests {
             Err(e) => assert_eq!(
                 e.to_string(),
                 "bind mount at /data has no source: set the host directory to mount"
+            ),
+        }
+    }
+
+    #[test]
+    fn from_json_is_load_without_the_file() {
+        let dir = Path::new("/bundles/c1");
+        match Bundle::from_json(br#"{"ociVersion":"1.0.2","root":{"path":"fs"}}"#, dir) {
+            Ok(b) => assert_eq!(b.rootfs, Path::new("/bundles/c1/fs")),
+            Err(e) => panic!("{e:#}"),
+        }
+        match Bundle::from_json(b"{\"ociVersion\":", dir) {
+            Ok(b) => panic!("accepted: {b:?}"),
+            Err(e) => assert!(
+                format!("{e:#}").starts_with("invalid config.json in bundle /bundles/c1: "),
+                "{e:#}"
             ),
         }
     }

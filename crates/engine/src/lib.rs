@@ -42,6 +42,8 @@ mod control;
 mod disk_cache;
 mod engine;
 mod entrypoint;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod http_body;
 mod http_limits;

@@ -97,6 +97,18 @@ pub fn pick_manifest(index: &Value) -> Option<Blob> {
     Blob::from_json(chosen)
 }
 
+/// The config a manifest points to; empty digest and media type when the
+/// manifest names none.
+pub fn config_blob(manifest: &Value) -> Blob {
+    let config = &manifest["config"];
+    Blob {
+        media_type: config["mediaType"].as_str().unwrap_or_default().to_string(),
+        digest: config["digest"].as_str().unwrap_or_default().to_string(),
+        size: config["size"].as_i64().unwrap_or(0),
+        title: None,
+    }
+}
+
 /// What a manifest says about where a container's code is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Classified {
@@ -369,6 +381,37 @@ mod tests {
             e.to_string(),
             format!("it has 2 wasm layers and nothing says which one to run (a.wasm ({D1}), b.wasm ({D2})): give the container the file name of one of them (its org.opencontainers.image.title annotation) as its command, or push a application/vnd.wasm.config.v0+json artifact, whose first layer is the entrypoint")
         );
+    }
+
+    #[test]
+    fn config_blob_of_a_manifest() {
+        let m =
+            json!({"config": {"mediaType": WASM_CONFIG_V0, "digest": D1, "size": 7}, "layers": []});
+        let config = config_blob(&m);
+        assert_eq!(
+            (
+                config.media_type.as_str(),
+                config.digest.as_str(),
+                config.size
+            ),
+            (WASM_CONFIG_V0, D1, 7)
+        );
+        // Anything else (no config, wrong types) is an empty one.
+        for m in [
+            json!({}),
+            json!([]),
+            json!({"config": {"mediaType": 1, "digest": [], "size": "7"}}),
+        ] {
+            assert_eq!(
+                config_blob(&m),
+                Blob {
+                    media_type: String::new(),
+                    digest: String::new(),
+                    size: 0,
+                    title: None
+                }
+            );
+        }
     }
 
     #[test]

@@ -153,6 +153,12 @@ pub fn relative_path(cgroups_path: &str) -> Result<PathBuf> {
     let path = match parts.as_slice() {
         [path] => PathBuf::from(path.trim_start_matches('/')),
         [slice, prefix, name] => {
+            // Unit names have no '/': one would make the pushed unit an
+            // absolute path that replaces the whole path, out of the
+            // cgroup file system.
+            if [slice, prefix, name].iter().any(|part| part.contains('/')) {
+                bail!("invalid linux.cgroupsPath '{cgroups_path}': the parts of slice:prefix:name cannot contain '/'");
+            }
             let mut path = expand_slice(if slice.is_empty() {
                 "system.slice"
             } else {
@@ -175,6 +181,15 @@ pub fn relative_path(cgroups_path: &str) -> Result<PathBuf> {
         .any(|c| matches!(c, std::path::Component::ParentDir))
     {
         bail!("invalid linux.cgroupsPath '{cgroups_path}': '..' is not allowed");
+    }
+    // Joined under each hierarchy's root, the path must name a cgroup below
+    // it: never the root itself (whose limits are the whole machine's).
+    if path.is_absolute()
+        || !path
+            .components()
+            .any(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        bail!("invalid linux.cgroupsPath '{cgroups_path}': it names no cgroup below the root: give a path such as /wasishim/c1");
     }
     Ok(path)
 }
@@ -436,6 +451,34 @@ mod tests {
         );
         assert!(relative_path("bad:x:y").is_err());
         assert!(relative_path("a:b").is_err());
+    }
+
+    /// Found by the config_json fuzz target: a '/' in the systemd form made
+    /// the unit an absolute path, which replaced the whole path (a cgroup
+    /// made at /ri-containerd-abc.scope on the host's file system).
+    #[test]
+    fn paths_stay_below_the_root() {
+        for bad in [
+            "kubepods-besteffort-pod1.slice:/ri-containerd:abc",
+            "system.slice::/etc/x",
+            "a/b.slice:cri-containerd:abc",
+            "system.slice:cri:a/../../../etc",
+            "/",
+            "///",
+            "",
+            "/./.",
+        ] {
+            match relative_path(bad) {
+                Ok(path) => panic!("{bad:?} accepted as {path:?}"),
+                Err(e) => assert!(
+                    e.to_string()
+                        .starts_with(&format!("invalid linux.cgroupsPath '{bad}': ")),
+                    "{e}"
+                ),
+            }
+        }
+        assert_eq!(relative_path("//c1").unwrap(), PathBuf::from("c1"));
+        assert!(relative_path("/./c1").is_ok());
     }
 
     #[test]

@@ -293,18 +293,7 @@ async fn lookup(
         }
     }
     let manifest = api.read_json(&manifest_blob, "manifest", &image).await?;
-    let config_blob = Blob {
-        media_type: manifest["config"]["mediaType"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        digest: manifest["config"]["digest"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        size: manifest["config"]["size"].as_i64().unwrap_or(0),
-        title: None,
-    };
+    let config_blob = artifact::config_blob(&manifest);
     // The config only adds the `architecture: wasm` hint; without it the
     // layers' media types decide.
     let config = if config_blob.digest.is_empty() {

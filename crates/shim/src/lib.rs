@@ -17,6 +17,8 @@ mod content;
 mod create;
 mod events;
 mod exec;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hosting;
 mod keys;
 mod launch;

@@ -144,28 +144,17 @@ pub fn remembered_version(grpc_address: &str, dir: &Path) -> Option<String> {
     let caller = format!("{caller} {grpc_address}");
     let file = dir.join("containerd-versions");
     let known = std::fs::read_to_string(&file).unwrap_or_default();
-    let remembered = known.lines().find_map(|line| {
-        let (who, version) = line.split_once('\t')?;
-        (who == caller && !version.is_empty()).then(|| version.to_string())
-    });
+    let remembered = remembered_in(&known, &caller);
     if remembered.is_some() {
         return remembered;
     }
     let version = query_containerd_version(grpc_address, VERSION_QUERY_TIMEOUT)?;
-    let mut lines: Vec<&str> = known
-        .lines()
-        .filter(|line| {
-            line.split_once(' ')
-                .is_some_and(|(pid, _)| still_running(pid, line))
-        })
-        .collect();
-    let mine = format!("{caller}\t{version}");
-    lines.push(&mine);
+    let contents = versions_file(&known, &caller, &version, still_running);
     // Best effort, and atomic so that concurrent starts never read half a
     // file; a line lost to a concurrent writer only means one more query.
     let temp = dir.join(format!(".containerd-versions.{}", std::process::id()));
     let written = std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&temp, lines.join("\n") + "\n"))
+        .and_then(|()| std::fs::write(&temp, contents))
         .and_then(|()| std::fs::rename(&temp, &file));
     if written.is_err() {
         let _ = std::fs::remove_file(&temp);
@@ -173,10 +162,43 @@ pub fn remembered_version(grpc_address: &str, dir: &Path) -> Option<String> {
     Some(version)
 }
 
+/// The version the versions file `known` remembers for `caller` ("<pid>
+/// <start time> <address>"), if any. Pure.
+pub fn remembered_in(known: &str, caller: &str) -> Option<String> {
+    known.lines().find_map(|line| {
+        let (who, version) = line.split_once('\t')?;
+        (who == caller && !version.is_empty()).then(|| version.to_string())
+    })
+}
+
+/// The new versions file: the lines of `known` whose process `running`
+/// says still runs (given its pid and the line), then `caller`'s `version`.
+pub fn versions_file(
+    known: &str,
+    caller: &str,
+    version: &str,
+    running: impl Fn(&str, &str) -> bool,
+) -> String {
+    let mut lines: Vec<&str> = known
+        .lines()
+        .filter(|line| {
+            line.split_once(' ')
+                .is_some_and(|(pid, _)| running(pid, line))
+        })
+        .collect();
+    let mine = format!("{caller}\t{version}");
+    lines.push(&mine);
+    lines.join("\n") + "\n"
+}
+
 /// Whether the process `pid` of a remembered `line` ("<pid> <start time> ...")
 /// is still the same running process.
 fn still_running(pid: &str, line: &str) -> bool {
-    process_identity(pid).is_some_and(|identity| line.starts_with(&format!("{identity} ")))
+    // The file is only ever written with numeric pids; anything else is not
+    // a process to look for under /proc.
+    !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
+        && process_identity(pid).is_some_and(|identity| line.starts_with(&format!("{identity} ")))
 }
 
 /// "<pid> <start time>" of this process's parent: unique per process over
@@ -351,6 +373,28 @@ mod tests {
         );
         std::fs::write(&file, format!("1 12345 {address}\t2.1.9+ds1\n")).unwrap();
         assert_eq!(remembered_version(&address, dir.path()), None);
+    }
+
+    #[test]
+    fn the_versions_file_keeps_running_processes_and_adds_the_caller() {
+        let known = "1 10 /a\t1.7.24\n2 20 /b\t2.1.9\nno-space-line\n\n";
+        let file = versions_file(known, "3 30 /c", "2.1.9+ds1", |pid, _| pid == "2");
+        assert_eq!(file, "2 20 /b\t2.1.9\n3 30 /c\t2.1.9+ds1\n");
+        assert_eq!(
+            remembered_in(&file, "3 30 /c").as_deref(),
+            Some("2.1.9+ds1")
+        );
+        assert_eq!(remembered_in(&file, "2 20 /b").as_deref(), Some("2.1.9"));
+        assert_eq!(remembered_in("3 30 /c\t\n", "3 30 /c"), None);
+        assert_eq!(remembered_in("", "3 30 /c"), None);
+    }
+
+    #[test]
+    fn only_numeric_pids_are_looked_up() {
+        let me = process_identity("self").unwrap();
+        assert!(!still_running("self", &format!("{me} /sock\t2.1.9")));
+        assert!(!still_running("", " 1 /sock\t2.1.9"));
+        assert!(!still_running("../1", "../1 1 /sock\t2.1.9"));
     }
 
     #[test]

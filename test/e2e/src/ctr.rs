@@ -220,6 +220,26 @@ impl PrivateContainerd {
         Ok(())
     }
 
+    /// `ctr run --runtime io.containerd.wasmtime.v1 FLAGS IMAGE ID ARGS` in
+    /// the background, attached: the container's stdin, stdout and stderr
+    /// are the child's pipes (stdin stays open, unwritten, until the caller
+    /// drops it). ctr deletes the task when it ends, not the container.
+    pub fn spawn_run_attached(
+        &self,
+        flags: &[&str],
+        image: &str,
+        id: &str,
+        args: &[&str],
+    ) -> Result<Child> {
+        self.note_container(id);
+        let mut cmd = self.ctr_command(run_args(&[], flags, image, id, args));
+        Ok(cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
+    }
+
     /// Task statuses from `ctr task ls`: (ID, PID, STATUS).
     pub fn tasks(&self) -> Result<Vec<(String, String, String)>> {
         let out = self.ctr(["task", "ls"]);

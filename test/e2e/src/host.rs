@@ -1,7 +1,7 @@
 //! What the host shows: processes, mounts, sockets and cgroups, read from
 //! `/proc` and the filesystem, for leak checks, cleanup and benchmarks.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -47,7 +47,17 @@ pub fn children_of(parents: &[i32]) -> Vec<i32> {
 
 /// Mount points at or under `dir`, from /proc/self/mountinfo.
 pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+    mounts_of_under("self", dir)
+}
+
+/// Mount points at or under `dir` that process `pid` sees (its mount
+/// namespace's, from `/proc/<pid>/mountinfo`).
+pub fn process_mounts_under(pid: i32, dir: &Path) -> Vec<String> {
+    mounts_of_under(&pid.to_string(), dir)
+}
+
+fn mounts_of_under(process: &str, dir: &Path) -> Vec<String> {
+    let Ok(info) = fs::read_to_string(format!("/proc/{process}/mountinfo")) else {
         return Vec::new();
     };
     let prefix = dir.display().to_string();
@@ -125,7 +135,7 @@ pub(crate) fn cgroup_roots() -> Vec<PathBuf> {
 }
 
 /// Cgroup directories below `parent` in every hierarchy, deepest first.
-pub(crate) fn cgroup_children(parent: &str) -> Vec<PathBuf> {
+pub fn cgroup_children(parent: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     for root in cgroup_roots() {
         let mut stack = vec![root.join(parent.trim_start_matches('/'))];
@@ -140,6 +150,86 @@ pub(crate) fn cgroup_children(parent: &str) -> Vec<PathBuf> {
     }
     found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     found
+}
+
+/// What a process holds, read from `/proc/<pid>`: compared before and
+/// after many cycles of work to find what leaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    /// Open file descriptors.
+    pub fds: usize,
+    /// Threads.
+    pub threads: usize,
+    /// Distinct network namespaces its threads are in or its descriptors
+    /// hold.
+    pub net_namespaces: usize,
+    /// Resident memory (VmRSS), KiB.
+    pub rss_kib: u64,
+}
+
+/// The [`Footprint`] of process `pid`; `None` if it is gone.
+pub fn footprint(pid: i32) -> Option<Footprint> {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let status = fs::read_to_string(proc.join("status")).ok()?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let links = |dir: PathBuf| -> Vec<String> {
+        fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| fs::read_link(e.path()).ok())
+            .map(|l| l.display().to_string())
+            .collect()
+    };
+    let fds = links(proc.join("fd"));
+    let tasks: Vec<PathBuf> = fs::read_dir(proc.join("task"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let mut net: BTreeSet<String> = fds
+        .iter()
+        .filter(|l| l.starts_with("net:["))
+        .cloned()
+        .collect();
+    for task in &tasks {
+        if let Ok(ns) = fs::read_link(task.join("ns/net")) {
+            net.insert(ns.display().to_string());
+        }
+    }
+    Some(Footprint {
+        fds: fds.len(),
+        threads: tasks.len(),
+        net_namespaces: net.len(),
+        rss_kib,
+    })
+}
+
+/// Resident memory of process `pid` (KiB) by what is mapped: a file's
+/// path, `[heap]`, `[stack]`, or `[anonymous]`; from `/proc/<pid>/smaps`.
+/// Empty if the process is gone.
+pub fn rss_by_mapping(pid: i32) -> BTreeMap<String, u64> {
+    let mut rss = BTreeMap::new();
+    let smaps = fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut name = String::new();
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if first == "Rss:" {
+            let kib: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            *rss.entry(name.clone()).or_insert(0) += kib;
+        } else if !first.ends_with(':') {
+            // A mapping's header: "start-end perms offset dev inode [path]".
+            name = fields
+                .nth(4)
+                .map_or("[anonymous]".to_string(), str::to_string);
+        }
+    }
+    rss
 }
 
 #[cfg(test)]

@@ -37,7 +37,8 @@
 //! `lifecycle.rs` (starting and cleaning up an instance), `ctr.rs` (`ctr`
 //! calls), `leaks.rs` (leak checks), `cri_config.rs`, `cri_client.rs`,
 //! `cri_log.rs`, `probes.rs` (CRI, gathered in [`cri`]), `http.rs` (an
-//! HTTP/1.1 client) and `registry.rs` (a local OCI registry).
+//! HTTP/1.1 client), `registry.rs` (a local OCI registry) and `tasks.rs`
+//! (kill and wait over containerd's gRPC API, timed).
 
 mod command;
 mod containerd;
@@ -53,15 +54,20 @@ mod lifecycle;
 mod paths;
 mod probes;
 pub mod registry;
+mod tasks;
 
 pub use command::{exit_code, output_text, wait_with_timeout};
 pub use containerd::PrivateContainerd;
-pub use host::{children_of, mounts_under, pids, processes};
+pub use host::{
+    cgroup_children, children_of, footprint, mounts_under, pids, process_mounts_under, processes,
+    rss_by_mapping, Footprint,
+};
 pub use paths::{
     cache_dir, containerd_bin_dir, fixture, fixture_image, fixtures_dir, image_name, repo_root,
     runtime, shim_binary, shim_dir, CRI_NAMESPACE, CTR_TIMEOUT, NAMESPACE, NODE_IDLE_SECONDS,
     NODE_LOG_DIR, VERSIONS,
 };
+pub use tasks::{Exit, Tasks};
 pub use wasishim_image::{Artifact, ArtifactForm, Image};
 
 /// Declares one `#[test]` per containerd version for each scenario: modules
