@@ -82,16 +82,12 @@ fn reap_all() {
         let Ok(mut registry) = registry().lock() else {
             return;
         };
-        loop {
-            // Looked at first, collected only if it is ours: a compile
-            // worker's exit belongs to the engine, which waits for it.
-            let next = match waitid(
-                Id::All,
-                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
-            ) {
-                Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _)) => pid,
-                _ => break,
-            };
+        // Looked at first, collected only if it is ours: a compile worker's
+        // exit belongs to the engine, which waits for it.
+        while let Ok(WaitStatus::Exited(next, _) | WaitStatus::Signaled(next, _, _)) = waitid(
+            Id::All,
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        ) {
             if wasishim_engine::is_compile_worker(next.as_raw()) {
                 // Collected by the engine soon; the others next time.
                 break;
