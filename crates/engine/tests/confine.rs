@@ -414,21 +414,36 @@ fn a_guest_cannot_open_device_nodes_in_its_rootfs() {
 }
 
 #[test]
-fn fifo_and_device_entrypoints_fail_create_at_once() {
-    for (name, kind) in [("fifo", "a FIFO"), ("dev", "a character device")] {
+fn fifo_device_socket_and_directory_entrypoints_fail_create_at_once() {
+    let kinds = [
+        ("fifo", "a FIFO"),
+        ("chr", "a character device"),
+        ("blk", "a block device"),
+        ("sock", "a socket"),
+        ("dir", "a directory"),
+    ];
+    for (name, kind) in kinds {
         let b = Bundle::new(&["/app.wasm"]);
         let path = b.rootfs().join("app.wasm");
-        let made = if name == "fifo" {
-            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o644))
-        } else {
-            nix::sys::stat::mknod(
-                &path,
-                nix::sys::stat::SFlag::S_IFCHR,
-                nix::sys::stat::Mode::from_bits_truncate(0o644),
-                nix::sys::stat::makedev(1, 5),
-            )
+        let mode = nix::sys::stat::Mode::from_bits_truncate(0o644);
+        let device = |flag, major, minor| {
+            nix::sys::stat::mknod(&path, flag, mode, nix::sys::stat::makedev(major, minor))
+                .map_err(io::Error::from)
         };
-        check("mknod", made);
+        // Kept open while Create runs: a socket file with a listener.
+        let mut _listener = None;
+        let made = match name {
+            "fifo" => nix::unistd::mkfifo(&path, mode).map_err(io::Error::from),
+            // The numbers of /dev/zero: reading never ends.
+            "chr" => device(nix::sys::stat::SFlag::S_IFCHR, 1, 5),
+            // The numbers of /dev/loop0.
+            "blk" => device(nix::sys::stat::SFlag::S_IFBLK, 7, 0),
+            "sock" => std::os::unix::net::UnixListener::bind(&path).map(|l| {
+                _listener = Some(l);
+            }),
+            _ => std::fs::create_dir(&path),
+        };
+        check("make the special file", made);
         let started = std::time::Instant::now();
         let err = b.prepare_error();
         assert_contains(&err, &format!("entrypoint /app.wasm is {kind}"));
