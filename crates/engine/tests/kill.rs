@@ -368,6 +368,139 @@ fn kill_ends_a_connect_that_gets_no_answer() {
     }
 }
 
+/// A network namespace whose default route leads nowhere (a gateway on a
+/// veth pair that nobody answers for): a name lookup to the host's
+/// non-local name server gets neither answer nor error and waits for the
+/// resolver's timeout. Removed on drop.
+struct SilentNetns(String);
+
+impl SilentNetns {
+    fn new() -> SilentNetns {
+        let name = format!("wasishim-silent-{}", std::process::id());
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let ns = SilentNetns(name.clone());
+        for args in [
+            vec!["netns", "add", &name],
+            vec!["-n", &name, "link", "set", "lo", "up"],
+            vec![
+                "-n", &name, "link", "add", "d0", "type", "veth", "peer", "name", "d1",
+            ],
+            vec!["-n", &name, "link", "set", "d0", "up"],
+            vec!["-n", &name, "link", "set", "d1", "up"],
+            vec!["-n", &name, "addr", "add", "10.254.0.1/24", "dev", "d0"],
+            // A gateway that is never asked for its address, and whose
+            // frames the peer (another MAC) drops.
+            vec![
+                "-n",
+                &name,
+                "neigh",
+                "add",
+                "10.254.0.2",
+                "lladdr",
+                "02:00:00:00:00:02",
+                "dev",
+                "d0",
+                "nud",
+                "permanent",
+            ],
+            vec![
+                "-n",
+                &name,
+                "route",
+                "add",
+                "default",
+                "via",
+                "10.254.0.2",
+                "dev",
+                "d0",
+            ],
+        ] {
+            let out = check("ip", std::process::Command::new("ip").args(&args).output());
+            assert!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        ns
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for SilentNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// A guest waiting for a name server that never answers ends at once on
+/// SIGKILL (137) and SIGTERM (143). glibc's resolver goes on waiting after
+/// the interrupting signal, so its helper thread lasts until the resolver's
+/// timeout (README, "Kill"); it must not hold up the exit.
+#[test]
+fn kill_ends_a_name_lookup_that_gets_no_answer() {
+    let _serial = serial();
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let server = resolv
+        .lines()
+        .find_map(|l| l.strip_prefix("nameserver"))
+        .map(str::trim)
+        .unwrap_or("");
+    assert!(
+        !server.is_empty() && !server.starts_with("127.") && server != "::1",
+        "this test needs a name server off the host (got {server:?} in /etc/resolv.conf): a local one answers 'refused' at once in the test's network namespace"
+    );
+    let Some(wasm) = fixture("block.wasm") else {
+        return;
+    };
+    let netns = SilentNetns::new();
+    for (signal, code) in [(SIGKILL, 137), (SIGTERM, 143)] {
+        let mut b = Bundle::new(&["/app.wasm", "lookup", "wasishim-test.example"]);
+        b.file("app.wasm", &wasm);
+        let path = netns.path();
+        b.config(|c| {
+            c["linux"] = json!({"namespaces": [{"type": "network", "path": path}]});
+        });
+        let case = Case {
+            running: b.start(),
+            bundle: b,
+            _held: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while case.bundle.stdout() != "blocking in lookup\n" {
+            assert!(
+                case.running.still_running_after(Duration::from_millis(5)),
+                "the lookup returned: {}",
+                case.bundle.stdout()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the guest never got to its lookup"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            case.running.still_running_after(Duration::from_millis(1)),
+            "the lookup returned: {} {}",
+            case.bundle.stdout(),
+            case.bundle.stderr()
+        );
+        let (got, took) = kill(&case, signal);
+        println!("Lookup: signal {signal} -> exit {got} in {took:?}");
+        assert_eq!(got, code, "lookup, signal {signal}");
+        assert!(took < KILL_LIMIT, "lookup: signal {signal} took {took:?}");
+    }
+}
+
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|d| d.count())
