@@ -235,7 +235,8 @@ fn sigterm_ends_a_tight_loop() {
     b.file("spin.wat", SPIN);
     let running = b.start();
     assert!(running.still_running_after(Duration::from_millis(100)));
-    assert_eq!(running.handle.memory_bytes(), 64 * 1024);
+    // Its linear memory and its store's 2 MiB stack.
+    assert_eq!(running.handle.memory_bytes(), 64 * 1024 + (2 << 20));
     assert_eq!(running.kill_and_wait(15), 143);
 }
 
@@ -285,7 +286,8 @@ fn sigterm_ends_a_guest_sleeping_in_wasi() {
 fn memory_grow_beyond_the_limit_returns_minus_one() {
     let mut b = Bundle::new(&["/grow.wat"]);
     b.file("grow.wat", GROW);
-    b.config(|c| c["linux"] = json!({"resources": {"memory": {"limit": 2 * 65536}}}));
+    // Two pages beside the store's 2 MiB stack.
+    b.config(|c| c["linux"] = json!({"resources": {"memory": {"limit": (2 << 20) + 2 * 65536}}}));
     assert_eq!(b.run(), 7);
 }
 
@@ -293,13 +295,21 @@ fn memory_grow_beyond_the_limit_returns_minus_one() {
 fn initial_memory_beyond_the_limit_is_out_of_memory() {
     let mut b = Bundle::new(&["/hello.wat"]);
     b.file("hello.wat", HELLO);
-    b.config(|c| c["linux"] = json!({"resources": {"memory": {"limit": 1000}}}));
+    // Room for the store's 2 MiB stack, not for the one page of memory.
+    b.config(|c| c["linux"] = json!({"resources": {"memory": {"limit": (2 << 20) + 1000}}}));
     // Like a process that cannot even start within its limit: OOM-killed.
     assert_eq!(b.run(), 137);
     let stderr = b.stderr();
     assert_contains(&stderr, "out of memory");
     assert_contains(&stderr, "wasm error:");
     assert_contains(&stderr, "memory");
+
+    // No room for the stack either: the guest never starts, saying why.
+    let mut b = Bundle::new(&["/hello.wat"]);
+    b.file("hello.wat", HELLO);
+    b.config(|c| c["linux"] = json!({"resources": {"memory": {"limit": 1000}}}));
+    assert_ne!(b.run(), 0);
+    assert_contains(&b.stderr(), "smaller than the guest's 2 MiB stack");
 }
 
 #[test]
@@ -492,7 +502,10 @@ fn table_growth_counts_against_the_memory_limit() {
     b.config(|c| c["linux"] = json!({"resources": {"memory": {"limit": 64 << 20}}}));
     let running = b.start();
     assert_eq!(running.wait(Duration::from_secs(10)).code, 7);
-    assert_eq!(running.handle.memory_bytes(), (64 << 10) + 7 * (8 << 20));
+    assert_eq!(
+        running.handle.memory_bytes(),
+        (64 << 10) + 7 * (8 << 20) + (2 << 20)
+    );
 }
 
 /// A shared pool is shared out: code declaring more tables than one
