@@ -29,8 +29,18 @@ fn id(path: &Path) -> (u64, u64) {
 fn rootfs() -> &'static Rootfs {
     static ROOTFS: OnceLock<Rootfs> = OnceLock::new();
     ROOTFS.get_or_init(|| {
-        let base =
-            std::env::temp_dir().join(format!("wasishim-fuzz-rootfs-{}", std::process::id()));
+        // One per fuzzing process; those of processes that ended go first
+        // (libFuzzer ends a process with exit(), which runs no destructor).
+        let tmp = std::env::temp_dir();
+        for entry in fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("wasishim-fuzz-rootfs-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let base = tmp.join(format!("wasishim-fuzz-rootfs-{}", std::process::id()));
         let _ = fs::remove_dir_all(&base);
         let root = base.join("root");
         fs::create_dir_all(root.join("dir/sub")).unwrap();

@@ -41,6 +41,10 @@ pub const DEFAULT_HTTP_IDLE_TIMEOUT_SECONDS: u64 = 60;
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 1_000;
 pub const DEFAULT_HTTP_MAX_REQUESTS: usize = 100;
 
+/// The longest header or idle timeout accepted (a day): the server adds a
+/// timeout to the current time, which a larger value could overflow.
+pub(crate) const MAX_HTTP_TIMEOUT_SECONDS: u64 = 24 * 60 * 60;
+
 /// Seconds a client is told to wait before retrying after a 503.
 const RETRY_AFTER_SECONDS: u32 = 1;
 
@@ -72,18 +76,19 @@ impl HttpLimits {
                 },
             }
         };
+        let seconds = |name: &str, default: u64| -> Result<Duration> {
+            let n = number(name, default)?;
+            if n > MAX_HTTP_TIMEOUT_SECONDS {
+                bail!("{name}={n} is more than {MAX_HTTP_TIMEOUT_SECONDS} seconds (a day): give e.g. {default}, or leave it unset for {default}");
+            }
+            Ok(Duration::from_secs(n))
+        };
         let count = |name: &str, default: usize| -> Result<usize> {
             number(name, default as u64).map(|n| usize::try_from(n).unwrap_or(usize::MAX))
         };
         Ok(HttpLimits {
-            header_timeout: Duration::from_secs(number(
-                HTTP_HEADER_TIMEOUT_ENV,
-                DEFAULT_HTTP_HEADER_TIMEOUT_SECONDS,
-            )?),
-            idle_timeout: Duration::from_secs(number(
-                HTTP_IDLE_TIMEOUT_ENV,
-                DEFAULT_HTTP_IDLE_TIMEOUT_SECONDS,
-            )?),
+            header_timeout: seconds(HTTP_HEADER_TIMEOUT_ENV, DEFAULT_HTTP_HEADER_TIMEOUT_SECONDS)?,
+            idle_timeout: seconds(HTTP_IDLE_TIMEOUT_ENV, DEFAULT_HTTP_IDLE_TIMEOUT_SECONDS)?,
             max_connections: count(HTTP_MAX_CONNECTIONS_ENV, DEFAULT_HTTP_MAX_CONNECTIONS)?,
             max_requests: count(HTTP_MAX_REQUESTS_ENV, DEFAULT_HTTP_MAX_REQUESTS)?,
             request_timeout: match get(HTTP_REQUEST_TIMEOUT_ENV) {
@@ -274,6 +279,35 @@ mod tests {
         let zero = |name: &str| (name == HTTP_IDLE_TIMEOUT_ENV).then_some("0");
         let error = HttpLimits::from_env(zero).err().map(|e| e.to_string());
         assert_eq!(error.as_deref(), Some("WASISHIM_HTTP_IDLE_TIMEOUT_SECONDS=0 is not a positive whole number: give e.g. 60, or leave it unset for 60"));
+    }
+
+    /// hyper adds the header timeout to the current time: the largest u64
+    /// of seconds panicked there, on the server's first connection (found
+    /// with the config_json fuzz target's check that every timeout can be
+    /// added to now; seed fuzz/seeds/config_json/huge-timeout.json).
+    #[test]
+    fn timeouts_are_at_most_a_day() {
+        for name in [HTTP_HEADER_TIMEOUT_ENV, HTTP_IDLE_TIMEOUT_ENV] {
+            for huge in ["18446744073709551615", "9223372036854775807", "86401"] {
+                let get = |n: &str| (n == name).then_some(huge);
+                match HttpLimits::from_env(get) {
+                    Ok(l) => panic!("{name}={huge} accepted: {l:?}"),
+                    Err(e) => assert!(
+                        e.to_string().starts_with(&format!(
+                            "{name}={huge} is more than 86400 seconds (a day): "
+                        )),
+                        "{e}"
+                    ),
+                }
+            }
+            let day = |n: &str| (n == name).then_some("86400");
+            let Ok(limits) = HttpLimits::from_env(day) else {
+                panic!("{name}=86400 refused")
+            };
+            for t in [limits.header_timeout, limits.idle_timeout] {
+                assert!(Instant::now().checked_add(t).is_some());
+            }
+        }
     }
 
     #[test]
