@@ -16,6 +16,7 @@ use wasishim_engine::ExitStatus;
 
 use crate::cgroups::{Cgroup, Hierarchies};
 use crate::create::Built;
+use crate::errors::error;
 use crate::events::timestamp;
 use crate::exec::Execs;
 use crate::lifecycle::{IllegalTransition, KillAction, Lifecycle, Status};
@@ -281,14 +282,6 @@ impl Container {
     pub fn delete_failed(&mut self) {
         self.deleting = false;
     }
-}
-
-pub fn error(code: Code, message: impl Into<String>) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.into()))
-}
-
-pub fn not_found(id: &str) -> ttrpc::Error {
-    error(Code::NOT_FOUND, format!("task {id} not found"))
 }
 
 /// A request the state does not allow. Killing a stopped task is NOT_FOUND,

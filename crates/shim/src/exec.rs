@@ -13,7 +13,7 @@ use containerd_shim_protos::types::task::Status as ProtoStatus;
 use tokio::sync::watch;
 use wasishim_engine::ExitStatus;
 
-use crate::container::error;
+use crate::errors::error;
 use crate::events::timestamp;
 use crate::native::NativeTask;
 use crate::reaper;

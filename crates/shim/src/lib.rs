@@ -15,6 +15,7 @@ pub mod cli;
 mod container;
 mod content;
 mod create;
+mod errors;
 mod events;
 mod exec;
 #[doc(hidden)]

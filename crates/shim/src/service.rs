@@ -28,8 +28,9 @@ use containerd_shim_protos::types::task::ProcessInfo;
 use tokio::sync::{mpsc, Mutex, MutexGuard};
 use wasishim_engine::ExitStatus;
 
-use crate::container::{error, not_found, Container};
+use crate::container::Container;
 use crate::create::{self, BuildContext};
+use crate::errors::{error, not_found};
 use crate::events::{timestamp, Ended, EventPublisher};
 use crate::hosting::{Hosting, Runtime};
 use crate::keys::{Caller, Keys, TaskKey};

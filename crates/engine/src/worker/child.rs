@@ -16,11 +16,8 @@ use std::os::fd::FromRawFd;
 use nix::libc;
 use wasmtime::Engine;
 
+use super::verdict::{INTERNAL, OUT_OF_MEMORY, USER_ERROR};
 use crate::compile;
-
-pub(crate) const USER_ERROR: i32 = 2;
-pub(crate) const OUT_OF_MEMORY: i32 = 3;
-pub(crate) const INTERNAL: i32 = 4;
 
 /// Runs the compile worker and returns its exit code: the whole main of a
 /// binary started with [`super::COMPILE_WORKER_ARG`] (see the module

@@ -3,9 +3,13 @@
 //! do about it.
 use nix::libc;
 
-use super::child::{INTERNAL, OUT_OF_MEMORY, USER_ERROR};
 use super::process::{Exit, Outcome, WorkerLimits};
 use super::{COMPILE_MEMORY_ENV, COMPILE_TIMEOUT_ENV};
+
+// The worker's exit codes: the child sets them, this file reads them.
+pub(crate) const USER_ERROR: i32 = 2;
+pub(crate) const OUT_OF_MEMORY: i32 = 3;
+pub(crate) const INTERNAL: i32 = 4;
 
 /// A compilation that gave no artifact.
 #[derive(Debug, Clone, PartialEq, Eq)]
