@@ -51,6 +51,7 @@ use wasmtime::Engine;
 use crate::cache_key::{fingerprint, key, layer_key, FileIdentity, Fingerprint, Key};
 use crate::compile::{self, Code};
 use crate::disk_cache::{self, DiskCache};
+use crate::instance_state::InstanceState;
 use crate::link::Linked;
 use crate::worker::{verdict, CompileLimits, CompileSlots, WorkerProcess};
 
@@ -95,6 +96,9 @@ pub(crate) struct Compiler {
 /// A guest's compiled code and, once a prepare linked it, the linked form.
 pub(crate) struct Compiled {
     pub(crate) code: Code,
+    /// What each store of this code holds in instance state, read from the
+    /// source once (the cache keeps it so a known file is not read again).
+    pub(crate) instance_state: InstanceState,
     /// Set by the first prepare that links the code; linking does not depend
     /// on the container, so later prepares reuse it.
     pub(crate) linked: OnceLock<Linked>,
@@ -247,6 +251,7 @@ impl CodeCache {
         read_at: SystemTime,
         bytes: &[u8],
         shown: &str,
+        tenant: &str,
     ) -> Result<Arc<Compiled>> {
         let key = key(&self.fingerprint, bytes);
         if file.settled(read_at) {
@@ -256,7 +261,7 @@ impl CodeCache {
             }
             files.insert(file, key);
         }
-        self.get_keyed(engine, key, bytes, shown)
+        self.get_keyed(engine, key, bytes, shown, tenant)
     }
 
     /// The code of file `file` if it was looked up before by its bytes and
@@ -280,9 +285,10 @@ impl CodeCache {
         digest: &str,
         bytes: &[u8],
         shown: &str,
+        tenant: &str,
     ) -> Result<Arc<Compiled>> {
         let key = layer_key(&self.fingerprint, digest);
-        self.get_keyed(engine, key, bytes, shown)
+        self.get_keyed(engine, key, bytes, shown, tenant)
     }
 
     fn get_keyed(
@@ -291,6 +297,7 @@ impl CodeCache {
         key: Key,
         bytes: &[u8],
         shown: &str,
+        tenant: &str,
     ) -> Result<Arc<Compiled>> {
         let slot = lock(&self.memory).slot(key);
         let mut compiled = lock(&slot.compiled);
@@ -298,9 +305,11 @@ impl CodeCache {
             self.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(found.clone());
         }
-        let code = self.load_or_compile(engine, &key, bytes, shown)?;
+        let code = self.load_or_compile(engine, &key, bytes, shown, tenant)?;
+        let instance_state = InstanceState::of(bytes, matches!(code, Code::Component(_)));
         let found = Arc::new(Compiled {
             code,
+            instance_state,
             linked: OnceLock::new(),
         });
         *compiled = Some(found.clone());
@@ -331,6 +340,7 @@ impl CodeCache {
         key: &Key,
         bytes: &[u8],
         shown: &str,
+        tenant: &str,
     ) -> Result<Code> {
         // Held until the artifact is stored: another shim preparing the same
         // guest waits here, then loads what this one stored.
@@ -347,7 +357,9 @@ impl CodeCache {
                 FAILURE_REMEMBERED.as_secs() / 60
             );
         }
-        let _slot = self.slots.acquire(self.compiler.limits.timeout, shown)?;
+        let _slot = self
+            .slots
+            .acquire(self.compiler.limits.timeout, shown, tenant)?;
         let code = match &self.compiler.worker {
             None => self.compile_here(engine, key, bytes, shown)?,
             Some(worker) => self.compile_in_worker(worker.as_ref(), engine, key, bytes, shown)?,
@@ -541,11 +553,11 @@ mod tests {
             panic!("tempdir")
         };
         let (engine, cache, worker) = cache_with(Some(tmp.path()), false);
-        let loaded = cache.get_by_digest(&engine, "sha256:aa", wasm, "/app.wat");
+        let loaded = cache.get_by_digest(&engine, "sha256:aa", wasm, "/app.wat", "pod");
         assert!(matches!(&loaded, Ok(c) if matches!(c.code, Code::Module(_))));
         let (engine, cache, _) = cache_with(Some(tmp.path()), false);
         assert!(cache
-            .get_by_digest(&engine, "sha256:aa", wasm, "/app.wat")
+            .get_by_digest(&engine, "sha256:aa", wasm, "/app.wat", "pod")
             .is_ok());
         assert_eq!(
             cache.stats().loaded_from_disk,
@@ -556,13 +568,13 @@ mod tests {
 
         for dir in [None, Some(tmp.path())] {
             let (engine, cache, worker) = cache_with(dir, true);
-            let first = cache.get_by_digest(&engine, "sha256:bb", wasm, "/bomb.wasm");
+            let first = cache.get_by_digest(&engine, "sha256:bb", wasm, "/bomb.wasm", "pod");
             let first = first.err().map(|e| e.to_string()).unwrap_or_default();
             assert!(
                 first.starts_with("compiling entrypoint /bomb.wasm took longer than 60 s"),
                 "{first}"
             );
-            let again = cache.get_by_digest(&engine, "sha256:bb", wasm, "/bomb.wasm");
+            let again = cache.get_by_digest(&engine, "sha256:bb", wasm, "/bomb.wasm", "pod");
             let again = again.err().map(|e| e.to_string()).unwrap_or_default();
             assert_eq!(
                 again,

@@ -402,7 +402,7 @@ impl Server {
         let (stdout, stderr) = (self.guest.stdout.clone(), self.guest.stderr.clone());
         let wasi = self.guest.wasi.builder(None, stdout, stderr)?.build();
         let mut limiter = GuestLimiter::per_request(self.limits, self.memory.clone());
-        if !limiter.reserve_stack() {
+        if !limiter.reserve_store() {
             return Ok(None);
         }
         let state = HttpState::new(wasi, limiter, self.guest.settings.outgoing);

@@ -49,6 +49,7 @@ mod http_body;
 mod http_limits;
 mod http_settings;
 mod http_state;
+mod instance_state;
 mod interrupt;
 mod layer;
 mod limits;

@@ -1,11 +1,12 @@
 //! Resource limits of a container's stores, and its memory accounting:
-//! linear memories, tables and each store's stack, summed over the request
-//! stores of an HTTP server.
+//! linear memories, tables, and each store's stack and instance state,
+//! summed over the request stores of an HTTP server.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use wasmtime::ResourceLimiter;
 
+use crate::instance_state::InstanceState;
 use crate::pool::{PoolShare, MAX_TABLE_ELEMENTS};
 
 /// Host bytes per table element: wasmtime 48 keeps a funcref as one pointer
@@ -26,6 +27,16 @@ pub(crate) struct GuestLimits {
     /// `linux.resources.memory.limit`, or the engine's default cap.
     pub(crate) memory: Option<u64>,
     pub(crate) share: PoolShare,
+    /// The instances each store of the code makes and what they hold.
+    pub(crate) instance_state: InstanceState,
+}
+
+impl GuestLimits {
+    /// What a store holds before its guest runs: its stack and its
+    /// instances' state.
+    pub(crate) fn store_bytes(&self) -> u64 {
+        (STACK_BYTES as u64).saturating_add(self.instance_state.bytes)
+    }
 }
 
 /// Enforces the container's memory limit over the sum of all linear
@@ -87,12 +98,12 @@ impl GuestLimiter {
         self.limit_hit.load(Ordering::Relaxed)
     }
 
-    /// Counts the store's stack ([`STACK_BYTES`]) against the limit, before
-    /// anything runs on it. False if it does not fit: the store must not
-    /// run (too many requests in flight for the limit, or a limit smaller
-    /// than one stack).
-    pub(crate) fn reserve_stack(&mut self) -> bool {
-        self.grant(STACK_BYTES as u64)
+    /// Counts the store's stack ([`STACK_BYTES`]) and instance state
+    /// against the limit, before anything runs on it. False if they do not
+    /// fit: the store must not run (too many requests in flight for the
+    /// limit, or a limit smaller than one store).
+    pub(crate) fn reserve_store(&mut self) -> bool {
+        self.grant(self.limits.store_bytes())
     }
 
     /// Grants `bytes` more if the container's sum stays within the limit.
@@ -165,7 +176,10 @@ impl ResourceLimiter for GuestLimiter {
     }
 
     fn instances(&self) -> usize {
-        self.limits.share.instances as usize
+        // No more than were counted in the instance state, so it stays a
+        // bound.
+        let counted = self.limits.instance_state.core_instances;
+        self.limits.share.instances.min(counted).max(1) as usize
     }
 
     fn tables(&self) -> usize {
@@ -187,6 +201,10 @@ mod tests {
         GuestLimits {
             memory,
             share: PoolShare::of(1_000, 1),
+            instance_state: InstanceState {
+                core_instances: 1,
+                bytes: 0,
+            },
         }
     }
 
@@ -253,12 +271,12 @@ mod tests {
         let mut a = GuestLimiter::per_request(limits(limit), total.clone());
         let mut b = GuestLimiter::per_request(limits(limit), total.clone());
         let mut c = GuestLimiter::per_request(limits(limit), total.clone());
-        assert!(a.reserve_stack() && b.reserve_stack());
-        assert!(!c.reserve_stack(), "a third stack fits no more");
+        assert!(a.reserve_store() && b.reserve_store());
+        assert!(!c.reserve_store(), "a third stack fits no more");
         assert!(matches!(a.memory_growing(0, PAGE, None), Ok(true)));
         assert!(matches!(b.memory_growing(0, PAGE, None), Ok(false)));
         drop(a);
-        assert!(c.reserve_stack());
+        assert!(c.reserve_store());
         assert_eq!(total.load(Ordering::Relaxed), 2 * STACK_BYTES as u64);
     }
 

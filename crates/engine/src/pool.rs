@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 use wasmtime::PoolingAllocationConfig;
 
 use crate::compile::Code;
+use crate::instance_state::MAX_INSTANCE_BYTES;
 
 /// Default of [`WasmEngineBuilder::pool_capacity`](crate::WasmEngineBuilder::pool_capacity).
 pub const DEFAULT_POOL_CAPACITY: u32 = 1_000;
@@ -110,10 +111,11 @@ pub(crate) fn config(capacity: u32) -> PoolingAllocationConfig {
         .max_memories_per_module(MAX_MEMORIES)
         .max_tables_per_module(MAX_TABLES)
         .table_elements(MAX_TABLE_ELEMENTS)
-        // Only checked, not reserved: large enough for modules with
-        // hundreds of thousands of functions.
-        .max_core_instance_size(64 << 20)
-        .max_component_instance_size(64 << 20)
+        // Only checked, not reserved: room for about 130,000 function
+        // references; instance_state.rs counts an instantiation it cannot
+        // place at this.
+        .max_core_instance_size(MAX_INSTANCE_BYTES as usize)
+        .max_component_instance_size(MAX_INSTANCE_BYTES as usize)
         .pagemap_scan(wasmtime::Enabled::Auto)
         .linear_memory_keep_resident(256 << 10)
         .table_keep_resident(64 << 10);

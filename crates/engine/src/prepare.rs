@@ -95,9 +95,11 @@ pub(crate) fn prepare_code(
     check_size(bytes.len() as u64, cache.limits().max_module_bytes, shown)?;
     compile::check_source(bytes, shown)?;
     let compiled = match origin {
-        CodeOrigin::Layer { digest } => cache.get_by_digest(engine, digest, bytes, shown),
+        CodeOrigin::Layer { digest } => {
+            cache.get_by_digest(engine, digest, bytes, shown, &spec.tenant)
+        }
         CodeOrigin::File { identity, read_at } => {
-            cache.get_file(engine, identity, read_at, bytes, shown)
+            cache.get_file(engine, identity, read_at, bytes, shown, &spec.tenant)
         }
     }?;
     prepare_compiled(engine, share, spec, compiled, shown, stdio)
@@ -172,6 +174,7 @@ fn prepare_compiled(
             }
         },
     };
+    let instance_state = compiled.instance_state;
     drop(compiled);
 
     let opened = stdio.open()?;
@@ -223,6 +226,7 @@ fn prepare_compiled(
         limits: GuestLimits {
             memory: spec.memory_limit,
             share,
+            instance_state,
         },
         network: spec.network.clone(),
         stdin,

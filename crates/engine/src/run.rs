@@ -475,12 +475,13 @@ fn run_on_runtime(
     let limiter = || {
         let mut limiter =
             GuestLimiter::new(limits, control.memory.clone(), control.limit_hit.clone());
-        if limiter.reserve_stack() {
+        if limiter.reserve_store() {
             Ok(limiter)
         } else {
             Err(Ended::Failed(format!(
-                "the container's memory limit ({} bytes) is smaller than the guest's {} MiB stack: raise the limit",
+                "the container's memory limit ({} bytes) is smaller than what the guest's store holds before it runs ({} bytes: its {} MiB stack and its instances' state): raise the limit",
                 limits.memory.unwrap_or(0),
+                limits.store_bytes(),
                 crate::limits::STACK_BYTES >> 20
             )))
         }

@@ -37,6 +37,11 @@ pub struct WorkloadSpec {
     /// the spec grants them; a non-root user only its ambient ones, as
     /// after runc's `execve`).
     pub credentials: Credentials,
+    /// Who this container shares the node's compile slots with fairly: its
+    /// pod (the sandbox id annotation), or "" when it has none. The shim
+    /// makes it unique on the node with the containerd namespace (alone for
+    /// a container without a pod).
+    pub tenant: String,
 }
 
 impl WorkloadSpec {
@@ -110,6 +115,7 @@ impl WorkloadSpec {
             memory_limit: bundle.resources.memory_limit,
             network: bundle.network.clone(),
             credentials,
+            tenant: bundle.sandbox_id().unwrap_or_default().to_string(),
         })
     }
 

@@ -28,7 +28,14 @@ impl Drop for Dir {
 }
 
 fn temp_dir(name: &str) -> Dir {
-    let dir = std::env::temp_dir().join(format!("wasishim-confine-{name}-{}", std::process::id()));
+    // Unique per call: tests run in parallel threads of one process, and two
+    // asking for the same name must not remove each other's directory.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "wasishim-confine-{name}-{}-{n}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     check("create temp dir", std::fs::create_dir_all(&dir));
     check(

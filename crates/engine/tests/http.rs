@@ -283,10 +283,10 @@ fn outgoing_requests_work_unless_switched_off() {
 #[test]
 fn the_memory_limit_applies_to_each_request() {
     let wasm = fixture();
-    // Room for a request's 2 MiB stack, not for the fixture's initial
-    // memory: every instance is refused.
+    // Room for a request's 2 MiB stack and instance state (125 KiB), not for
+    // the fixture's initial memory (over 1 MiB): every instance is refused.
     let (mut b, address) = server_bundle(&wasm, &[]);
-    b.config(|c| c["linux"] = json!({"resources": {"memory": {"limit": (2 << 20) + 65536}}}));
+    b.config(|c| c["linux"] = json!({"resources": {"memory": {"limit": (2 << 20) + (512 << 10)}}}));
     let running = b.start();
     wait_listening(address, &running);
     let answer = get(address, "/");

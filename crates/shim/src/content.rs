@@ -226,14 +226,30 @@ impl Api {
                 s.code()
             ),
         };
-        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        // Grown as chunks arrive, never to the size the manifest claims up
+        // front: a manifest may claim up to `max` for a blob that is small
+        // or never comes, and many containers start at once.
+        let expected = u64::try_from(size).unwrap_or(0);
+        let mut bytes = Vec::with_capacity(usize::try_from(expected.min(64 << 10)).unwrap_or(0));
         loop {
             match stream.message().await {
                 Ok(Some(chunk)) => {
-                    bytes.extend_from_slice(&chunk.data);
-                    if bytes.len() as u64 > max as u64 {
-                        bail!("blob {digest} is larger than the {max} bytes read");
+                    let after = (bytes.len() as u64).saturating_add(chunk.data.len() as u64);
+                    if after > expected {
+                        bail!("blob {digest} holds more than the {size} bytes its descriptor says: the image is corrupt, pull it again");
                     }
+                    // Doubling, but never past the descriptor's size.
+                    let room = (bytes.capacity() as u64)
+                        .saturating_mul(2)
+                        .max(after)
+                        .min(expected);
+                    let more = usize::try_from(room)
+                        .unwrap_or(usize::MAX)
+                        .saturating_sub(bytes.len());
+                    bytes.try_reserve_exact(more).with_context(|| {
+                        format!("no memory for the {size} bytes of blob {digest}")
+                    })?;
+                    bytes.extend_from_slice(&chunk.data);
                 }
                 Ok(None) => break,
                 Err(s) if s.code() == Code::NotFound => return Ok(None),
@@ -243,6 +259,12 @@ impl Api {
                     s.code()
                 ),
             }
+        }
+        if bytes.len() as u64 != expected {
+            bail!(
+                "blob {digest} holds {} bytes, not the {size} its descriptor says: the image is corrupt, pull it again",
+                bytes.len()
+            );
         }
         Ok(Some(bytes))
     }

@@ -84,6 +84,12 @@ impl Guests for EngineGuests {
         if let Some(netns) = request.network {
             spec.network = NetworkNamespace::Join(netns);
         }
+        // Compile slots are shared fairly between pods; containers without
+        // a pod (ctr run) share their containerd namespace's turn.
+        spec.tenant = match spec.tenant.is_empty() {
+            true => request.key.namespace.clone(),
+            false => format!("{}/{}", request.key.namespace, spec.tenant),
+        };
         let container = content::ContainerRef {
             address: self.containerd_address.as_deref(),
             namespace: &request.key.namespace,

@@ -4,10 +4,17 @@
 //! (`flock` locks belong to an open file, so they also count the threads of
 //! one process). A compilation that finds every slot busy waits, up to the
 //! time one compilation may take, for one to free.
+//!
+//! Within a process, a freed slot goes to the tenant (pod) that holds the
+//! fewest slots and, among those, was served least recently: a pod that
+//! starts many containers of new code does not make another pod's one
+//! container wait behind all of them. Between per-pod shims, the slot files
+//! are taken first come, first served.
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -17,31 +24,94 @@ use super::COMPILE_CONCURRENCY_ENV;
 /// How often a compilation waiting for another process's slot looks again.
 const RETRY: Duration = Duration::from_millis(50);
 
+/// Tenants remembered for their last turn; beyond this, those with nothing
+/// running or waiting are forgotten (they lose no more than their place).
+const REMEMBERED_TENANTS: usize = 1024;
+
 /// The compile slots of a process, and of the node if `dir` is set.
 pub(crate) struct CompileSlots {
     max: u32,
-    used: Mutex<u32>,
+    state: Mutex<Turns>,
     freed: Condvar,
     /// The cache directory, where the node's slot files live.
     dir: Option<PathBuf>,
 }
 
+/// Who holds and who waits for the process's slots.
+#[derive(Default)]
+struct Turns {
+    used: u32,
+    /// Slots held per tenant.
+    running: HashMap<String, u32>,
+    /// When each tenant was last given a slot (a grant counter).
+    last_served: HashMap<String, u64>,
+    grants: u64,
+    /// Waiting compilations: (ticket, tenant), oldest first.
+    waiting: Vec<(u64, String)>,
+    tickets: u64,
+}
+
+impl Turns {
+    /// The ticket whose turn it is when a slot is free.
+    fn next(&self) -> Option<u64> {
+        self.waiting
+            .iter()
+            .min_by_key(|(ticket, tenant)| {
+                (
+                    self.running.get(tenant).copied().unwrap_or(0),
+                    self.last_served.get(tenant).copied().unwrap_or(0),
+                    *ticket,
+                )
+            })
+            .map(|(ticket, _)| *ticket)
+    }
+
+    fn leave(&mut self, ticket: u64) {
+        self.waiting.retain(|(t, _)| *t != ticket);
+    }
+
+    fn grant(&mut self, ticket: u64, tenant: &str) {
+        self.leave(ticket);
+        self.used += 1;
+        self.grants += 1;
+        *self.running.entry(tenant.to_string()).or_default() += 1;
+        if self.last_served.len() >= REMEMBERED_TENANTS {
+            let Turns {
+                running,
+                waiting,
+                last_served,
+                ..
+            } = self;
+            last_served
+                .retain(|t, _| running.contains_key(t) || waiting.iter().any(|(_, w)| w == t));
+        }
+        self.last_served.insert(tenant.to_string(), self.grants);
+    }
+
+    fn release(&mut self, tenant: &str) {
+        self.used = self.used.saturating_sub(1);
+        if let Some(held) = self.running.get_mut(tenant) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                self.running.remove(tenant);
+            }
+        }
+    }
+}
+
 /// A slot held; freed when dropped.
 pub(crate) struct Slot<'a> {
     slots: &'a CompileSlots,
+    tenant: String,
     /// The node-wide slot's locked file, if any.
     _file: Option<File>,
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        let mut used = self
-            .slots
-            .used
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        *used = used.saturating_sub(1);
-        self.slots.freed.notify_one();
+        self.slots.turns().release(&self.tenant);
+        // Every waiter looks again: whose turn it is depends on the tenant.
+        self.slots.freed.notify_all();
     }
 }
 
@@ -49,7 +119,7 @@ impl CompileSlots {
     pub(crate) fn new(max: u32, dir: Option<PathBuf>) -> CompileSlots {
         CompileSlots {
             max: max.max(1),
-            used: Mutex::new(0),
+            state: Mutex::new(Turns::default()),
             freed: Condvar::new(),
             dir,
         }
@@ -63,31 +133,44 @@ impl CompileSlots {
         )
     }
 
-    /// Takes a slot for compiling `shown`, waiting at most `wait`.
+    fn turns(&self) -> MutexGuard<'_, Turns> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes a slot for compiling `shown` for `tenant` (the pod, or any
+    /// name the caller shares slots fairly by), waiting at most `wait`.
     ///
     /// # Errors
     ///
     /// Every slot stayed busy for `wait`.
-    pub(crate) fn acquire(&self, wait: Duration, shown: &str) -> Result<Slot<'_>> {
+    pub(crate) fn acquire(&self, wait: Duration, shown: &str, tenant: &str) -> Result<Slot<'_>> {
         let deadline = Instant::now() + wait;
         {
-            let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
-            while *used >= self.max {
+            let mut turns = self.turns();
+            let ticket = turns.tickets;
+            turns.tickets += 1;
+            turns.waiting.push((ticket, tenant.to_string()));
+            while turns.used >= self.max || turns.next() != Some(ticket) {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
+                    turns.leave(ticket);
+                    drop(turns);
+                    // The turn may have been this waiter's.
+                    self.freed.notify_all();
                     return Err(self.busy(shown, wait));
                 }
-                used = self
+                turns = self
                     .freed
-                    .wait_timeout(used, left)
+                    .wait_timeout(turns, left)
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
             }
-            *used += 1;
+            turns.grant(ticket, tenant);
         }
         // From here the slot is counted: dropping it on an error frees it.
         let mut slot = Slot {
             slots: self,
+            tenant: tenant.to_string(),
             _file: None,
         };
         let Some(dir) = &self.dir else {
@@ -134,15 +217,19 @@ mod tests {
     #[test]
     fn slots_are_shared_out_and_freed() {
         let slots = CompileSlots::new(2, None);
-        let a = slots.acquire(Duration::ZERO, "/a.wasm");
-        let b = slots.acquire(Duration::ZERO, "/b.wasm");
+        let a = slots.acquire(Duration::ZERO, "/a.wasm", "pod");
+        let b = slots.acquire(Duration::ZERO, "/b.wasm", "pod");
         assert!(a.is_ok() && b.is_ok());
-        let refused = slots.acquire(Duration::from_millis(20), "/c.wasm");
+        let refused = slots.acquire(Duration::from_millis(20), "/c.wasm", "pod");
         let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
         assert_eq!(message, "entrypoint /c.wasm waited 0 s for one of the 2 compile slots of this node (WASISHIM_COMPILE_CONCURRENCY), all busy compiling other guests: try again later");
         // A waiter gets the slot another frees.
         std::thread::scope(|s| {
-            let waiter = s.spawn(|| slots.acquire(Duration::from_secs(10), "/d.wasm").is_ok());
+            let waiter = s.spawn(|| {
+                slots
+                    .acquire(Duration::from_secs(10), "/d.wasm", "pod")
+                    .is_ok()
+            });
             std::thread::sleep(Duration::from_millis(30));
             drop(a);
             assert!(waiter.join().unwrap_or(false));
@@ -155,12 +242,47 @@ mod tests {
         // Two "processes": separate counters, one directory.
         let one = CompileSlots::new(1, Some(dir.path().to_path_buf()));
         let other = CompileSlots::new(1, Some(dir.path().to_path_buf()));
-        let held = one.acquire(Duration::ZERO, "/a.wasm");
+        let held = one.acquire(Duration::ZERO, "/a.wasm", "pod");
         assert!(held.is_ok());
         assert!(other
-            .acquire(Duration::from_millis(100), "/b.wasm")
+            .acquire(Duration::from_millis(100), "/b.wasm", "pod")
             .is_err());
         drop(held);
-        assert!(other.acquire(Duration::ZERO, "/b.wasm").is_ok());
+        assert!(other.acquire(Duration::ZERO, "/b.wasm", "pod").is_ok());
+    }
+
+    /// A pod that queued many compilations does not keep another pod's one
+    /// waiting behind them all: each freed slot goes to the tenant served
+    /// least recently.
+    #[test]
+    fn a_freed_slot_goes_to_the_tenant_served_least_recently() {
+        let slots = CompileSlots::new(1, None);
+        let order = Mutex::new(Vec::new());
+        let held = slots.acquire(Duration::ZERO, "/a0.wasm", "pod-a");
+        assert!(held.is_ok());
+        std::thread::scope(|s| {
+            let wait = |name: &'static str, tenant: &'static str| {
+                let (slots, order) = (&slots, &order);
+                s.spawn(move || {
+                    let slot = slots.acquire(Duration::from_secs(10), name, tenant);
+                    order
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(name);
+                    std::thread::sleep(Duration::from_millis(20));
+                    drop(slot);
+                })
+            };
+            // Pod A queues three more before pod B's one.
+            for name in ["/a1.wasm", "/a2.wasm", "/a3.wasm"] {
+                wait(name, "pod-a");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            wait("/b1.wasm", "pod-b");
+            std::thread::sleep(Duration::from_millis(20));
+            drop(held);
+        });
+        let order = order.into_inner().unwrap_or_else(PoisonError::into_inner);
+        assert_eq!(order, ["/b1.wasm", "/a1.wasm", "/a2.wasm", "/a3.wasm"]);
     }
 }
