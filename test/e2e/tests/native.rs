@@ -496,6 +496,10 @@ fn run_cri(version: &str, scenario: fn(&PrivateContainerd, &Client)) {
 
 mod cri_pods {
     #[test]
+    fn v1_6_mixed_pod() {
+        super::run_cri("1.6.20", super::mixed_pod)
+    }
+    #[test]
     fn v1_7_mixed_pod() {
         super::run_cri("1.7.24", super::mixed_pod)
     }
