@@ -21,6 +21,7 @@ use crate::events::timestamp;
 use crate::exec::Execs;
 use crate::lifecycle::{IllegalTransition, KillAction, Lifecycle, Status};
 use crate::native::NativeTask;
+use crate::native_records;
 use crate::os::Os;
 use crate::stats::{self, Usage};
 
@@ -45,6 +46,8 @@ pub struct Container {
     deleting: bool,
     /// The runc container, when this is a native container.
     native: Option<Arc<dyn NativeTask>>,
+    /// Its record for the cleanup after a dead shim.
+    record: Option<PathBuf>,
     /// Exec processes (native containers only).
     execs: Execs,
 }
@@ -56,6 +59,7 @@ pub struct Teardown {
     native: Option<Arc<dyn NativeTask>>,
     cgroup: Option<Arc<Cgroup>>,
     unmount: Option<PathBuf>,
+    record: Option<PathBuf>,
 }
 
 impl Teardown {
@@ -67,6 +71,9 @@ impl Teardown {
         }
         if let Some(cgroup) = self.cgroup {
             os.remove_cgroup(&cgroup);
+        }
+        if let Some(record) = &self.record {
+            native_records::remove(record);
         }
         match self.unmount {
             Some(bundle) => os.unmount_rootfs(&bundle),
@@ -92,6 +99,7 @@ impl Container {
             exit_watch,
             deleting: false,
             native: built.native,
+            record: built.record,
             execs: Execs::default(),
         }
     }
@@ -274,6 +282,7 @@ impl Container {
             native: self.native.clone(),
             cgroup: self.cgroup.clone(),
             unmount: self.rootfs_mounted.then(|| self.bundle.clone()),
+            record: self.record.clone(),
         };
         Ok((exit, teardown))
     }

@@ -19,6 +19,7 @@ use crate::cgroups::{self, Cgroup};
 use crate::hosting::Hosting;
 use crate::keys::TaskKey;
 use crate::native::{NativeTask, Natives};
+use crate::native_records;
 use crate::os::{CgroupRole, Os};
 use crate::pod_network::PodNetworks;
 use crate::process::{GuestRequest, Guests, Prepared};
@@ -35,6 +36,9 @@ pub struct Built {
     pub memory_limit: u64,
     /// The runc container, when the entrypoint is a Linux executable.
     pub native: Option<Arc<dyn NativeTask>>,
+    /// The container's record for the cleanup after a dead shim
+    /// ([`native_records`]), removed at its delete.
+    pub record: Option<PathBuf>,
 }
 
 /// What `build` may consult and act through.
@@ -81,9 +85,20 @@ pub fn build(dir: &Path, mounts: &[Mount], stdio: Stdio, cx: &BuildContext) -> R
             )
         }
     };
+    // The cgroup outlives a killed shim: recorded where containerd 2.x's
+    // cleanup of the sandbox finds it.
+    let record = match (&cgroup, sandbox) {
+        (Some(cgroup), false) => {
+            native_records::record_cgroup(&bundle, &cx.key.namespace, &cx.key.id, cgroup.path())
+        }
+        _ => None,
+    };
     let undo_cgroup = |cgroup: &Option<Arc<Cgroup>>| {
         if let Some(cgroup) = cgroup {
             os.remove_cgroup(cgroup);
+        }
+        if let Some(record) = &record {
+            native_records::remove(record);
         }
     };
     // A sandbox runs nothing: its spec's limit is all there is to report.
@@ -102,6 +117,7 @@ pub fn build(dir: &Path, mounts: &[Mount], stdio: Stdio, cx: &BuildContext) -> R
             cgroup,
             memory_limit,
             native: None,
+            record: None,
         });
     }
     let rootfs_mounted = match os.mount_rootfs(dir, mounts) {
@@ -143,6 +159,7 @@ pub fn build(dir: &Path, mounts: &[Mount], stdio: Stdio, cx: &BuildContext) -> R
             rootfs_mounted,
             cgroup,
             native,
+            record,
         }),
         Err(err) => {
             if rootfs_mounted {

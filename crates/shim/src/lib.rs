@@ -26,6 +26,7 @@ mod launch;
 mod lifecycle;
 mod logging;
 mod native;
+mod native_records;
 mod negotiation;
 mod os;
 mod pod_network;

@@ -26,6 +26,7 @@ use serde_json::Value;
 use wasishim_engine::ExitStatus;
 
 use crate::cgroups::Hierarchies;
+use crate::native_records::{self, Record};
 use crate::process::{Guest, GuestRequest, OnExit, RunningGuest};
 use crate::reaper;
 use crate::runc::Runc;
@@ -102,25 +103,49 @@ impl Natives for RuncNatives {
             open_output(request.stdio.stderr.as_deref())?,
         ];
         let runc = Runc::new(&request.key.namespace);
+        let cgroup = request.cgroup.as_ref().map(|c| c.path().to_path_buf());
+        // Recorded before runc makes anything: a shim killed from here on
+        // leaves a record for the cleanup (see native_records).
+        let record = native_records::write(
+            &native_records::group_bundle(&bundle.dir, bundle.sandbox_id()),
+            &Record {
+                id: id.clone(),
+                namespace: request.key.namespace.clone(),
+                cgroup: cgroup.clone(),
+                dir: Some(dir.clone()),
+            },
+        )?;
         let pid_file = dir.join("init.pid");
-        runc.create(id, &dir, &pid_file, stdio, &dir.join("log.json"))
-            .with_context(|| format!("cannot create native container {id} ({kind})"))?;
+        let created = runc
+            .create(id, &dir, &pid_file, stdio, &dir.join("log.json"))
+            .with_context(|| format!("cannot create native container {id} ({kind})"));
         let pid = std::fs::read_to_string(&pid_file)
             .ok()
             .and_then(|text| text.trim().parse::<u32>().ok());
-        let Some(pid) = pid else {
-            let _ = runc.delete_force(id);
-            bail!(
-                "runc created container {id} but wrote no pid to {}",
-                pid_file.display()
-            );
+        let pid = match (created, pid) {
+            (Ok(()), Some(pid)) => pid,
+            (created, _) => {
+                // runc may have left state even when it failed.
+                if runc.state_exists(id) {
+                    if let Err(err) = runc.delete_force(id) {
+                        log::warn!("native container {id}: {err:#}");
+                    }
+                }
+                native_records::remove(&record);
+                created?;
+                bail!(
+                    "runc created container {id} but wrote no pid to {}",
+                    pid_file.display()
+                );
+            }
         };
         let native = Arc::new(Native {
             runc,
             id: id.clone(),
             pid,
             dir,
-            cgroup: request.cgroup.as_ref().map(|c| c.path().to_path_buf()),
+            cgroup,
+            record,
         });
         Ok(Some(NativePrepared {
             guest: Box::new(NativeGuest(native.clone())),
@@ -139,6 +164,8 @@ struct Native {
     /// The container's cgroup below each hierarchy's root, where its OOM
     /// kills are counted.
     cgroup: Option<PathBuf>,
+    /// Its record for the cleanup after a dead shim.
+    record: PathBuf,
 }
 
 impl NativeTask for Native {
@@ -151,6 +178,7 @@ impl NativeTask for Native {
         if let Err(err) = std::fs::remove_dir_all(&self.dir) {
             log::warn!("cannot remove {}: {err}", self.dir.display());
         }
+        native_records::remove(&self.record);
         Ok(())
     }
 

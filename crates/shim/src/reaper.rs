@@ -147,9 +147,10 @@ pub fn watch(pid: i32, on_exit: impl FnOnce(ExitCode) + Send + 'static) {
     on_exit(ended);
 }
 
-/// How a command ended and what it wrote to stderr.
+/// How a command ended and what it wrote (when captured).
 pub struct Output {
     pub code: ExitCode,
+    pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
 }
 
@@ -172,9 +173,10 @@ pub fn run(command: &mut Command, capture: bool) -> Result<Output> {
         }
         bytes
     });
+    let mut stdout = Vec::new();
     if let Some(mut out) = child.stdout.take() {
         // Read to its end so the command never blocks on a full pipe.
-        let _ = std::io::copy(&mut out, &mut std::io::sink());
+        let _ = std::io::Read::read_to_end(&mut out, &mut stdout);
     }
     let stderr = stderr_reader.join().unwrap_or_default();
     // Never `child.wait()`: every exit goes through `reap_all`, which this
@@ -189,7 +191,11 @@ pub fn run(command: &mut Command, capture: bool) -> Result<Output> {
             }
         }
     };
-    Ok(Output { code, stderr })
+    Ok(Output {
+        code,
+        stdout,
+        stderr,
+    })
 }
 
 #[cfg(test)]
@@ -199,11 +205,12 @@ mod tests {
     #[test]
     fn exits_reach_their_waiters() {
         let out = run(
-            Command::new("sh").args(["-c", "echo oops >&2; exit 3"]),
+            Command::new("sh").args(["-c", "echo out; echo oops >&2; exit 3"]),
             true,
         )
         .unwrap();
         assert_eq!(out.code, 3);
+        assert_eq!(out.stdout, b"out\n");
         assert_eq!(out.stderr, b"oops\n");
         let out = run(Command::new("sh").args(["-c", "kill -9 $$"]), true).unwrap();
         assert_eq!(out.code, 137);

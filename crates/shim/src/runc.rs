@@ -6,8 +6,11 @@
 //! one reaping loop ([`crate::reaper`]) so that a container's exit is never
 //! taken by the wrong waiter.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use serde::Deserialize;
 
 use anyhow::{bail, Context, Result};
 
@@ -19,6 +22,22 @@ pub const RUNC_ENV: &str = "WASISHIM_RUNC";
 /// Where runc keeps its state for native containers, one directory per
 /// containerd namespace (runc ids are unique only within one).
 pub const RUNC_ROOT: &str = "/run/containerd/wasishim/runc";
+
+/// One container as `runc list --format json` shows it.
+#[derive(Debug, Deserialize)]
+pub struct Listed {
+    pub id: String,
+    /// runc writes `null` for none.
+    #[serde(default)]
+    pub annotations: Option<HashMap<String, String>>,
+}
+
+impl Listed {
+    /// The value of annotation `key` of the container's spec.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.as_ref()?.get(key).map(String::as_str)
+    }
+}
 
 /// One runc binary and state root.
 #[derive(Debug, Clone)]
@@ -112,15 +131,35 @@ impl Runc {
     }
 
     pub fn start(&self, id: &str) -> Result<()> {
-        self.simple(&["start", id])
+        self.simple(&["start", id]).map(drop)
     }
 
     /// Kills whatever still runs and removes the container's cgroup and state.
     pub fn delete_force(&self, id: &str) -> Result<()> {
-        self.simple(&["delete", "--force", id])
+        self.simple(&["delete", "--force", id]).map(drop)
     }
 
-    fn simple(&self, args: &[&str]) -> Result<()> {
+    /// Whether runc has state for container `id` (it was created and not
+    /// yet deleted).
+    pub fn state_exists(&self, id: &str) -> bool {
+        !id.contains('/') && self.root.join(id).join("state.json").exists()
+    }
+
+    /// `runc list`: the containers of this state root.
+    pub fn list(&self) -> Result<Vec<Listed>> {
+        if !self.root.exists() {
+            // runc would make the root; nothing was ever created there.
+            return Ok(Vec::new());
+        }
+        let stdout = self.simple(&["list", "--format", "json"])?;
+        // runc prints `null` for an empty root.
+        let listed: Option<Vec<Listed>> = serde_json::from_slice(&stdout)
+            .context("runc list printed something else than its JSON list")?;
+        Ok(listed.unwrap_or_default())
+    }
+
+    /// Runs runc with `args`; returns its stdout.
+    fn simple(&self, args: &[&str]) -> Result<Vec<u8>> {
         let mut command = self.command(None);
         command.args(args);
         let output = self.spawn(&mut command, true)?;
@@ -132,7 +171,7 @@ impl Runc {
                 String::from_utf8_lossy(&output.stderr).trim()
             );
         }
-        Ok(())
+        Ok(output.stdout)
     }
 
     fn spawn(&self, command: &mut Command, capture: bool) -> Result<reaper::Output> {
@@ -189,5 +228,18 @@ mod tests {
             last_log_error(&dir.path().join("none")),
             "runc logged no error"
         );
+    }
+
+    #[test]
+    fn reads_runc_list() {
+        let text = r#"[{"ociVersion":"1.0.2","id":"c1","pid":42,"status":"running",
+            "bundle":"/b/c1/runc","annotations":{"io.kubernetes.cri.sandbox-id":"pod1"}},
+            {"id":"c2","annotations":null}]"#;
+        let listed: Vec<Listed> = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            listed[0].annotation("io.kubernetes.cri.sandbox-id"),
+            Some("pod1")
+        );
+        assert_eq!(listed[1].annotation("io.kubernetes.cri.sandbox-id"), None);
     }
 }

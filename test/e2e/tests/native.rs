@@ -16,8 +16,8 @@ use nix::unistd::Pid;
 
 use wasishim_e2e::cri::{self, Client};
 use wasishim_e2e::{
-    exit_code, fixture, fixture_image, image_name, output_text, Image, PrivateContainerd,
-    CRI_NAMESPACE, NAMESPACE,
+    cgroup_children, exit_code, fixture, fixture_image, image_name, output_text, Image,
+    PrivateContainerd, CRI_NAMESPACE, NAMESPACE,
 };
 
 /// The state root the shim gives runc for the harness's namespace.
@@ -366,6 +366,110 @@ fn mixed_pod(cd: &PrivateContainerd, cri: &Client) {
     assert!(!state.exists(), "runc state {} left", state.display());
 }
 
+/// The pid of runc container `id`'s init (its `state.json`) in the CRI
+/// namespace's runc root, if runc knows it.
+fn cri_runc_init_pid(id: &str) -> Option<u32> {
+    let state = Path::new("/run/containerd/wasishim/runc")
+        .join(CRI_NAMESPACE)
+        .join(id)
+        .join("state.json");
+    let state: serde_json::Value = serde_json::from_slice(&fs::read(state).ok()?).ok()?;
+    state["init_process_pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+}
+
+/// Nothing of CRI container `id` is left: runc state, a cgroup named for
+/// it under the instance's cgroup parent, its init `pid`. containerd runs
+/// its cleanup after a dead shim in the background, so it gets a few
+/// seconds.
+fn assert_cri_runc_gone(cd: &PrivateContainerd, id: &str, pid: u32) {
+    let state = Path::new("/run/containerd/wasishim/runc")
+        .join(CRI_NAMESPACE)
+        .join(id);
+    let parent = cri::cgroup_parent(cd);
+    let left = || {
+        let mut left = Vec::new();
+        if state.exists() {
+            left.push(format!("runc state {}", state.display()));
+        }
+        for dir in cgroup_children(&parent) {
+            if dir.to_string_lossy().contains(id) {
+                left.push(format!("cgroup {}", dir.display()));
+            }
+        }
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("probe") {
+            left.push(format!("init {pid}"));
+        }
+        left
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !left().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(left().is_empty(), "container {id} left: {:?}", left());
+}
+
+/// The shim of a mixed pod is SIGKILLed: containerd's cleanup (the shim
+/// binary's `delete`, called with the sandbox's bundle on 2.x and with each
+/// container's on 1.x) kills and removes the native containers: no runc
+/// state, cgroup or process is left, and the pod is then removed cleanly.
+fn mixed_pod_shim_killed(cd: &PrivateContainerd, cri: &Client) {
+    const LIMIT: Duration = Duration::from_secs(20);
+    let http = cri::import(cd, &fixture_image("http", "wasip2/http.wasm").unwrap()).unwrap();
+    let probe = fs::read(fixture("native/probe")).expect("make fixtures builds native/probe");
+    let sidecar_image = cri::import(
+        cd,
+        &Image::new(&image_name("native-sidecar"))
+            .file("/probe", probe, 0o755)
+            .entrypoint(["/probe"]),
+    )
+    .unwrap();
+    let pod = cri.run_pod(cri.pod_config("killed")).unwrap();
+    cri.run_container(&pod, cri.container_config("server", &http))
+        .unwrap();
+    let mut sidecars = Vec::new();
+    // Two containers, one ignoring SIGTERM: every record is cleaned, not one.
+    for (name, mode) in [("stubborn", "stubborn"), ("waiter", "wait")] {
+        let id = cri
+            .run_container(
+                &pod,
+                cri::with_args(cri.container_config(name, &sidecar_image), &[mode]),
+            )
+            .unwrap();
+        cri::wait_log_line(&pod.log_dir().join(format!("{name}.log")), "waiting", LIMIT).unwrap();
+        let pid = cri_runc_init_pid(&id).unwrap_or_else(|| panic!("no runc state for {name}"));
+        sidecars.push((id, pid));
+    }
+    let shims = cd.shim_pids();
+    assert!(!shims.is_empty(), "no shim runs the pod");
+    for shim in shims {
+        kill(Pid::from_raw(shim), Signal::SIGKILL).unwrap();
+    }
+    for (id, pid) in &sidecars {
+        assert_cri_runc_gone(cd, id, *pid);
+    }
+    // As kubelet does, retried: containerd 2.x retries deleting the tasks
+    // of the dead shim before it sees the containers exited.
+    let deadline = Instant::now() + LIMIT;
+    while let Err(err) = cri.remove_pod(&pod.id) {
+        assert!(Instant::now() < deadline, "{err:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // The node still runs pods (a new server; the per-node one replaces
+    // the killed server's log and removes it when it exits cleanly).
+    let hello = cri::import(cd, &fixture_image("hello", "wasip1/hello.wasm").unwrap()).unwrap();
+    let pod = cri.run_pod(cri.pod_config("after")).unwrap();
+    let id = cri
+        .run_container(&pod, cri.container_config("hello", &hello))
+        .unwrap();
+    let status = cri.wait_exited(&id, LIMIT).unwrap();
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    cri.remove_pod(&pod.id).unwrap();
+}
+
 /// Resident memory of this instance's shim processes, in KiB.
 fn shim_rss_kib(cd: &PrivateContainerd) -> u64 {
     cd.shim_pids()
@@ -392,12 +496,28 @@ fn run_cri(version: &str, scenario: fn(&PrivateContainerd, &Client)) {
 
 mod cri_pods {
     #[test]
+    fn v1_6_mixed_pod() {
+        super::run_cri("1.6.20", super::mixed_pod)
+    }
+    #[test]
     fn v1_7_mixed_pod() {
         super::run_cri("1.7.24", super::mixed_pod)
     }
     #[test]
     fn v2_1_mixed_pod() {
         super::run_cri("2.1.9", super::mixed_pod)
+    }
+    #[test]
+    fn v1_6_mixed_pod_shim_killed() {
+        super::run_cri("1.6.20", super::mixed_pod_shim_killed)
+    }
+    #[test]
+    fn v1_7_mixed_pod_shim_killed() {
+        super::run_cri("1.7.24", super::mixed_pod_shim_killed)
+    }
+    #[test]
+    fn v2_1_mixed_pod_shim_killed() {
+        super::run_cri("2.1.9", super::mixed_pod_shim_killed)
     }
 }
 
