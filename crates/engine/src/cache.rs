@@ -52,6 +52,7 @@ use crate::cache_key::{fingerprint, key, layer_key, FileIdentity, Fingerprint, K
 use crate::compile::{self, Code};
 use crate::disk_cache::{self, DiskCache};
 use crate::link::Linked;
+use crate::metrics::EngineMetrics;
 use crate::worker::{verdict, CompileLimits, CompileSlots, WorkerProcess};
 
 /// Where artifacts are stored unless configured otherwise.
@@ -172,6 +173,7 @@ pub(crate) struct CodeCache {
     slots: CompileSlots,
     /// Compilations that failed and would fail again: the message, and when.
     failures: Mutex<HashMap<Key, (String, Instant)>>,
+    metrics: Option<EngineMetrics>,
 }
 
 impl CodeCache {
@@ -185,9 +187,10 @@ impl CodeCache {
         dir: Option<&Path>,
         max_bytes: u64,
         compiler: Compiler,
+        metrics: Option<EngineMetrics>,
     ) -> CodeCache {
         let disk = dir.and_then(|dir| match DiskCache::open(dir, max_bytes) {
-            Ok(disk) => Some(disk),
+            Ok(disk) => Some(disk.counted(metrics.clone())),
             Err(e) => {
                 log::warn!("compiled-code cache on disk is off: {e:#}");
                 None
@@ -208,6 +211,7 @@ impl CodeCache {
             compiler,
             slots,
             failures: Mutex::default(),
+            metrics,
         }
     }
 
@@ -267,6 +271,9 @@ impl CodeCache {
         let slot = lock(&self.memory).existing_slot(&key)?;
         let found = lock(&slot.compiled).clone()?;
         self.memory_hits.fetch_add(1, Ordering::Relaxed);
+        if let Some(metrics) = &self.metrics {
+            metrics.memory_hit();
+        }
         Some(found)
     }
 
@@ -296,6 +303,9 @@ impl CodeCache {
         let mut compiled = lock(&slot.compiled);
         if let Some(found) = compiled.as_ref() {
             self.memory_hits.fetch_add(1, Ordering::Relaxed);
+            if let Some(metrics) = &self.metrics {
+                metrics.memory_hit();
+            }
             return Ok(found.clone());
         }
         let code = self.load_or_compile(engine, &key, bytes, shown)?;
@@ -338,8 +348,14 @@ impl CodeCache {
         if let Some(disk) = &self.disk {
             if let Some(code) = disk.load(engine, key) {
                 self.loaded.fetch_add(1, Ordering::Relaxed);
+                if let Some(metrics) = &self.metrics {
+                    metrics.disk_hit();
+                }
                 return Ok(code);
             }
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.miss();
         }
         if let Some(message) = self.failed_before(key) {
             bail!(
@@ -348,10 +364,18 @@ impl CodeCache {
             );
         }
         let _slot = self.slots.acquire(self.compiler.limits.timeout, shown)?;
+        let started = Instant::now();
         let code = match &self.compiler.worker {
-            None => self.compile_here(engine, key, bytes, shown)?,
-            Some(worker) => self.compile_in_worker(worker.as_ref(), engine, key, bytes, shown)?,
+            None => self.compile_here(engine, key, bytes, shown),
+            Some(worker) => self.compile_in_worker(worker.as_ref(), engine, key, bytes, shown),
         };
+        if let Some(metrics) = &self.metrics {
+            match &code {
+                Ok(_) => metrics.compiled(bytes.len(), started.elapsed()),
+                Err(_) => metrics.compile_failed(),
+            }
+        }
+        let code = code?;
         self.compiled.fetch_add(1, Ordering::Relaxed);
         Ok(code)
     }
@@ -530,7 +554,7 @@ mod tests {
             limits: CompileLimits::default(),
             threads: 1,
         };
-        let cache = CodeCache::new(&engine, dir, 1 << 30, compiler);
+        let cache = CodeCache::new(&engine, dir, 1 << 30, compiler, None);
         (engine, cache, worker)
     }
 

@@ -25,6 +25,7 @@ mod keys;
 mod launch;
 mod lifecycle;
 mod logging;
+pub mod metrics;
 mod native;
 mod negotiation;
 mod os;
