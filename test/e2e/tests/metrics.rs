@@ -189,7 +189,7 @@ fn serves_metrics_per_node(cd: &PrivateContainerd) {
     assert_at_least(&text, "wasishim_compile_seconds_count", 3.0);
     assert_at_least(&text, "wasishim_compile_input_bytes_total", 1000.0);
     assert_at_least(&text, "wasishim_pool_slots_in_use{kind=\"memories\"}", 0.0);
-    let web = "namespace=\"wasishim-e2e\",container=\"web\"";
+    let web = "container=\"wasishim-e2e/web\"";
     assert_value(
         &text,
         &format!("wasishim_http_requests_total{{{web},status=\"2xx\"}}"),
@@ -226,7 +226,7 @@ fn serves_metrics_per_node(cd: &PrivateContainerd) {
     assert_value(&text, "wasishim_kill_seconds_count", 1.0);
     assert_value(&text, "wasishim_tasks{state=\"running\"}", 0.0);
     assert!(
-        !text.contains("container=\"web\""),
+        !text.contains("container=\"wasishim-e2e/web\""),
         "the deleted container's series are gone:\n{text}"
     );
 }
@@ -253,7 +253,7 @@ fn serves_metrics_per_pod(cd: &PrivateContainerd) {
     assert_value(&text, "wasishim_tasks{state=\"running\"}", 1.0);
     assert_value(&text, "wasishim_task_starts_total", 1.0);
     assert_at_least(&text, "wasishim_compiles_total", 1.0);
-    let web = "namespace=\"wasishim-e2e\",container=\"web\"";
+    let web = "container=\"wasishim-e2e/web\"";
     assert_value(
         &text,
         &format!("wasishim_http_requests_total{{{web},status=\"2xx\"}}"),
