@@ -56,7 +56,7 @@ demo: deps fixtures build
 # the per-node shim. One test at a time: each starts its own containerd.
 test: deps fixtures build
 	$(CARGO) test --workspace -- --test-threads=1
-	WASISHIM_RUNTIME=io.containerd.wasmtimed.v1 $(CARGO) test -p wasishim-e2e --test ctr --test cri --test cgroups --test artifact --test http --test kill --test sandbox --test native -- --test-threads=1
+	WASISHIM_RUNTIME=io.containerd.wasmtimed.v1 $(CARGO) test -p wasishim-e2e --test ctr --test cri --test cgroups --test artifact --test http --test kill --test sandbox --test native --test metrics -- --test-threads=1
 
 test-unit: build
 	$(CARGO) test --workspace --exclude wasishim-e2e
@@ -138,9 +138,11 @@ test-e2e: fixtures build
 BENCH_CONTAINERD ?= 1.6.20
 BENCH_ARGS ?=
 bench: deps fixtures $(OUT)/native/fib build
-	$(CARGO) build --release $(addprefix -p ,$(SHIMS)) -p wasishim-engine --bins --example http_floor
+	$(CARGO) build --release $(addprefix -p ,$(SHIMS)) -p wasishim-engine -p wasishim-shim --bins --example http_floor --example metrics_scrape
 	WASISHIM_SHIM_DIR=$(CURDIR)/target/release WASISHIM_BENCH_CONTAINERD=$(BENCH_CONTAINERD) \
 		target/debug/wasishim-bench $(if $(filter --quick,$(BENCH_ARGS)),,--benchmarks BENCHMARKS.md) $(BENCH_ARGS)
+	@echo "metrics scrape at 500 pods (crates/shim/examples/metrics_scrape.rs):"
+	target/release/examples/metrics_scrape 500
 
 clean-fixtures:
 	rm -rf $(OUT) $(FIXTURE_TARGET)

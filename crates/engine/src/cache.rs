@@ -53,6 +53,7 @@ use crate::compile::{self, Code};
 use crate::disk_cache::{self, DiskCache};
 use crate::instance_state::InstanceState;
 use crate::link::Linked;
+use crate::metrics::EngineMetrics;
 use crate::worker::{verdict, CompileLimits, CompileSlots, WorkerProcess};
 
 /// Where artifacts are stored unless configured otherwise.
@@ -176,6 +177,7 @@ pub(crate) struct CodeCache {
     slots: CompileSlots,
     /// Compilations that failed and would fail again: the message, and when.
     failures: Mutex<HashMap<Key, (String, Instant)>>,
+    metrics: Option<EngineMetrics>,
 }
 
 impl CodeCache {
@@ -189,9 +191,10 @@ impl CodeCache {
         dir: Option<&Path>,
         max_bytes: u64,
         compiler: Compiler,
+        metrics: Option<EngineMetrics>,
     ) -> CodeCache {
         let disk = dir.and_then(|dir| match DiskCache::open(dir, max_bytes) {
-            Ok(disk) => Some(disk),
+            Ok(disk) => Some(disk.counted(metrics.clone())),
             Err(e) => {
                 log::warn!("compiled-code cache on disk is off: {e:#}");
                 None
@@ -212,6 +215,7 @@ impl CodeCache {
             compiler,
             slots,
             failures: Mutex::default(),
+            metrics,
         }
     }
 
@@ -272,6 +276,9 @@ impl CodeCache {
         let slot = lock(&self.memory).existing_slot(&key)?;
         let found = lock(&slot.compiled).clone()?;
         self.memory_hits.fetch_add(1, Ordering::Relaxed);
+        if let Some(metrics) = &self.metrics {
+            metrics.memory_hit();
+        }
         Some(found)
     }
 
@@ -303,6 +310,9 @@ impl CodeCache {
         let mut compiled = lock(&slot.compiled);
         if let Some(found) = compiled.as_ref() {
             self.memory_hits.fetch_add(1, Ordering::Relaxed);
+            if let Some(metrics) = &self.metrics {
+                metrics.memory_hit();
+            }
             return Ok(found.clone());
         }
         let code = self.load_or_compile(engine, &key, bytes, shown, tenant)?;
@@ -348,8 +358,14 @@ impl CodeCache {
         if let Some(disk) = &self.disk {
             if let Some(code) = disk.load(engine, key) {
                 self.loaded.fetch_add(1, Ordering::Relaxed);
+                if let Some(metrics) = &self.metrics {
+                    metrics.disk_hit();
+                }
                 return Ok(code);
             }
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.miss();
         }
         if let Some(message) = self.failed_before(key) {
             bail!(
@@ -360,10 +376,18 @@ impl CodeCache {
         let _slot = self
             .slots
             .acquire(self.compiler.limits.timeout, shown, tenant)?;
+        let started = Instant::now();
         let code = match &self.compiler.worker {
-            None => self.compile_here(engine, key, bytes, shown)?,
-            Some(worker) => self.compile_in_worker(worker.as_ref(), engine, key, bytes, shown)?,
+            None => self.compile_here(engine, key, bytes, shown),
+            Some(worker) => self.compile_in_worker(worker.as_ref(), engine, key, bytes, shown),
         };
+        if let Some(metrics) = &self.metrics {
+            match &code {
+                Ok(_) => metrics.compiled(bytes.len(), started.elapsed()),
+                Err(_) => metrics.compile_failed(),
+            }
+        }
+        let code = code?;
         self.compiled.fetch_add(1, Ordering::Relaxed);
         Ok(code)
     }
@@ -542,7 +566,7 @@ mod tests {
             limits: CompileLimits::default(),
             threads: 1,
         };
-        let cache = CodeCache::new(&engine, dir, 1 << 30, compiler);
+        let cache = CodeCache::new(&engine, dir, 1 << 30, compiler, None);
         (engine, cache, worker)
     }
 

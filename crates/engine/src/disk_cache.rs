@@ -14,6 +14,7 @@ use wasmtime::{Engine, Module, Precompiled};
 
 use crate::cache_key::{hex, Key};
 use crate::compile::{Code, Kind};
+use crate::metrics::EngineMetrics;
 
 /// Temporary files older than this were left by a shim that died mid-store.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
@@ -69,6 +70,8 @@ impl TempFile {
 pub(crate) struct DiskCache {
     pub(crate) dir: PathBuf,
     max_bytes: u64,
+    /// Evictions and the directory's size are counted here, if set.
+    metrics: Option<EngineMetrics>,
 }
 
 /// Distinguishes the temporary files of one process.
@@ -121,6 +124,7 @@ impl DiskCache {
             })?;
         }
         Ok(DiskCache {
+            metrics: None,
             dir: dir.to_path_buf(),
             max_bytes,
         })
@@ -227,6 +231,26 @@ impl DiskCache {
                 )
             })?;
         Ok(TempFile { file, path })
+    }
+
+    /// Counts evictions and the directory's size into `metrics` from now on,
+    /// starting from the size of the artifacts there now (a listing).
+    pub(crate) fn counted(mut self, metrics: Option<EngineMetrics>) -> DiskCache {
+        if let Some(metrics) = &metrics {
+            let total: u64 = fs::read_dir(&self.dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+                        .filter_map(|e| e.metadata().ok())
+                        .map(|meta| meta.len())
+                        .sum()
+                })
+                .unwrap_or(0);
+            metrics.evicted(0, total);
+        }
+        self.metrics = metrics;
+        self
     }
 
     /// Stores what a compile worker wrote into `temp` (it exited 0) as the
@@ -437,10 +461,12 @@ impl DiskCache {
                 candidates.push((modified, hex.to_string(), meta.len()));
             }
         }
-        if total <= self.max_bytes {
-            return;
+        let mut evicted = 0;
+        if total > self.max_bytes {
+            candidates.sort();
+        } else {
+            candidates.clear();
         }
-        candidates.sort();
         for (_, hex, size) in candidates {
             if total <= self.max_bytes {
                 break;
@@ -456,10 +482,14 @@ impl DiskCache {
             let _ = fs::remove_file(self.path(&hex, "sha256"));
             let _ = fs::remove_file(self.path(&hex, "lock"));
             total = total.saturating_sub(size);
+            evicted += 1;
             log::info!(
                 "compiled-code cache: evicted {hex} ({size} bytes) to stay under {} bytes",
                 self.max_bytes
             );
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.evicted(evicted, total);
         }
     }
 }

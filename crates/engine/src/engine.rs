@@ -10,6 +10,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy};
 
 use crate::cache::{self, CacheStats, CodeCache, Compiler};
 use crate::layer::WasmLayer;
+use crate::metrics::{ContainerLabels, EngineMetrics, HttpMetrics};
 use crate::pool::{
     self, PoolShare, DEFAULT_POOL_CAPACITY, DEFAULT_POOL_CONTAINERS, POOL_CAPACITY_ENV,
     POOL_CONTAINERS_ENV,
@@ -55,6 +56,7 @@ pub struct WasmEngine {
     pooling: bool,
     share: PoolShare,
     default_memory_limit: Option<u64>,
+    metrics: Option<EngineMetrics>,
 }
 
 /// Configures a [`WasmEngine`]: where compiled code is cached, how large
@@ -86,6 +88,7 @@ pub struct WasmEngineBuilder {
     spare_network_namespaces: usize,
     compile_worker: Option<PathBuf>,
     compile: CompileLimits,
+    metrics: bool,
 }
 
 impl Default for WasmEngineBuilder {
@@ -100,6 +103,7 @@ impl Default for WasmEngineBuilder {
             spare_network_namespaces: 0,
             compile_worker: None,
             compile: CompileLimits::default(),
+            metrics: false,
         }
     }
 }
@@ -243,6 +247,15 @@ impl WasmEngineBuilder {
         self
     }
 
+    /// Whether the engine counts what it does (default off): compilations,
+    /// cache hits and misses, evictions, its instance pool's slots in use and
+    /// each HTTP server's requests, for the host to serve (see
+    /// [`WasmEngine::metrics`]). Off, nothing is counted.
+    pub fn metrics(mut self, on: bool) -> WasmEngineBuilder {
+        self.metrics = on;
+        self
+    }
+
     /// Applies the environment: `WASISHIM_CACHE_DIR` (an absolute path, or
     /// empty to turn the disk cache off), `WASISHIM_CACHE_MAX_BYTES` (a
     /// number of bytes), `WASISHIM_POOL_CAPACITY` and
@@ -379,11 +392,16 @@ impl WasmEngineBuilder {
             limits: self.compile,
             threads: std::thread::available_parallelism().map_or(1, usize::from),
         };
+        let metrics = self.metrics.then(EngineMetrics::new);
+        if let Some(metrics) = &metrics {
+            metrics.attach(&engine);
+        }
         let cache = CodeCache::new(
             &engine,
             self.cache_dir.as_deref(),
             self.cache_max_bytes,
             compiler,
+            metrics.clone(),
         );
         // On demand, nothing is shared out; a store still has its caps.
         let share = match pooling {
@@ -396,6 +414,7 @@ impl WasmEngineBuilder {
             pooling,
             share,
             default_memory_limit: self.default_memory_limit,
+            metrics,
         })
     }
 }
@@ -490,6 +509,19 @@ impl WasmEngine {
     /// loads and compilations; three relaxed atomic reads.
     pub fn cache_stats(&self) -> CacheStats {
         self.cache.stats()
+    }
+
+    /// The engine's metrics, if it was built with
+    /// [`WasmEngineBuilder::metrics`]: register them to serve them.
+    pub fn metrics(&self) -> Option<&EngineMetrics> {
+        self.metrics.as_ref()
+    }
+
+    /// The handle an HTTP server of the container named by `labels` records
+    /// its requests into ([`Workload::with_http_metrics`]); `None` when the
+    /// engine counts nothing.
+    pub fn http_metrics(&self, labels: ContainerLabels) -> Option<HttpMetrics> {
+        self.metrics.as_ref().map(|metrics| metrics.http(labels))
     }
 
     /// Resolves the entrypoint, compiles and links the guest and opens its

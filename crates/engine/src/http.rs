@@ -58,6 +58,7 @@ use crate::http_limits::{self, Activity, InFlight, HTTP_REQUEST_TIMEOUT_ENV};
 use crate::http_settings::{HttpSettings, HTTP_ADDRESS_ENV, HTTP_MAX_BODY_BYTES_ENV};
 use crate::http_state::HttpState;
 use crate::limits::{GuestLimiter, GuestLimits};
+use crate::metrics::HttpMetrics;
 use crate::output::GuestOutput;
 use crate::wasi::WasiTemplate;
 
@@ -73,6 +74,8 @@ pub(crate) struct HttpGuest {
     settings: HttpSettings,
     stdout: Option<GuestOutput>,
     stderr: Option<GuestOutput>,
+    /// Where requests are counted, if the host asked.
+    pub(crate) metrics: Option<HttpMetrics>,
 }
 
 impl HttpGuest {
@@ -89,6 +92,7 @@ impl HttpGuest {
             settings,
             stdout,
             stderr,
+            metrics: None,
         }
     }
 }
@@ -124,6 +128,9 @@ pub(crate) async fn serve(
     log::info!("serving wasi:http on {shown}");
     let log = AccessLog::start(guest.stdout.clone(), guest.settings.access_log);
     log.notice(&format!("listening on http://{shown}"));
+    if let Some(metrics) = &guest.metrics {
+        metrics.listening();
+    }
     let limits_of_clients = guest.settings.limits;
     let server = Arc::new(Server {
         engine: engine.clone(),
@@ -146,7 +153,12 @@ pub(crate) async fn serve(
                     http_limits::refuse_connection(&stream, limits_of_clients.max_connections);
                 }
                 Ok((stream, _peer)) => {
-                    connections.spawn(connection(server.clone(), stream, stopped.clone()));
+                    let open = server.guest.metrics.as_ref().map(HttpMetrics::connection);
+                    let served = connection(server.clone(), stream, stopped.clone());
+                    connections.spawn(async move {
+                        served.await;
+                        drop(open);
+                    });
                 }
                 Err(e) => {
                     log::warn!("HTTP server on {shown}: cannot accept a connection: {e}");
@@ -240,6 +252,9 @@ impl Server {
         let started = Instant::now();
         let what = format!("{} {}", request.method(), request.uri().path());
         let response = self.respond(request, &what).await;
+        if let Some(metrics) = &self.guest.metrics {
+            metrics.request(response.status().as_u16(), started.elapsed());
+        }
         self.log.line(|| {
             format!(
                 "{what} {} {} ms",

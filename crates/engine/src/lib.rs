@@ -54,6 +54,7 @@ mod interrupt;
 mod layer;
 mod limits;
 mod link;
+mod metrics;
 mod netns;
 mod output;
 mod pool;
@@ -91,6 +92,7 @@ pub use http_settings::{
 };
 pub use interrupt::interrupt_signal;
 pub use layer::WasmLayer;
+pub use metrics::{ContainerLabels, EngineMetrics, HttpMetrics, OpenConnection};
 pub use pool::{
     DEFAULT_POOL_CAPACITY, DEFAULT_POOL_CONTAINERS, POOL_CAPACITY_ENV, POOL_CONTAINERS_ENV,
 };

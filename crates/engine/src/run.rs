@@ -28,6 +28,7 @@ use crate::confine::Confinement;
 use crate::control::{ended_by, yield_on_epoch, Control, Ended};
 use crate::http::HttpGuest;
 use crate::limits::{GuestLimiter, GuestLimits};
+use crate::metrics::HttpMetrics;
 use crate::signal::{self, SignalAction};
 use crate::stdio::GuestStdin;
 use crate::NetworkNamespace;
@@ -156,6 +157,16 @@ impl Workload {
     /// not wait for it, so it may already run when the hook is called.
     pub fn on_thread_start(mut self, hook: impl Fn(i32) + Send + Sync + 'static) -> Workload {
         self.on_thread_start = Some(Arc::new(hook));
+        self
+    }
+
+    /// Has an HTTP server guest record its requests, latencies and open
+    /// connections into `metrics` (see [`WasmEngine::http_metrics`](crate::WasmEngine::http_metrics));
+    /// a command guest ignores it. Its series appear once the server listens.
+    pub fn with_http_metrics(mut self, metrics: HttpMetrics) -> Workload {
+        if let Guest::Http(http) = &mut self.guest {
+            http.metrics = Some(metrics);
+        }
         self
     }
 

@@ -115,6 +115,11 @@ impl Container {
         &mut self.execs
     }
 
+    /// The state `ctr task ls` shows.
+    pub fn status(&self) -> Status {
+        self.lifecycle.status()
+    }
+
     /// Whether the container's init runs now.
     pub fn is_running(&self) -> bool {
         self.lifecycle.status() == Status::Running

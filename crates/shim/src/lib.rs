@@ -25,6 +25,7 @@ mod keys;
 mod launch;
 mod lifecycle;
 mod logging;
+pub mod metrics;
 mod native;
 mod native_records;
 mod negotiation;

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use wasishim_engine::{
-    Bundle, ExitStatus, NetworkNamespace, Stdio, WasmEngine, Workload, WorkloadHandle, WorkloadSpec,
+    Bundle, ContainerLabels, ExitStatus, NetworkNamespace, Stdio, WasmEngine, Workload,
+    WorkloadHandle, WorkloadSpec,
 };
 
 use crate::cgroups::Cgroup;
@@ -96,6 +97,13 @@ impl Guests for EngineGuests {
             id: &request.key.id,
         };
         let workload = content::prepare_guest(&self.engine, spec, request.stdio, &container)?;
+        let workload = match self.engine.http_metrics(ContainerLabels {
+            namespace: request.key.namespace.clone(),
+            container: request.key.id.clone(),
+        }) {
+            Some(metrics) => workload.with_http_metrics(metrics),
+            None => workload,
+        };
         let workload = match request.cgroup {
             Some(cgroup) => workload.on_thread_start(move |tid| cgroup.place_thread(tid)),
             None => workload,

@@ -17,6 +17,7 @@ use wasishim_engine::{WasmEngine, THIS_EXECUTABLE};
 use crate::events::EventPublisher;
 use crate::hosting::Runtime;
 use crate::keys::ConnectionIds;
+use crate::metrics::{self, MetricsAddress, ShimMetrics};
 use crate::native::RuncNatives;
 use crate::negotiation::{TASK_SERVICE_V2, TASK_SERVICE_V3};
 use crate::os::RealOs;
@@ -48,6 +49,14 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
     let listener = Listener::try_from(listener).context("cannot serve the shim socket")?;
 
     let hosting = options.runtime.hosting;
+    let metrics_address = match MetricsAddress::from_env() {
+        Some(Ok(address)) => Some(address),
+        Some(Err(e)) => {
+            log::error!("{e:#}: metrics are off in this shim (its tasks are served as before)");
+            None
+        }
+        None => None,
+    };
     // The environment overrides the hosting's defaults. Guests are compiled
     // by this binary run as a compile worker, never in the server.
     let engine = WasmEngine::builder()
@@ -56,25 +65,34 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
         .pool_containers(hosting.pool_containers())
         .default_memory_limit(hosting.default_memory_limit())
         .spare_network_namespaces(hosting.spare_network_namespaces())
+        .metrics(metrics_address.is_some())
         .from_env()
         .and_then(|builder| builder.build())
         .context("cannot create the wasmtime engine")?;
     let events = EventPublisher::connect(options.ttrpc_address.as_deref()).await;
     let shutdown = Arc::new(tokio::sync::Notify::new());
+    let metrics = engine
+        .metrics()
+        .map(|engine| Arc::new(ShimMetrics::new(engine.clone())));
     let guests = EngineGuests::new(engine, &options.containerd_address);
     // Native containers' inits are re-parented here; their exits are ours.
     crate::reaper::start()?;
-    let service = Arc::new(
-        TaskService::new(
-            options.runtime,
-            &options.namespace,
-            Arc::new(RealOs::new()),
-            Arc::new(guests),
-            events,
-            shutdown.clone(),
-        )
-        .with_natives(Arc::new(RuncNatives)),
-    );
+    let mut service = TaskService::new(
+        options.runtime,
+        &options.namespace,
+        Arc::new(RealOs::new()),
+        Arc::new(guests),
+        events,
+        shutdown.clone(),
+    )
+    .with_natives(Arc::new(RuncNatives));
+    if let Some(metrics) = &metrics {
+        service = service.with_metrics(metrics.clone());
+    }
+    let service = Arc::new(service);
+    if let (Some(address), Some(metrics)) = (&metrics_address, metrics) {
+        tokio::spawn(metrics::serve(address.clone(), metrics, service.clone()));
+    }
 
     let mut server = Server::new()
         .set_accept_hook(ConnectionIds::default())
@@ -112,6 +130,7 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
         log::warn!("ttrpc server shutdown: {err}");
     }
     socket.remove();
+    metrics::remove_socket();
     hosting.remove_log(&options.socket_address);
     Ok(())
 }

@@ -34,6 +34,8 @@ use crate::errors::{error, not_found};
 use crate::events::{timestamp, Ended, EventPublisher};
 use crate::hosting::{Hosting, Runtime};
 use crate::keys::{Caller, Keys, TaskKey};
+use crate::lifecycle::Status;
+use crate::metrics::{ShimMetrics, TaskCounts, TaskStates};
 use crate::native::{NativeTask, Natives, NoNatives};
 use crate::os::Os;
 use crate::pod_network::PodNetworks;
@@ -67,6 +69,8 @@ pub struct TaskService {
     /// Tasks being created (outside the lock): a second create of one waits
     /// for nothing and is refused.
     creating: std::sync::Mutex<HashSet<TaskKey>>,
+    /// Where starts, kills, exits and deletions are counted, if served.
+    metrics: Option<Arc<ShimMetrics>>,
 }
 
 /// A task id taken by a create under way; released when dropped, also if
@@ -123,6 +127,7 @@ impl TaskService {
             last_activity: std::sync::Mutex::new(Instant::now()),
             draining: AtomicBool::new(false),
             creating: std::sync::Mutex::default(),
+            metrics: None,
         };
         tokio::spawn(record_exits(
             exit_rx,
@@ -136,6 +141,12 @@ impl TaskService {
     /// Runs Linux-executable entrypoints with `natives` instead of refusing them.
     pub fn with_natives(mut self, natives: Arc<dyn Natives>) -> TaskService {
         self.natives = natives;
+        self
+    }
+
+    /// Counts starts, kills, exits and deletions into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<ShimMetrics>) -> TaskService {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -175,9 +186,15 @@ impl TaskService {
     pub async fn signal_all(&self, signal: u32) {
         let mut containers = self.containers.lock().await;
         for (key, container) in containers.iter_mut() {
+            if let Some(metrics) = &self.metrics {
+                metrics.kill_requested(&key.namespace, &key.id, signal);
+            }
             match container.kill(&key.id, signal) {
                 // Never started: stopped now, and its exit is published here.
                 Ok(Some(status)) => {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.exited(&key.namespace, &key.id, &status);
+                    }
                     self.events.task_ended(
                         Ended::Exit,
                         &key.namespace,
@@ -251,6 +268,22 @@ async fn record_exits(
                 status.exited_at,
             );
         }
+    }
+}
+
+#[async_trait]
+impl TaskCounts for TaskService {
+    async fn task_states(&self) -> TaskStates {
+        let containers = self.containers.lock().await;
+        let mut states = TaskStates::default();
+        for container in containers.values() {
+            match container.status() {
+                Status::Created => states.created += 1,
+                Status::Running => states.running += 1,
+                Status::Stopped => states.stopped += 1,
+            }
+        }
+        states
     }
 }
 
@@ -354,10 +387,17 @@ impl Task for TaskService {
         }
         let exits = self.exits.clone();
         let exit_key = key.clone();
+        let metrics = self.metrics.clone();
         container.start(&req.id, move |status| {
+            if let Some(metrics) = metrics {
+                metrics.exited(&exit_key.namespace, &exit_key.id, &status);
+            }
             // The receiver lives as long as the service; nothing to do if it is gone.
             let _ = exits.send((exit_key, status));
         })?;
+        if let Some(metrics) = &self.metrics {
+            metrics.started();
+        }
         log::info!("started task {}", req.id);
         let pid = container.pid(self.pid);
         self.events.task_start(&key.namespace, &key.id, pid);
@@ -385,7 +425,13 @@ impl Task for TaskService {
         }
         log::info!("kill task {} with signal {}", req.id, req.signal);
         let pid = container.pid(self.pid);
+        if let Some(metrics) = &self.metrics {
+            metrics.kill_requested(&key.namespace, &key.id, req.signal);
+        }
         if let Some(status) = container.kill(&req.id, req.signal)? {
+            if let Some(metrics) = &self.metrics {
+                metrics.exited(&key.namespace, &key.id, &status);
+            }
             self.events.task_ended(
                 Ended::Exit,
                 &key.namespace,
@@ -467,6 +513,9 @@ impl Task for TaskService {
             self.pod_networks.remove(&key.namespace, sandbox_id);
         }
         containers.remove(&key);
+        if let Some(metrics) = &self.metrics {
+            metrics.deleted(&key.namespace, &key.id);
+        }
         self.keys.forget(&caller);
         log::info!("deleted task {id}");
         let (code, exited_at) = exit
