@@ -58,10 +58,10 @@ demo: deps fixtures build
 # Unit tests, then the end-to-end suites (ctr, CRI, Wasm OCI artifacts from a
 # local registry, and per-node, on containerd 1.6.20, 1.7.24 and 2.1.9) with
 # the per-pod shim, then the ctr, CRI, artifact and wasi:http suites again with
-# the per-node shim. One test at a time: each starts its own containerd.
+# the per-node shim (and the Spin suite). One test at a time: each starts its own containerd.
 test: deps fixtures build
 	$(CARGO) test --workspace -- --test-threads=1
-	WASISHIM_RUNTIME=io.containerd.wasmtimed.v1 $(CARGO) test -p wasishim-e2e --test ctr --test cri --test cgroups --test artifact --test http --test kill --test sandbox --test native -- --test-threads=1
+	WASISHIM_RUNTIME=io.containerd.wasmtimed.v1 $(CARGO) test -p wasishim-e2e --test ctr --test cri --test cgroups --test artifact --test http --test kill --test sandbox --test native --test spin -- --test-threads=1
 
 test-unit: build
 	$(CARGO) test --workspace --exclude wasishim-e2e
