@@ -10,6 +10,11 @@ WASIP2 := $(RUST_FIXTURES:%=$(OUT)/wasip2/%.wasm)
 # wasi:http components (wasm32-wasip2 only): one package each under rust/<name>/.
 HTTP_FIXTURES := http
 WASIP2_HTTP := $(HTTP_FIXTURES:%=$(OUT)/wasip2/%.wasm)
+# Spin HTTP components (Spin's Rust SDK, wasm32-wasip2): rust/spin/<name>/,
+# to out/spin/<name>.wasm; test/fixtures/spin/spin.toml is their app.
+SPIN_FIXTURES := hello kv sqlite
+SPIN := $(SPIN_FIXTURES:%=$(OUT)/spin/%.wasm)
+SPIN_SRCS := $(FIXTURES)/rust/Cargo.toml $(foreach f,$(SPIN_FIXTURES),$(FIXTURES)/rust/spin/$(f)/Cargo.toml $(wildcard $(FIXTURES)/rust/spin/$(f)/src/*.rs))
 WAT := $(WAT_SRCS:$(FIXTURES)/wat/%.wat=$(OUT)/wat/%.wasm) \
        $(WAT_SRCS:$(FIXTURES)/wat/%.wat=$(OUT)/wat/%.wat)
 RUST_SRCS := $(FIXTURES)/rust/Cargo.toml $(wildcard $(FIXTURES)/rust/src/bin/*.rs)
@@ -53,10 +58,10 @@ demo: deps fixtures build
 # Unit tests, then the end-to-end suites (ctr, CRI, Wasm OCI artifacts from a
 # local registry, and per-node, on containerd 1.6.20, 1.7.24 and 2.1.9) with
 # the per-pod shim, then the ctr, CRI, artifact and wasi:http suites again with
-# the per-node shim. One test at a time: each starts its own containerd.
+# the per-node shim (and the Spin suite). One test at a time: each starts its own containerd.
 test: deps fixtures build
 	$(CARGO) test --workspace -- --test-threads=1
-	WASISHIM_RUNTIME=io.containerd.wasmtimed.v1 $(CARGO) test -p wasishim-e2e --test ctr --test cri --test cgroups --test artifact --test http --test kill --test sandbox --test native --test metrics -- --test-threads=1
+	WASISHIM_RUNTIME=io.containerd.wasmtimed.v1 $(CARGO) test -p wasishim-e2e --test ctr --test cri --test cgroups --test artifact --test http --test kill --test sandbox --test native --test metrics --test spin -- --test-threads=1
 
 test-unit: build
 	$(CARGO) test --workspace --exclude wasishim-e2e
@@ -69,7 +74,7 @@ lint:
 NATIVE_FIXTURES := probe
 NATIVE := $(NATIVE_FIXTURES:%=$(OUT)/native/%)
 
-fixtures: $(WASIP1) $(WASIP2) $(WASIP2_HTTP) $(WAT) $(NATIVE)
+fixtures: $(WASIP1) $(WASIP2) $(WASIP2_HTTP) $(SPIN) $(WAT) $(NATIVE)
 
 $(NATIVE): $(OUT)/native/%: $(FIXTURES)/native/%.c
 	@mkdir -p $(@D)
@@ -91,6 +96,14 @@ $(FIXTURE_TARGET)/wasm32-wasip2/release/.built-http: $(HTTP_SRCS)
 $(WASIP2_HTTP): $(OUT)/wasip2/%.wasm: $(FIXTURE_TARGET)/wasm32-wasip2/release/.built-http
 	@mkdir -p $(@D)
 	cp $(FIXTURE_TARGET)/wasm32-wasip2/release/wasishim_fixture_$*.wasm $@
+
+$(FIXTURE_TARGET)/wasm32-wasip2/release/.built-spin: $(SPIN_SRCS)
+	$(CARGO) build --release --manifest-path $(FIXTURES)/rust/Cargo.toml --target-dir $(FIXTURE_TARGET) --target wasm32-wasip2 $(SPIN_FIXTURES:%=-p wasishim-fixture-spin-%)
+	touch $@
+
+$(SPIN): $(OUT)/spin/%.wasm: $(FIXTURE_TARGET)/wasm32-wasip2/release/.built-spin
+	@mkdir -p $(@D)
+	cp $(FIXTURE_TARGET)/wasm32-wasip2/release/wasishim_fixture_spin_$*.wasm $@
 
 $(OUT)/wasip1/%.wasm: $(FIXTURE_TARGET)/wasm32-wasip1/release/.built
 	@mkdir -p $(@D)
@@ -126,6 +139,9 @@ images: fixtures
 			--name docker.io/library/wasishim-$$kind-$$name:test \
 			--wasm $$f --out $(OUT)/images/$$kind-$$name.tar; \
 	done
+	$(CARGO) run -q -p wasishim-image -- --name docker.io/library/wasishim-spin-app:test \
+		--file $(FIXTURES)/spin/spin.toml:/spin.toml $(SPIN_FIXTURES:%=--file $(OUT)/spin/%.wasm:/%.wasm) \
+		--entrypoint /spin.toml --out $(OUT)/images/spin-app.tar
 
 test-e2e: fixtures build
 	$(CARGO) test -p wasishim-e2e -- --test-threads=1

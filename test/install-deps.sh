@@ -29,7 +29,8 @@ fi
 # protobuf-compiler: protoc, which the k8s-cri crate (CRI tests) needs to build.
 # docker-registry, skopeo: the loopback registry and pushes of the artifact tests.
 # wrk: the load generator of make bench's HTTP case.
-apt_pkgs=(containerd runc wabt clang lld wasi-libc containernetworking-plugins skopeo docker-registry protobuf-compiler wrk)
+# redis-server: the Redis key-value store of the Spin tests (started by the test).
+apt_pkgs=(containerd runc wabt clang lld wasi-libc containernetworking-plugins skopeo docker-registry protobuf-compiler wrk redis-server)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
@@ -46,6 +47,12 @@ if [ ${#missing[@]} -gt 0 ]; then
         && systemctl is-enabled docker-registry.service >/dev/null 2>&1; then
         log "systemctl disable --now docker-registry (the tests run their own, on loopback)"
         systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+    fi
+    # Likewise redis-server's own service: the Spin tests start theirs.
+    if [[ " ${missing[*]} " == *" redis-server "* ]] && command -v systemctl >/dev/null \
+        && systemctl is-enabled redis-server.service >/dev/null 2>&1; then
+        log "systemctl disable --now redis-server (the tests run their own, on loopback)"
+        systemctl disable --now redis-server.service >/dev/null 2>&1 || true
     fi
 fi
 

@@ -33,6 +33,7 @@
 //! SIGKILL (also after a SIGTERM) and other terminating signals end it at
 //! once with 128+signal.
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,7 +57,7 @@ use crate::control::{ended_by, yield_on_epoch, Control, Ended};
 use crate::http_body::{content_length, plain, LimitedBody};
 use crate::http_limits::{self, Activity, InFlight, HTTP_REQUEST_TIMEOUT_ENV};
 use crate::http_settings::{HttpSettings, HTTP_ADDRESS_ENV, HTTP_MAX_BODY_BYTES_ENV};
-use crate::http_state::HttpState;
+use crate::http_state::{HttpState, Outgoing};
 use crate::limits::{GuestLimiter, GuestLimits};
 use crate::metrics::HttpMetrics;
 use crate::output::GuestOutput;
@@ -66,10 +67,60 @@ use crate::wasi::WasiTemplate;
 /// descriptors), so that it does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// A prepared HTTP component with what it needs to serve: made by
+/// What answers requests: picks the component for each one, with its host
+/// state. A plain `wasi:http` component ([`Single`]) answers all of them; a
+/// Spin application (spin/app.rs) routes them to its components.
+pub(crate) trait Handlers: Send + Sync + 'static {
+    /// The state of the host interfaces the components get beyond WASI and
+    /// `wasi:http`, one per request.
+    type Host: Send + 'static;
+
+    /// The component that answers the request whose head is `parts`, from
+    /// `client`; it may add headers to `parts` (Spin's `spin-*`). `Err`
+    /// holds the answer when no component does (e.g. 404).
+    fn pick(
+        &self,
+        parts: &mut hyper::http::request::Parts,
+        client: SocketAddr,
+    ) -> std::result::Result<Picked<Self::Host>, Box<Response<HyperOutgoingBody>>>;
+}
+
+/// The component picked for one request, and what it is given.
+pub(crate) struct Picked<T: Send + 'static> {
+    pub(crate) pre: ProxyPre<HttpState<T>>,
+    pub(crate) host: T,
+    pub(crate) outgoing: Outgoing,
+    /// Its name in error lines (the component's id), if there are several.
+    pub(crate) name: Option<String>,
+}
+
+/// A single `wasi:http` component answering every request.
+pub(crate) struct Single {
+    pub(crate) pre: ProxyPre<HttpState>,
+    pub(crate) outgoing: Outgoing,
+}
+
+impl Handlers for Single {
+    type Host = ();
+
+    fn pick(
+        &self,
+        _parts: &mut hyper::http::request::Parts,
+        _client: SocketAddr,
+    ) -> std::result::Result<Picked<()>, Box<Response<HyperOutgoingBody>>> {
+        Ok(Picked {
+            pre: self.pre.clone(),
+            host: (),
+            outgoing: self.outgoing.clone(),
+            name: None,
+        })
+    }
+}
+
+/// A prepared HTTP server with what it needs to serve: made by
 /// `WasmEngine::prepare`, served by [`serve`].
-pub(crate) struct HttpGuest {
-    pre: ProxyPre<HttpState>,
+pub(crate) struct HttpGuest<H = Single> {
+    handlers: H,
     wasi: WasiTemplate,
     settings: HttpSettings,
     stdout: Option<GuestOutput>,
@@ -78,16 +129,16 @@ pub(crate) struct HttpGuest {
     pub(crate) metrics: Option<HttpMetrics>,
 }
 
-impl HttpGuest {
+impl<H: Handlers> HttpGuest<H> {
     pub(crate) fn new(
-        pre: ProxyPre<HttpState>,
+        handlers: H,
         wasi: WasiTemplate,
         settings: HttpSettings,
         stdout: Option<GuestOutput>,
         stderr: Option<GuestOutput>,
-    ) -> HttpGuest {
+    ) -> HttpGuest<H> {
         HttpGuest {
-            pre,
+            handlers,
             wasi,
             settings,
             stdout,
@@ -98,9 +149,9 @@ impl HttpGuest {
 }
 
 /// Everything a request needs, shared by the connection tasks.
-struct Server {
+struct Server<H> {
     engine: Engine,
-    guest: HttpGuest,
+    guest: HttpGuest<H>,
     limits: GuestLimits,
     memory: Arc<AtomicU64>,
     log: AccessLog,
@@ -109,9 +160,9 @@ struct Server {
 
 /// Listens and serves until a signal ends it; see the module documentation.
 /// Runs on the guest's thread and runtime (its network namespace).
-pub(crate) async fn serve(
+pub(crate) async fn serve<H: Handlers>(
     engine: &Engine,
-    guest: HttpGuest,
+    guest: HttpGuest<H>,
     limits: GuestLimits,
     control: &Control,
 ) -> Ended {
@@ -152,9 +203,9 @@ pub(crate) async fn serve(
                 Ok((stream, _peer)) if connections.len() >= limits_of_clients.max_connections => {
                     http_limits::refuse_connection(&stream, limits_of_clients.max_connections);
                 }
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     let open = server.guest.metrics.as_ref().map(HttpMetrics::connection);
-                    let served = connection(server.clone(), stream, stopped.clone());
+                    let served = connection(server.clone(), stream, peer, stopped.clone());
                     connections.spawn(async move {
                         served.await;
                         drop(open);
@@ -195,7 +246,12 @@ fn graceful(signal: i32) -> bool {
 
 /// Serves one connection (HTTP/1.1, keep-alive) until the client closes it,
 /// or, once `stop` turns true, until its request in flight is answered.
-async fn connection(server: Arc<Server>, stream: TcpStream, mut stop: watch::Receiver<bool>) {
+async fn connection<H: Handlers>(
+    server: Arc<Server<H>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
     // A response goes out as the guest produces it, so its end can follow
     // its headers in a second small write; with Nagle's algorithm that write
     // waits for the client's delayed ACK (40 ms on Linux): the slow tail of
@@ -210,7 +266,7 @@ async fn connection(server: Arc<Server>, stream: TcpStream, mut stop: watch::Rec
         let server = server.clone();
         let busy = busy.begin();
         async move {
-            let response = server.handle(request).await;
+            let response = server.handle(request, peer).await;
             drop(busy);
             Ok::<_, Infallible>(response)
         }
@@ -246,12 +302,16 @@ async fn connection(server: Arc<Server>, stream: TcpStream, mut stop: watch::Rec
     }
 }
 
-impl Server {
-    /// Answers one request and writes its access line.
-    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<HyperOutgoingBody> {
+impl<H: Handlers> Server<H> {
+    /// Answers one request from `client` and writes its access line.
+    async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<HyperOutgoingBody> {
         let started = Instant::now();
         let what = format!("{} {}", request.method(), request.uri().path());
-        let response = self.respond(request, &what).await;
+        let response = self.respond(request, client, &what).await;
         if let Some(metrics) = &self.guest.metrics {
             metrics.request(response.status().as_u16(), started.elapsed());
         }
@@ -268,6 +328,7 @@ impl Server {
     async fn respond(
         self: &Arc<Self>,
         request: Request<Incoming>,
+        client: SocketAddr,
         what: &str,
     ) -> Response<HyperOutgoingBody> {
         let max = self.guest.settings.max_body_bytes;
@@ -291,10 +352,22 @@ impl Server {
             exceeded: exceeded.clone(),
         });
 
+        let (mut parts, body) = request.into_parts();
+        let picked = match self.guest.handlers.pick(&mut parts, client) {
+            Ok(picked) => picked,
+            Err(response) => return *response,
+        };
+        let request = Request::from_parts(parts, body);
         let Some(in_flight) = self.in_flight.enter() else {
             return http_limits::too_many_requests(self.in_flight.max());
         };
-        let mut store = match self.store() {
+        let what = match &picked.name {
+            Some(name) => format!("{what} ({name})"),
+            None => what.to_string(),
+        };
+        let what = what.as_str();
+        let pre = picked.pre;
+        let mut store = match self.store(picked.outgoing, picked.host) {
             Ok(Some(store)) => store,
             Ok(None) => return http_limits::no_memory_for_request(self.limits.memory),
             Err(e) => {
@@ -317,7 +390,6 @@ impl Server {
             Ok(out) => out,
             Err(e) => return self.failed(what, &format!("cannot pass the request on: {e:#}")),
         };
-        let pre = self.guest.pre.clone();
         let server = self.clone();
         let request_name = what.to_string();
         let timeout = self.guest.settings.limits.request_timeout;
@@ -413,14 +485,18 @@ impl Server {
     /// args, env, preopens; stdout and stderr), `wasi:http` context and
     /// memory limit, which must have room for its stack (`None`: it has
     /// not, with the requests already in flight).
-    fn store(&self) -> Result<Option<Store<HttpState>>> {
+    fn store(
+        &self,
+        outgoing: Outgoing,
+        host: H::Host,
+    ) -> Result<Option<Store<HttpState<H::Host>>>> {
         let (stdout, stderr) = (self.guest.stdout.clone(), self.guest.stderr.clone());
         let wasi = self.guest.wasi.builder(None, stdout, stderr)?.build();
         let mut limiter = GuestLimiter::per_request(self.limits, self.memory.clone());
         if !limiter.reserve_store() {
             return Ok(None);
         }
-        let state = HttpState::new(wasi, limiter, self.guest.settings.outgoing);
+        let state = HttpState::new(wasi, limiter, outgoing, host);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         yield_on_epoch(&mut store);

@@ -12,14 +12,15 @@ use wasmtime::Engine;
 use crate::cache::{CodeCache, Compiled};
 use crate::cache_key::FileIdentity;
 use crate::compile::{self, Code, ComponentEntry};
-use crate::http::HttpGuest;
+use crate::http::{HttpGuest, Single};
 use crate::http_settings::HttpSettings;
-use crate::http_state::HttpState;
+use crate::http_state::{HttpState, Outgoing};
 use crate::limits::GuestLimits;
 use crate::link::{self, Linked};
 use crate::pool::PoolShare;
 use crate::run::{ComponentState, Guest, ModuleState, Workload};
 use crate::source::EntrypointFile;
+use crate::spin::SpinApp;
 use crate::stdio::{GuestStdin, Stdio};
 use crate::wasi;
 use crate::worker::MAX_MODULE_BYTES_ENV;
@@ -53,6 +54,10 @@ pub(crate) fn prepare_file(
         shown,
         opened_at,
     } = entrypoint;
+    if crate::spin::is_manifest(&shown) {
+        let app = crate::spin::load(engine, cache, share, &spec, file, &shown)?;
+        return finish(engine, share, spec, Ready::Spin(app), &shown, stdio);
+    }
     // A file seen before: no need to read and hash it again.
     if let Some(compiled) = cache.get_known_file(&identity) {
         return prepare_compiled(engine, share, spec, compiled, &shown, stdio);
@@ -128,14 +133,6 @@ fn prepare_compiled(
     let export = spec.entrypoint.export.as_deref();
     share.check(&compiled.code, shown)?;
 
-    enum Ready {
-        Module(wasmtime::InstancePre<ModuleState>, compile::ModuleEntry),
-        Component(
-            component::InstancePre<ComponentState>,
-            component::ComponentExportIndex,
-        ),
-        Http(wasmtime_wasi_http::p2::bindings::ProxyPre<HttpState>),
-    }
     let ready = match &compiled.code {
         Code::Module(module) => {
             let entry = compile::module_entry(module, shown, export)?;
@@ -176,7 +173,31 @@ fn prepare_compiled(
     };
     let instance_state = compiled.instance_state;
     drop(compiled);
+    finish(engine, share, spec, ready, shown, stdio)
+}
 
+/// A guest linked and ready to be given its container's parts.
+pub(crate) enum Ready {
+    Module(wasmtime::InstancePre<ModuleState>, compile::ModuleEntry),
+    Component(
+        component::InstancePre<ComponentState>,
+        component::ComponentExportIndex,
+    ),
+    Http(wasmtime_wasi_http::p2::bindings::ProxyPre<HttpState>),
+    /// A Spin application: its components, linked, and their routes.
+    Spin(SpinApp),
+}
+
+/// The end of every prepare: opens stdio and preopens, makes the WASI
+/// context and the [`Workload`].
+pub(crate) fn finish(
+    engine: &Engine,
+    share: PoolShare,
+    spec: WorkloadSpec,
+    ready: Ready,
+    shown: &str,
+    stdio: Stdio,
+) -> Result<Workload> {
     let opened = stdio.open()?;
     let stderr = opened
         .stderr
@@ -210,8 +231,25 @@ fn prepare_compiled(
         Ready::Http(pre) => {
             let settings = HttpSettings::from_env(&spec.env)?;
             drop(template.builder(None, None, None)?);
+            let outgoing = match settings.outgoing {
+                true => Outgoing::All,
+                false => Outgoing::Refused {
+                    why: "WASISHIM_HTTP_OUTGOING=off",
+                },
+            };
             Guest::Http(Box::new(HttpGuest::new(
-                pre,
+                Single { pre, outgoing },
+                template,
+                settings,
+                opened.stdout,
+                opened.stderr,
+            )))
+        }
+        Ready::Spin(app) => {
+            let settings = crate::spin::settings(&spec.env)?;
+            drop(template.builder(None, None, None)?);
+            Guest::Spin(Box::new(HttpGuest::new(
+                app,
                 template,
                 settings,
                 opened.stdout,

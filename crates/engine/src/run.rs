@@ -30,6 +30,7 @@ use crate::http::HttpGuest;
 use crate::limits::{GuestLimiter, GuestLimits};
 use crate::metrics::HttpMetrics;
 use crate::signal::{self, SignalAction};
+use crate::spin::SpinApp;
 use crate::stdio::GuestStdin;
 use crate::NetworkNamespace;
 
@@ -103,6 +104,8 @@ pub(crate) enum Guest {
     },
     /// A `wasi:http/incoming-handler` component, served per request.
     Http(Box<HttpGuest>),
+    /// A Spin application: its HTTP trigger's components, served per request.
+    Spin(Box<HttpGuest<SpinApp>>),
 }
 
 /// See [`Workload::on_thread_start`].
@@ -524,6 +527,7 @@ fn run_on_runtime(
             rt.block_on(race(run_component(&mut store, &pre, &entry), control))
         }
         Guest::Http(guest) => rt.block_on(crate::http::serve(engine, *guest, limits, control)),
+        Guest::Spin(guest) => rt.block_on(crate::http::serve(engine, *guest, limits, control)),
     };
     // The store (and with it the guest's stdout/stderr) is dropped by now.
     // Blocking WASI work still in flight must not hold up the exit, nor

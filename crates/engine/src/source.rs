@@ -88,10 +88,15 @@ pub(crate) fn open_entrypoint(rootfs: &Path, shown: &str) -> Result<RootfsEntryp
     };
     // The type is checked before opening: opening a FIFO would block.
     match std::fs::symlink_metadata(&host) {
+        // A directory holding a Spin manifest is a Spin app (spin/mod.rs).
         Ok(meta) if meta.is_dir() => {
-            return missing(anyhow::anyhow!(
-                "entrypoint {shown} is a directory, not a WebAssembly file"
-            ))
+            let manifest = format!("{}/spin.toml", shown.trim_end_matches('/'));
+            return match rootfs::resolve(rootfs, &manifest) {
+                Ok(found) if found.is_file() => open_entrypoint(rootfs, &manifest),
+                _ => missing(anyhow::anyhow!(
+                    "entrypoint {shown} is a directory, not a WebAssembly file (nor a Spin app: it has no spin.toml)"
+                )),
+            };
         }
         Ok(meta) if !meta.is_file() => {
             return missing(anyhow::anyhow!(

@@ -1,0 +1,435 @@
+//! Spin applications end to end: test/fixtures/spin/spin.toml with its
+//! components (built from test/fixtures/rust/spin with Spin's Rust SDK) in
+//! an ordinary image's rootfs, `process.args[0]` the manifest, as SpinKube's
+//! images are, served by the shim through `ctr` on the host's network and
+//! through CRI in a pod.
+//!
+//! Every scenario is one function; `scenarios!` makes a `#[test]` of it per
+//! containerd version, each on its own containerd and ending with
+//! [`PrivateContainerd::assert_no_leaks`]. The Redis scenario starts
+//! Debian's `redis-server` on a free port of 127.0.0.1
+//! (test/install-deps.sh installs it).
+//!
+//! Run one: `cargo test -p wasishim-e2e --test spin -- v2_1::ctr_spin_app`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wasishim_e2e::cri::{self, api, Client};
+use wasishim_e2e::http::{self, Answer};
+use wasishim_e2e::{fixture, image_name, output_text, Image, PrivateContainerd};
+
+/// How long an app may take to accept connections after its start.
+const LISTEN_LIMIT: Duration = Duration::from_secs(20);
+/// Where an app listens in a pod unless told otherwise (as under SpinKube).
+const POD_PORT: u16 = 80;
+
+// ---------------------------------------------------------------- helpers
+
+fn get(address: SocketAddr, path: &str) -> Answer {
+    assert!(address.ip().is_loopback(), "tests only connect to loopback");
+    http::get(address, path)
+}
+
+fn get_with(address: SocketAddr, path: &str, headers: &str) -> Answer {
+    assert!(address.ip().is_loopback(), "tests only connect to loopback");
+    http::get_with(address, path, headers).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// `method path` with `body`.
+fn send(address: SocketAddr, method: &str, path: &str, body: &str) -> Answer {
+    assert!(address.ip().is_loopback(), "tests only connect to loopback");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    http::send(address, request.as_bytes()).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+fn wait_listening(address: SocketAddr) {
+    let start = Instant::now();
+    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+        assert!(
+            start.elapsed() < LISTEN_LIMIT,
+            "nothing listens on {address} after {LISTEN_LIMIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn free_address() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// The fixture app as SpinKube packs it: spin.toml and the components at
+/// the root of the rootfs, the manifest the entrypoint; `extra` files too.
+fn app_image(name: &str, manifest: &str, extra: &[(&str, &str)]) -> Image {
+    let mut image = Image::new(&image_name(name))
+        .file("/spin.toml", manifest.as_bytes().to_vec(), 0o644)
+        .entrypoint(["/spin.toml"]);
+    for component in ["hello", "kv", "sqlite"] {
+        let wasm = std::fs::read(fixture(&format!("spin/{component}.wasm"))).unwrap();
+        image = image.file(&format!("/{component}.wasm"), wasm, 0o644);
+    }
+    for (path, text) in extra {
+        image = image.file(path, text.as_bytes().to_vec(), 0o644);
+    }
+    image
+}
+
+fn fixture_manifest() -> String {
+    std::fs::read_to_string(wasishim_e2e::repo_root().join("test/fixtures/spin/spin.toml")).unwrap()
+}
+
+/// `ctr run -d --net-host` of `image` listening on `address`, with `env`.
+fn run_app(cd: &PrivateContainerd, image: &str, id: &str, address: SocketAddr, env: &[&str]) {
+    let listen = format!("SPIN_HTTP_LISTEN_ADDR={address}");
+    let mut flags = vec!["--net-host", "--env", &listen];
+    for e in env {
+        flags.extend(["--env", e]);
+    }
+    cd.run_detached(&flags, image, id, &[]).unwrap();
+    wait_listening(address);
+}
+
+fn kill_and_remove(cd: &PrivateContainerd, id: &str) -> i32 {
+    let out = cd.ctr(["task", "kill", "-s", "SIGKILL", id]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    cd.wait_task_status(id, "STOPPED", Duration::from_secs(10))
+        .unwrap();
+    let code = cd.task_delete(id).unwrap();
+    let out = cd.ctr(["containers", "rm", id]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    code
+}
+
+/// An HTTP server on 127.0.0.1 answering every request with 200
+/// "upstream", for the outbound tests; ends with the test process.
+fn upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(&stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let _ = (&stream).write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nupstream",
+            );
+        }
+    });
+    address
+}
+
+/// A redis-server on a free port of 127.0.0.1, nothing saved; killed on drop.
+struct Redis {
+    child: Child,
+    address: SocketAddr,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let address = free_address();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &address.port().to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("redis-server (test/install-deps.sh installs it): {e}"));
+        wait_listening(address);
+        Redis { child, address }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- ctr
+
+/// Routing, Spin's headers, variables with and without an override,
+/// key-value state across requests, the outbound allow-list, 404s; the
+/// second app (no override) answers alongside the first.
+fn ctr_spin_app(cd: &PrivateContainerd) {
+    let image = cd
+        .import(&app_image("spin-app", &fixture_manifest(), &[]))
+        .unwrap();
+    let address = free_address();
+    run_app(cd, &image, "spin-a", address, &["SPIN_VARIABLE_COLOUR=red"]);
+
+    let answer = get(address, "/hello");
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, "hello from spin\n")
+    );
+    assert_eq!(get(address, "/exact").status, 200);
+    assert_eq!(get(address, "/exact/more").status, 404);
+    assert_eq!(get(address, "/nothing").status, 404);
+    assert_eq!(
+        get(address, "/internal").status,
+        404,
+        "a private component was routed"
+    );
+
+    // A client's own spin-* header is replaced by Spin's.
+    let answer = get_with(address, "/hello/headers?x=1", "spin-path-info: spoofed\r\n");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let lines: Vec<&str> = answer.body.lines().collect();
+    let client = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("spin-client-addr: "))
+        .unwrap_or_default();
+    assert!(client.starts_with("127.0.0.1:"), "{}", answer.body);
+    assert_eq!(
+        lines,
+        vec![
+            "spin-base-path: /",
+            &format!("spin-client-addr: {client}")[..],
+            "spin-component-route: /hello",
+            "spin-full-url: http://test/hello/headers?x=1",
+            "spin-matched-route: /hello/...",
+            "spin-path-info: /headers",
+            "spin-raw-component-route: /hello/...",
+        ]
+    );
+
+    let variable = |address, name: &str| {
+        let a = get(address, &format!("/hello/variable?name={name}"));
+        (a.status, a.body)
+    };
+    assert_eq!(
+        variable(address, "greeting"),
+        (200, "hello from the manifest\n".into())
+    );
+    assert_eq!(
+        variable(address, "message"),
+        (200, "hello from the manifest, in red\n".into())
+    );
+    assert_eq!(variable(address, "nope").0, 500);
+
+    // Key-value: state across requests (each a fresh instance).
+    assert_eq!(send(address, "PUT", "/kv/k1", "v1").status, 200);
+    let answer = get(address, "/kv/k1");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "v1"));
+    assert_eq!(get(address, "/kv/missing").status, 404);
+    let answer = get(address, "/kv/k1?store=other");
+    assert_eq!(
+        answer.status, 500,
+        "a store the component does not list: {answer:?}"
+    );
+    assert!(
+        answer.body.contains("cannot open store other"),
+        "{answer:?}"
+    );
+    assert_eq!(send(address, "DELETE", "/kv/k1", "").status, 200);
+    assert_eq!(get(address, "/kv/k1").status, 404);
+
+    // Outbound: allowed to http://127.0.0.1:*, not to other hosts.
+    let up = upstream();
+    let answer = get(
+        address,
+        &format!("/hello/fetch?url=http://127.0.0.1:{}/", up.port()),
+    );
+    assert_eq!((answer.status, answer.body.as_str()), (200, "200 upstream"));
+    let answer = get(
+        address,
+        &format!("/hello/fetch?url=http://localhost:{}/", up.port()),
+    );
+    assert_eq!(answer.status, 502, "not allowed, yet: {answer:?}");
+
+    // A second app without the override, and with its own store.
+    let second = free_address();
+    run_app(cd, &image, "spin-b", second, &[]);
+    assert_eq!(
+        variable(second, "message"),
+        (200, "hello from the manifest, in blue\n".into())
+    );
+    assert_eq!(send(address, "PUT", "/kv/mine", "a").status, 200);
+    assert_eq!(
+        get(second, "/kv/mine").status,
+        404,
+        "in-memory stores are per container"
+    );
+
+    assert_eq!(kill_and_remove(cd, "spin-b"), 137);
+    assert_eq!(get(address, "/hello").status, 200);
+    assert_eq!(kill_and_remove(cd, "spin-a"), 137);
+}
+
+/// An app whose component imports SQLite is refused at create, naming the
+/// interface; one with a bad manifest too; an app started next serves.
+fn ctr_refuses_unsupported(cd: &PrivateContainerd) {
+    let manifest = "spin_manifest_version = 2\n[application]\nname = \"db\"\n\
+        [[trigger.http]]\nroute = \"/...\"\ncomponent = \"db\"\n\
+        [component.db]\nsource = \"sqlite.wasm\"\n";
+    let image = cd.import(&app_image("spin-sqlite", manifest, &[])).unwrap();
+    let address = free_address();
+    let listen = format!("SPIN_HTTP_LISTEN_ADDR={address}");
+    let out = cd.run_rm(
+        &["--net-host", "--env", &listen],
+        &image,
+        "spin-sqlite",
+        &[],
+    );
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("imports fermyon:spin/sqlite@2.0.0, which wasishim does not provide"),
+        "{text}"
+    );
+    let _ = cd.ctr(["containers", "rm", "spin-sqlite"]);
+
+    let bad = "spin_manifest_version = 2\n[[trigger.redis]]\ncomponent = \"c\"\n[component.c]\nsource = \"hello.wasm\"\n";
+    let image = cd
+        .import(&app_image("spin-redis-trigger", bad, &[]))
+        .unwrap();
+    let out = cd.run_rm(&["--net-host", "--env", &listen], &image, "spin-bad", &[]);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("wasishim runs the HTTP trigger only"),
+        "{text}"
+    );
+    let _ = cd.ctr(["containers", "rm", "spin-bad"]);
+
+    let image = cd
+        .import(&app_image("spin-app", &fixture_manifest(), &[]))
+        .unwrap();
+    run_app(cd, &image, "spin-ok", address, &[]);
+    assert_eq!(get(address, "/hello").status, 200);
+    assert_eq!(kill_and_remove(cd, "spin-ok"), 137);
+}
+
+/// Two containers whose runtime config puts the default store in one Redis
+/// share its keys.
+fn ctr_redis_shared(cd: &PrivateContainerd) {
+    let redis = Redis::start();
+    let config = format!(
+        "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://{}\"\n",
+        redis.address
+    );
+    let image = cd
+        .import(&app_image(
+            "spin-redis",
+            &fixture_manifest(),
+            &[("/runtime-config.toml", &config)],
+        ))
+        .unwrap();
+    let (a, b) = (free_address(), free_address());
+    run_app(cd, &image, "spin-r1", a, &[]);
+    run_app(cd, &image, "spin-r2", b, &[]);
+    assert_eq!(send(a, "PUT", "/kv/shared-key", "from a").status, 200);
+    let answer = get(b, "/kv/shared-key");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "from a"));
+    assert_eq!(send(b, "DELETE", "/kv/shared-key", "").status, 200);
+    assert_eq!(get(a, "/kv/shared-key").status, 404);
+    assert_eq!(kill_and_remove(cd, "spin-r1"), 137);
+    assert_eq!(kill_and_remove(cd, "spin-r2"), 137);
+    drop(redis);
+}
+
+// ---------------------------------------------------------------- CRI
+
+/// A pod serving the app on its default 0.0.0.0:80: routes, variables
+/// overridden in the container's env, key-value; StopContainer ends it 0.
+fn cri_spin_in_pod(cd: &PrivateContainerd, cri: &Client) {
+    let image = cri::import(cd, &app_image("spin-app", &fixture_manifest(), &[])).unwrap();
+    let pod = cri.run_pod(cri.pod_config("spin")).unwrap();
+    let netns = pod.netns.clone().expect("the pod's network namespace");
+    let config = cri::with_env(
+        cri.container_config("spin", &image),
+        &[("SPIN_VARIABLE_COLOUR", "green")],
+    );
+    let id = cri.run_container(&pod, config).unwrap();
+    cri.wait_state(&id, api::ContainerState::ContainerRunning, LISTEN_LIMIT)
+        .unwrap();
+    let address = SocketAddr::from(([127, 0, 0, 1], POD_PORT));
+    let answers = cri::in_netns(&netns, move || {
+        wait_listening(address);
+        let put = send(address, "PUT", "/kv/p", "pod value");
+        [
+            get(address, "/hello"),
+            get(address, "/hello/variable?name=message"),
+            put,
+            get(address, "/kv/p"),
+            get(address, "/nothing"),
+        ]
+        .map(|a| (a.status, a.body))
+    })
+    .unwrap();
+    assert_eq!(answers[0], (200, "hello from spin\n".to_string()));
+    assert_eq!(
+        answers[1],
+        (200, "hello from the manifest, in green\n".to_string())
+    );
+    assert_eq!(answers[2].0, 200);
+    assert_eq!(answers[3], (200, "pod value".to_string()));
+    assert_eq!(answers[4].0, 404);
+
+    // A refused app in the same pod says why; the first keeps serving.
+    let manifest = "spin_manifest_version = 2\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"db\"\n[component.db]\nsource = \"sqlite.wasm\"\n";
+    let bad = cri::import(cd, &app_image("spin-sqlite", manifest, &[])).unwrap();
+    let error = cri.refused(&pod, cri.container_config("spin-sqlite", &bad));
+    assert!(error.contains("fermyon:spin/sqlite@2.0.0"), "{error}");
+    let answer = cri::in_netns(&netns, move || get(address, "/hello").status).unwrap();
+    assert_eq!(answer, 200);
+
+    cri.stop_container(&id, 10).unwrap();
+    let status = cri.container_status(&id).unwrap();
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    cri.remove_pod(&pod.id).unwrap();
+}
+
+// ---------------------------------------------------------------- tests
+
+macro_rules! scenarios {
+    (ctr: [$($c:ident),* $(,)?], cri: [$($k:ident),* $(,)?] $(,)?) => {
+        mod v1_6 {
+            $(#[test] fn $c() { super::run_ctr("1.6.20", super::$c) })*
+            $(#[test] fn $k() { super::run_cri("1.6.20", super::$k) })*
+        }
+        mod v1_7 {
+            $(#[test] fn $c() { super::run_ctr("1.7.24", super::$c) })*
+            $(#[test] fn $k() { super::run_cri("1.7.24", super::$k) })*
+        }
+        mod v2_1 {
+            $(#[test] fn $c() { super::run_ctr("2.1.9", super::$c) })*
+            $(#[test] fn $k() { super::run_cri("2.1.9", super::$k) })*
+        }
+    };
+}
+
+fn run_ctr(version: &str, scenario: fn(&PrivateContainerd)) {
+    let cd = PrivateContainerd::start(version).unwrap();
+    scenario(&cd);
+    cd.assert_no_leaks();
+}
+
+fn run_cri(version: &str, scenario: fn(&PrivateContainerd, &Client)) {
+    let cd = PrivateContainerd::start_with_cri(version).unwrap();
+    {
+        let cri = Client::connect(&cd).unwrap();
+        scenario(&cd, &cri);
+    }
+    cd.assert_no_leaks();
+}
+
+scenarios!(
+    ctr: [ctr_spin_app, ctr_refuses_unsupported, ctr_redis_shared],
+    cri: [cri_spin_in_pod],
+);
