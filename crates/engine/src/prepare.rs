@@ -15,6 +15,7 @@ use crate::compile::{self, Code, ComponentEntry};
 use crate::http::{HttpGuest, Single};
 use crate::http_settings::HttpSettings;
 use crate::http_state::{HttpState, Outgoing};
+use crate::instance_state::InstanceState;
 use crate::limits::GuestLimits;
 use crate::link::{self, Linked};
 use crate::pool::PoolShare;
@@ -56,7 +57,16 @@ pub(crate) fn prepare_file(
     } = entrypoint;
     if crate::spin::is_manifest(&shown) {
         let app = crate::spin::load(engine, cache, share, &spec, file, &shown)?;
-        return finish(engine, share, spec, Ready::Spin(app), &shown, stdio);
+        let instance_state = app.instance_state;
+        return finish(
+            engine,
+            share,
+            instance_state,
+            spec,
+            Ready::Spin(app),
+            &shown,
+            stdio,
+        );
     }
     // A file seen before: no need to read and hash it again.
     if let Some(compiled) = cache.get_known_file(&identity) {
@@ -173,7 +183,7 @@ fn prepare_compiled(
     };
     let instance_state = compiled.instance_state;
     drop(compiled);
-    finish(engine, share, spec, ready, shown, stdio)
+    finish(engine, share, instance_state, spec, ready, shown, stdio)
 }
 
 /// A guest linked and ready to be given its container's parts.
@@ -193,6 +203,7 @@ pub(crate) enum Ready {
 pub(crate) fn finish(
     engine: &Engine,
     share: PoolShare,
+    instance_state: InstanceState,
     spec: WorkloadSpec,
     ready: Ready,
     shown: &str,

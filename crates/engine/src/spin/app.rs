@@ -30,6 +30,7 @@ use crate::compile::Code;
 use crate::http::{Handlers, Picked};
 use crate::http_body::plain;
 use crate::http_state::{HttpState, Outgoing};
+use crate::instance_state::InstanceState;
 use crate::pool::PoolShare;
 use crate::rootfs;
 use crate::spec::WorkloadSpec;
@@ -38,6 +39,9 @@ use crate::spec::WorkloadSpec;
 pub(crate) struct SpinApp {
     router: Router,
     components: HashMap<String, Ready>,
+    /// The largest instance state of its components: a request's store
+    /// instantiates one of them.
+    pub(crate) instance_state: InstanceState,
 }
 
 /// One component, ready for requests.
@@ -101,6 +105,10 @@ pub(crate) fn load(
         None => String::new(),
     };
     let mut components = HashMap::new();
+    let mut instance_state = InstanceState {
+        core_instances: 1,
+        bytes: 0,
+    };
     for (id, component) in &manifest.components {
         let source = format!("{dir}/{}", component.source.trim_start_matches("./"));
         let what = format!("Spin component '{id}' ({source})");
@@ -109,6 +117,12 @@ pub(crate) fn load(
             bail!("{what} is a core module, not a component: build it for wasm32-wasip2 (or with componentize tooling), as Spin 3 runs");
         };
         share.check(&code.code, &source)?;
+        instance_state = InstanceState {
+            core_instances: instance_state
+                .core_instances
+                .max(code.instance_state.core_instances),
+            bytes: instance_state.bytes.max(code.instance_state.bytes),
+        };
         check_imports(engine, c, &what)?;
         let pre = link(engine, c, &what)?;
         let allowed =
@@ -134,7 +148,11 @@ pub(crate) fn load(
         components.len(),
         manifest.routes.len()
     );
-    Ok(SpinApp { router, components })
+    Ok(SpinApp {
+        router,
+        components,
+        instance_state,
+    })
 }
 
 /// The container's stores: each label a component lists, from runtime
@@ -197,7 +215,7 @@ fn compile(
         bail!("{what} grew past {max} bytes while it was read");
     }
     crate::compile::check_source(&bytes, source)?;
-    cache.get_file(engine, identity, read_at, &bytes, source)
+    cache.get_file(engine, identity, read_at, &bytes, source, &spec.tenant)
 }
 
 /// Refuses a component importing an interface wasishim does not provide,
