@@ -116,6 +116,9 @@ pub(crate) fn deadline_passed(timeout: Duration) -> Response<HyperOutgoingBody> 
 
 /// Turns away a connection above [`HttpLimits::max_connections`]: one
 /// non-blocking write of a 503 (it fits any socket buffer), then close.
+/// Written to the socket directly: tokio's `try_write` answers WouldBlock
+/// until its driver has seen the new socket writable, which under load it
+/// has not yet, and the client then got a bare close.
 pub(crate) fn refuse_connection(stream: &TcpStream, max: usize) {
     let body = format!(
         "too many connections: this server accepts {max} at once ({HTTP_MAX_CONNECTIONS_ENV})\n"
@@ -124,7 +127,7 @@ pub(crate) fn refuse_connection(stream: &TcpStream, max: usize) {
         "HTTP/1.1 503 Service Unavailable\r\nretry-after: {RETRY_AFTER_SECONDS}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    if let Err(e) = stream.try_write(response.as_bytes()) {
+    if let Err(e) = nix::unistd::write(stream, response.as_bytes()) {
         log::debug!("HTTP connection above the cap: cannot say so: {e}");
     }
 }
