@@ -92,3 +92,43 @@ macro_rules! scenarios {
         $crate::scenarios!(on [v1_6 "1.6.20", v1_7 "1.7.24", v2_1 "2.1.9"]: [$($name),*]);
     };
 }
+
+/// Starts containerd `version`, runs `scenario` on it and checks for leaks.
+pub fn run_ctr(version: &str, scenario: fn(&PrivateContainerd)) {
+    let cd = PrivateContainerd::start(version).unwrap();
+    scenario(&cd);
+    cd.assert_no_leaks();
+}
+
+/// Starts a CRI-enabled containerd `version`, runs `scenario` on it with a
+/// CRI client and checks for leaks.
+pub fn run_cri(version: &str, scenario: fn(&PrivateContainerd, &cri::Client)) {
+    let cd = PrivateContainerd::start_with_cri(version).unwrap();
+    {
+        let cri = cri::Client::connect(&cd).unwrap();
+        scenario(&cd, &cri);
+    }
+    cd.assert_no_leaks();
+}
+
+/// Like [`scenarios!`] for files with ctr and CRI scenarios: a `#[test]` per
+/// scenario and containerd version (1.6, 1.7, 2.1), through [`run_ctr`] and
+/// [`run_cri`].
+///
+/// ```ignore
+/// wasishim_e2e::ctr_and_cri_scenarios!(ctr: [ctr_serves], cri: [cri_serves_in_pod]);
+/// ```
+#[macro_export]
+macro_rules! ctr_and_cri_scenarios {
+    (ctr: [$($c:ident),* $(,)?], cri: [$($k:ident),* $(,)?] $(,)?) => {
+        $crate::ctr_and_cri_scenarios!(@module v1_6 "1.6.20" [$($c),*] [$($k),*]);
+        $crate::ctr_and_cri_scenarios!(@module v1_7 "1.7.24" [$($c),*] [$($k),*]);
+        $crate::ctr_and_cri_scenarios!(@module v2_1 "2.1.9" [$($c),*] [$($k),*]);
+    };
+    (@module $module:ident $version:literal [$($c:ident),*] [$($k:ident),*]) => {
+        mod $module {
+            $(#[test] fn $c() { $crate::run_ctr($version, super::$c) })*
+            $(#[test] fn $k() { $crate::run_cri($version, super::$k) })*
+        }
+    };
+}

@@ -2,7 +2,7 @@
 //! exporting `wasi:http/incoming-handler`, test/fixtures/rust/http) served by
 //! the shim, through `ctr` on the host's network and through CRI in a pod.
 //!
-//! Every scenario is one function; `scenarios!` makes a `#[test]` of it per
+//! Every scenario is one function; `ctr_and_cri_scenarios!` makes a `#[test]` of it per
 //! containerd version (`v1_6::ctr_serves`, `v2_1::cri_serves_in_pod`, ...),
 //! each on its own containerd and ending with
 //! [`PrivateContainerd::assert_no_leaks`].
@@ -293,42 +293,7 @@ fn cri_serves_in_pod(cd: &PrivateContainerd, cri: &Client) {
 
 // ---------------------------------------------------------------- tests
 
-macro_rules! scenarios {
-    (ctr: [$($c:ident),* $(,)?], cri: [$($k:ident),* $(,)?] $(,)?) => {
-        mod v1_6 {
-            $(#[test] fn $c() { super::run_ctr("1.6.20", super::$c) })*
-            $(#[test] fn $k() { super::run_cri("1.6.20", super::$k) })*
-        }
-        mod v1_7 {
-            $(#[test] fn $c() { super::run_ctr("1.7.24", super::$c) })*
-            $(#[test] fn $k() { super::run_cri("1.7.24", super::$k) })*
-        }
-        mod v2_1 {
-            $(#[test] fn $c() { super::run_ctr("2.1.9", super::$c) })*
-            $(#[test] fn $k() { super::run_cri("2.1.9", super::$k) })*
-        }
-    };
-}
-
-/// Starts containerd `version`, runs `scenario` on it and checks for leaks.
-fn run_ctr(version: &str, scenario: fn(&PrivateContainerd)) {
-    let cd = PrivateContainerd::start(version).unwrap();
-    scenario(&cd);
-    cd.assert_no_leaks();
-}
-
-/// Starts a CRI-enabled containerd `version`, runs `scenario` on it and
-/// checks for leaks.
-fn run_cri(version: &str, scenario: fn(&PrivateContainerd, &Client)) {
-    let cd = PrivateContainerd::start_with_cri(version).unwrap();
-    {
-        let cri = Client::connect(&cd).unwrap();
-        scenario(&cd, &cri);
-    }
-    cd.assert_no_leaks();
-}
-
-scenarios!(
+wasishim_e2e::ctr_and_cri_scenarios!(
     ctr: [ctr_serves, ctr_graceful_stop],
     cri: [cri_serves_in_pod],
 );

@@ -15,6 +15,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use wasishim_e2e::cri::{self, Client};
+use wasishim_e2e::run_cri;
 use wasishim_e2e::{
     cgroup_children, exit_code, fixture, fixture_image, image_name, output_text, Image,
     PrivateContainerd, CRI_NAMESPACE, NAMESPACE,
@@ -483,15 +484,6 @@ fn shim_rss_kib(cd: &PrivateContainerd) -> u64 {
             line.split_whitespace().nth(1)?.parse::<u64>().ok()
         })
         .sum()
-}
-
-fn run_cri(version: &str, scenario: fn(&PrivateContainerd, &Client)) {
-    let cd = PrivateContainerd::start_with_cri(version).unwrap();
-    {
-        let cri = Client::connect(&cd).unwrap();
-        scenario(&cd, &cri);
-    }
-    cd.assert_no_leaks();
 }
 
 mod cri_pods {

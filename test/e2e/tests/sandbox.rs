@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use wasishim_e2e::cri::{self, api, Client};
+use wasishim_e2e::run_cri;
 use wasishim_e2e::{exit_code, fixture_image, output_text, PrivateContainerd};
 
 fn import(cd: &PrivateContainerd, name: &str, rel: &str) -> String {
@@ -292,15 +293,6 @@ fn cri_security_context(cd: &PrivateContainerd, cri: &Client) {
     );
     cri.stop_pod(&pod.id).unwrap();
     cri.remove_pod(&pod.id).unwrap();
-}
-
-fn run_cri(version: &str, scenario: fn(&PrivateContainerd, &Client)) {
-    let cd = PrivateContainerd::start_with_cri(version).unwrap();
-    {
-        let cri = Client::connect(&cd).unwrap();
-        scenario(&cd, &cri);
-    }
-    cd.assert_no_leaks();
 }
 
 mod cri_v1_6 {

@@ -4,7 +4,7 @@
 //! images are, served by the shim through `ctr` on the host's network and
 //! through CRI in a pod.
 //!
-//! Every scenario is one function; `scenarios!` makes a `#[test]` of it per
+//! Every scenario is one function; `ctr_and_cri_scenarios!` makes a `#[test]` of it per
 //! containerd version, each on its own containerd and ending with
 //! [`PrivateContainerd::assert_no_leaks`]. The Redis scenario starts
 //! Debian's `redis-server` on a free port of 127.0.0.1
@@ -397,39 +397,7 @@ fn cri_spin_in_pod(cd: &PrivateContainerd, cri: &Client) {
 
 // ---------------------------------------------------------------- tests
 
-macro_rules! scenarios {
-    (ctr: [$($c:ident),* $(,)?], cri: [$($k:ident),* $(,)?] $(,)?) => {
-        mod v1_6 {
-            $(#[test] fn $c() { super::run_ctr("1.6.20", super::$c) })*
-            $(#[test] fn $k() { super::run_cri("1.6.20", super::$k) })*
-        }
-        mod v1_7 {
-            $(#[test] fn $c() { super::run_ctr("1.7.24", super::$c) })*
-            $(#[test] fn $k() { super::run_cri("1.7.24", super::$k) })*
-        }
-        mod v2_1 {
-            $(#[test] fn $c() { super::run_ctr("2.1.9", super::$c) })*
-            $(#[test] fn $k() { super::run_cri("2.1.9", super::$k) })*
-        }
-    };
-}
-
-fn run_ctr(version: &str, scenario: fn(&PrivateContainerd)) {
-    let cd = PrivateContainerd::start(version).unwrap();
-    scenario(&cd);
-    cd.assert_no_leaks();
-}
-
-fn run_cri(version: &str, scenario: fn(&PrivateContainerd, &Client)) {
-    let cd = PrivateContainerd::start_with_cri(version).unwrap();
-    {
-        let cri = Client::connect(&cd).unwrap();
-        scenario(&cd, &cri);
-    }
-    cd.assert_no_leaks();
-}
-
-scenarios!(
+wasishim_e2e::ctr_and_cri_scenarios!(
     ctr: [ctr_spin_app, ctr_refuses_unsupported, ctr_redis_shared],
     cri: [cri_spin_in_pod],
 );
