@@ -296,8 +296,21 @@ impl<'a> Client<'a> {
         }
     }
 
-    /// `CreateContainer` in `pod`; returns the container ID.
-    pub fn create_container(&self, pod: &Pod, config: ContainerConfig) -> Result<String> {
+    /// `CreateContainer` in `pod`; returns the container ID. As kubelet
+    /// does, the container gets the pod's namespace options (network, PID,
+    /// IPC) unless `config` sets its own.
+    pub fn create_container(&self, pod: &Pod, mut config: ContainerConfig) -> Result<String> {
+        let pod_options = pod
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone());
+        let linux = config.linux.get_or_insert_with(Default::default);
+        let security = linux.security_context.get_or_insert_with(Default::default);
+        if security.namespace_options.is_none() {
+            security.namespace_options = pod_options;
+        }
         Ok(call!(
             self,
             runtime,
