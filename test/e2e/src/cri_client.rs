@@ -189,6 +189,12 @@ impl<'a> Client<'a> {
     /// `RunPodSandbox` with runtime handler [`HANDLER`]. Notes the pod for
     /// the leak check and records its network namespace.
     pub fn run_pod(&self, config: PodSandboxConfig) -> Result<Pod> {
+        self.run_pod_with_handler(config, HANDLER)
+    }
+
+    /// `RunPodSandbox` with runtime handler `handler` (`runc` for the
+    /// benchmark's baseline), as [`run_pod`](Self::run_pod) does.
+    pub fn run_pod_with_handler(&self, config: PodSandboxConfig, handler: &str) -> Result<Pod> {
         fs::create_dir_all(&config.log_directory)?;
         let r = call!(
             self,
@@ -196,7 +202,7 @@ impl<'a> Client<'a> {
             run_pod_sandbox,
             RunPodSandboxRequest {
                 config: Some(config.clone()),
-                runtime_handler: HANDLER.to_string(),
+                runtime_handler: handler.to_string(),
             }
         )?;
         let id = r.pod_sandbox_id;
