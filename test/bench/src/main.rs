@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! wasishim-bench [--quick] [--explore] [--containerd 1.6.20]
-//!                [--cases 1,2,3,3b,4,5,6,7] [--out target/bench]
+//!                [--cases 1,2,3,3b,4,5,6,7,8,9] [--out target/bench]
 //!                [--benchmarks BENCHMARKS.md]
 //! ```
 //!
@@ -22,6 +22,7 @@ mod bigwasm;
 mod cases;
 mod http;
 mod lab;
+mod mixed_pod;
 mod overhead;
 mod report;
 
@@ -57,7 +58,7 @@ pub struct Config {
 }
 
 /// Every case, in the order they run.
-const CASES: [&str; 9] = ["1", "2", "3", "3b", "4", "5", "6", "7", "8"];
+const CASES: [&str; 10] = ["1", "2", "3", "3b", "4", "5", "6", "7", "8", "9"];
 
 impl Config {
     fn full() -> Config {
@@ -332,6 +333,14 @@ fn run() -> Result<()> {
     drop(api);
     if want("8") {
         record("8", overhead::overhead(&lab, &cfg, &img));
+    }
+    if want("9") {
+        let sleep = fs::read(root.join("test/fixtures/out/wasip1/sleep.wasm"))
+            .context("reading fixture wasip1/sleep.wasm (make fixtures)")?;
+        record(
+            "9",
+            mixed_pod::mixed_pod(&args.containerd, &cfg, &native, &sleep),
+        );
     }
     let elapsed = started.elapsed();
     drop(lab);
