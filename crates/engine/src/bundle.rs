@@ -15,6 +15,8 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 /// Annotation CRI sets on every container of a pod: the pod sandbox's id.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+/// CRI's annotation naming the Kubernetes namespace of a container's pod.
+pub const SANDBOX_NAMESPACE_ANNOTATION: &str = "io.kubernetes.cri.sandbox-namespace";
 /// Annotation CRI sets to `sandbox` on a pod sandbox, `container` otherwise.
 pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 
@@ -298,6 +300,15 @@ impl Bundle {
             .get(SANDBOX_ID_ANNOTATION)
             .map(String::as_str)
             .filter(|id| !id.is_empty())
+    }
+
+    /// The Kubernetes namespace of the container's pod (annotation
+    /// `io.kubernetes.cri.sandbox-namespace`), if any and not empty.
+    pub fn pod_namespace(&self) -> Option<&str> {
+        self.annotations
+            .get(SANDBOX_NAMESPACE_ANNOTATION)
+            .map(String::as_str)
+            .filter(|ns| !ns.is_empty())
     }
 
     /// Whether the bundle is a CRI pod sandbox (annotation

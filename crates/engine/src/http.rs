@@ -53,6 +53,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
 use crate::access_log::AccessLog;
+use crate::cloud::{Cloud, CloudHost};
 use crate::control::{ended_by, yield_on_epoch, Control, Ended};
 use crate::http_body::{content_length, plain, LimitedBody};
 use crate::http_limits::{self, Activity, InFlight, HTTP_REQUEST_TIMEOUT_ENV};
@@ -96,21 +97,23 @@ pub(crate) struct Picked<T: Send + 'static> {
 
 /// A single `wasi:http` component answering every request.
 pub(crate) struct Single {
-    pub(crate) pre: ProxyPre<HttpState>,
+    pub(crate) pre: ProxyPre<HttpState<CloudHost>>,
+    /// The container's `wasi:config` values and `wasi:keyvalue` store.
+    pub(crate) cloud: Cloud,
     pub(crate) outgoing: Outgoing,
 }
 
 impl Handlers for Single {
-    type Host = ();
+    type Host = CloudHost;
 
     fn pick(
         &self,
         _parts: &mut hyper::http::request::Parts,
         _client: SocketAddr,
-    ) -> std::result::Result<Picked<()>, Box<Response<HyperOutgoingBody>>> {
+    ) -> std::result::Result<Picked<CloudHost>, Box<Response<HyperOutgoingBody>>> {
         Ok(Picked {
             pre: self.pre.clone(),
-            host: (),
+            host: self.cloud.host(),
             outgoing: self.outgoing.clone(),
             name: None,
         })

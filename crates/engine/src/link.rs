@@ -1,6 +1,6 @@
 //! Linking a compiled guest against what wasishim provides: WASI preview 1
-//! for modules, WASI 0.2 for components, and `wasi:http` too for an HTTP
-//! component. Linking depends only on the code, never on the container, so
+//! for modules, WASI 0.2 with `wasi:config` and `wasi:keyvalue` (cloud.rs)
+//! for components, and `wasi:http` too for an HTTP component. Linking depends only on the code, never on the container, so
 //! its result is kept with the code in the cache ([`Linked`]) and shared by
 //! every container of the guest.
 use anyhow::Result;
@@ -8,6 +8,7 @@ use wasmtime::component;
 use wasmtime::{Engine, InstancePre, Linker, Module};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use crate::cloud::CloudHost;
 use crate::http_state::HttpState;
 use crate::run::{ComponentState, ModuleState};
 
@@ -17,7 +18,7 @@ use crate::run::{ComponentState, ModuleState};
 pub(crate) enum Linked {
     Module(InstancePre<ModuleState>),
     Component(component::InstancePre<ComponentState>),
-    Http(ProxyPre<HttpState>),
+    Http(ProxyPre<HttpState<CloudHost>>),
 }
 
 /// Links a module against WASI preview 1.
@@ -47,9 +48,15 @@ pub(crate) fn link_component(
     let mut linker = component::Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(|e| anyhow::anyhow!("cannot set up WASI 0.2: {e:#}"))?;
-    linker
-        .instantiate_pre(c)
-        .map_err(|e| link_error(shown, "WASI 0.2 (wasi:cli/command)", e))
+    crate::cloud::add_to_linker(&mut linker, |s: &mut ComponentState| &mut s.cloud)
+        .map_err(|e| anyhow::anyhow!("cannot set up wasi:config and wasi:keyvalue: {e:#}"))?;
+    linker.instantiate_pre(c).map_err(|e| {
+        link_error(
+            shown,
+            "WASI 0.2 (wasi:cli/command), wasi:config/store and wasi:keyvalue",
+            e,
+        )
+    })
 }
 
 /// Links `component` against WASI 0.2 and `wasi:http` and checks that it
@@ -64,15 +71,21 @@ pub(crate) fn link_http(
     engine: &Engine,
     component: &component::Component,
     shown: &str,
-) -> Result<ProxyPre<HttpState>> {
+) -> Result<ProxyPre<HttpState<CloudHost>>> {
     let mut linker = component::Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(|e| anyhow::anyhow!("cannot set up WASI 0.2: {e:#}"))?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
         .map_err(|e| anyhow::anyhow!("cannot set up wasi:http: {e:#}"))?;
-    let pre = linker
-        .instantiate_pre(component)
-        .map_err(|e| link_error(shown, "WASI 0.2 (wasi:cli/command and wasi:http/proxy)", e))?;
+    crate::cloud::add_to_linker(&mut linker, |s: &mut HttpState<CloudHost>| &mut s.host)
+        .map_err(|e| anyhow::anyhow!("cannot set up wasi:config and wasi:keyvalue: {e:#}"))?;
+    let pre = linker.instantiate_pre(component).map_err(|e| {
+        link_error(
+            shown,
+            "WASI 0.2 (wasi:cli/command and wasi:http/proxy), wasi:config/store and wasi:keyvalue",
+            e,
+        )
+    })?;
     ProxyPre::new(pre).map_err(|e| {
         anyhow::anyhow!("entrypoint {shown} cannot be served as wasi:http/incoming-handler: {e:#}")
     })

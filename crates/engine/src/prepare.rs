@@ -11,6 +11,7 @@ use wasmtime::Engine;
 
 use crate::cache::{CodeCache, Compiled};
 use crate::cache_key::FileIdentity;
+use crate::cloud::{Cloud, CloudHost};
 use crate::compile::{self, Code, ComponentEntry};
 use crate::http::{HttpGuest, Single};
 use crate::http_settings::HttpSettings;
@@ -193,7 +194,7 @@ pub(crate) enum Ready {
         component::InstancePre<ComponentState>,
         component::ComponentExportIndex,
     ),
-    Http(wasmtime_wasi_http::p2::bindings::ProxyPre<HttpState>),
+    Http(wasmtime_wasi_http::p2::bindings::ProxyPre<HttpState<CloudHost>>),
     /// A Spin application: its components, linked, and their routes.
     Spin(SpinApp),
 }
@@ -233,6 +234,7 @@ pub(crate) fn finish(
             entry,
         },
         Ready::Component(pre, entry) => Guest::Component {
+            cloud: Cloud::new(&spec, &template)?,
             pre,
             wasi: template
                 .builder(guest_stdin, opened.stdout, opened.stderr)?
@@ -248,8 +250,13 @@ pub(crate) fn finish(
                     why: "WASISHIM_HTTP_OUTGOING=off",
                 },
             };
+            let cloud = Cloud::new(&spec, &template)?;
             Guest::Http(Box::new(HttpGuest::new(
-                Single { pre, outgoing },
+                Single {
+                    pre,
+                    outgoing,
+                    cloud,
+                },
                 template,
                 settings,
                 opened.stdout,

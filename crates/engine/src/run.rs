@@ -23,6 +23,7 @@ use wasmtime::{Engine, InstancePre, Store, Val};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::cloud::{Cloud, CloudHost};
 use crate::compile::ModuleEntry;
 use crate::confine::Confinement;
 use crate::control::{ended_by, yield_on_epoch, Control, Ended};
@@ -78,6 +79,8 @@ pub(crate) struct ModuleState {
 pub(crate) struct ComponentState {
     wasi: WasiCtx,
     table: ResourceTable,
+    /// `wasi:config` and `wasi:keyvalue` (cloud.rs).
+    pub(crate) cloud: CloudHost,
     limiter: GuestLimiter,
 }
 
@@ -101,6 +104,7 @@ pub(crate) enum Guest {
         pre: component::InstancePre<ComponentState>,
         wasi: WasiCtx,
         entry: ComponentExportIndex,
+        cloud: Cloud,
     },
     /// A `wasi:http/incoming-handler` component, served per request.
     Http(Box<HttpGuest>),
@@ -511,7 +515,12 @@ fn run_on_runtime(
             yield_on_epoch(&mut store);
             rt.block_on(race(run_module(&mut store, &pre, &entry), control))
         }
-        Guest::Component { pre, wasi, entry } => {
+        Guest::Component {
+            pre,
+            wasi,
+            entry,
+            cloud,
+        } => {
             let limiter = match limiter() {
                 Ok(limiter) => limiter,
                 Err(ended) => return ended,
@@ -519,6 +528,7 @@ fn run_on_runtime(
             let state = ComponentState {
                 wasi,
                 table: ResourceTable::new(),
+                cloud: cloud.host(),
                 limiter,
             };
             let mut store = Store::new(engine, state);

@@ -42,6 +42,9 @@ pub struct WorkloadSpec {
     /// makes it unique on the node with the containerd namespace (alone for
     /// a container without a pod).
     pub tenant: String,
+    /// The Kubernetes namespace of the container's pod, or "" when it has
+    /// none: what scopes its `wasi:keyvalue` keys in a shared Redis.
+    pub pod_namespace: String,
 }
 
 impl WorkloadSpec {
@@ -116,6 +119,7 @@ impl WorkloadSpec {
             network: bundle.network.clone(),
             credentials,
             tenant: bundle.sandbox_id().unwrap_or_default().to_string(),
+            pod_namespace: bundle.pod_namespace().unwrap_or_default().to_string(),
         })
     }
 

@@ -130,6 +130,19 @@ impl WasiTemplate {
         confinement.with_layers_from_env()
     }
 
+    /// Where the guest path `path` (absolute) is on the host: the opened
+    /// preopen that holds it (the innermost; through `/proc/self/fd`) and
+    /// the path below it, to be resolved in it with [`rootfs::resolve`]
+    /// so that symlinks stay inside. `None` if no preopen holds it.
+    pub(crate) fn locate(&self, path: &str) -> Option<(std::path::PathBuf, String)> {
+        self.preopens
+            .iter()
+            .filter(|p| p.guest != ".")
+            .filter_map(|p| below(path, &p.guest).map(|rest| (p, rest)))
+            .max_by_key(|(p, _)| p.guest.len())
+            .map(|(p, rest)| (view::proc_path(&*p.dir), format!("/{rest}")))
+    }
+
     /// A WASI context builder with this template's argv, env, cwd and
     /// sockets, the given stdio (`None`: a null stream), and every preopened
     /// directory opened anew from the handles opened at Create (through

@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 
-use super::key_value::{self, Backend, Stores};
+use super::key_value::Stores;
 use crate::http_state::HttpState;
+use crate::key_value::{self, Backend};
 
 wasmtime::component::bindgen!({
     path: "wit/spin",
@@ -169,7 +170,7 @@ impl kv::HostStore for SpinHost {
         store: Resource<KvStore>,
     ) -> wasmtime::Result<Result<Vec<String>, kv::Error>> {
         let backend = self.backend(&store)?;
-        Ok(backend.keys().await.map_err(kv::Error::Other))
+        Ok(backend.keys("").await.map_err(kv::Error::Other))
     }
 
     async fn drop(&mut self, store: Resource<KvStore>) -> wasmtime::Result<()> {

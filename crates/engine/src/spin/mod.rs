@@ -7,7 +7,8 @@
 //! made (routes.rs), the variables resolved (variables.rs), each component
 //! compiled and linked with the interfaces wasishim gives Spin components
 //! (host.rs; one that imports anything else is refused, naming it), the
-//! key-value stores opened (key_value.rs, runtime_config.rs, redis_store.rs)
+//! key-value stores opened (key_value.rs, runtime_config.rs; the stores
+//! themselves are crate::key_value's)
 //! and the outbound hosts parsed (outbound.rs). At start the app is served
 //! by the `wasi:http` server (http.rs), with its limits and graceful stop:
 //! each request goes to the component its route names (app.rs), in a fresh
@@ -20,7 +21,6 @@ mod host;
 mod key_value;
 mod manifest;
 mod outbound;
-mod redis_store;
 mod routes;
 mod runtime_config;
 mod variables;

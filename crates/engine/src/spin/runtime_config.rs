@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use super::key_value::{Backend, MemoryStore};
+use crate::key_value::{Backend, MemoryStore, RedisStore};
 
 /// Where runtime config is read from, in the rootfs.
 pub(crate) const PATH: &str = "/runtime-config.toml";
@@ -68,7 +68,10 @@ impl RuntimeConfig {
                 let Some(url) = &config.url else {
                     bail!("Spin runtime config {PATH}: [key_value_store.{label}] of type redis needs url = \"redis://host:port\"");
                 };
-                Ok(Some(super::redis_store::RedisStore::open(url, label)?))
+                let store = RedisStore::open(url).with_context(|| {
+                    format!("Spin runtime config {PATH}: [key_value_store.{label}] has url '{url}', which is not a Redis URL such as redis://127.0.0.1:6379")
+                })?;
+                Ok(Some(Arc::new(store)))
             }
             other => bail!(
                 "Spin runtime config {PATH}: [key_value_store.{label}] has type '{other}'; wasishim provides redis and memory"
