@@ -5,7 +5,9 @@
 //! counterpart of the Wasm container, the same sidecar), in the same run,
 //! the two alternating. Timed as kubelet starts a pod: `RunPodSandbox`,
 //! then `CreateContainer` and `StartContainer` of each container, until the
-//! last start returns; the pod's removal is not timed.
+//! last start returns; the pod's removal is not timed. Memory: the PSS of
+//! the pod's shim and every process below it (the sidecar, and under runc
+//! the pause and the app), once both containers run.
 
 use std::fs;
 use std::path::Path;
@@ -13,8 +15,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use wasishim_e2e::cri::{self, Client};
-use wasishim_e2e::{Image, PrivateContainerd};
+use wasishim_e2e::{children_of, processes, Image, PrivateContainerd};
 
+use crate::lab::pss_kib;
 use crate::report::{median, ms, quantile, Row};
 use crate::Config;
 
@@ -52,8 +55,8 @@ pub fn mixed_pod(
         &cd,
         &Image::new("docker.io/library/wasishim-bench-sleep:latest").wasm(wasm_sleep.to_vec()),
     )?;
-    let mut mixed = Vec::new();
-    let mut runc = Vec::new();
+    let (mut mixed, mut runc) = (Vec::new(), Vec::new());
+    let (mut mixed_kib, mut runc_kib) = (Vec::new(), Vec::new());
     for i in 0..cfg.warmup + cfg.runs {
         for handler in [cri::HANDLER, RUNC_HANDLER] {
             let name = format!("c9-{handler}-{i}");
@@ -71,12 +74,15 @@ pub fn mixed_pod(
             cri.run_container(&pod, app)?;
             cri.run_container(&pod, sidecar)?;
             let took = ms(started.elapsed());
+            let kib = pod_pss_kib(&pod.id) as f64;
             cri.remove_pod(&pod.id)?;
             if i >= cfg.warmup {
                 if handler == RUNC_HANDLER {
                     runc.push(took);
+                    runc_kib.push(kib);
                 } else {
                     mixed.push(took);
+                    mixed_kib.push(kib);
                 }
             }
         }
@@ -88,16 +94,47 @@ pub fn mixed_pod(
         median(&runc),
         quantile(&runc, 0.9)
     );
+    println!(
+        "   PSS of the pod's shim and processes: wasmtime median {:.0} KiB, runc median {:.0} KiB",
+        median(&mixed_kib),
+        median(&runc_kib)
+    );
     drop(cri);
     drop(cd);
-    Ok(vec![Row::new(
-        "9 mixed pod",
-        "CRI pod start (sandbox + Wasm container + native sidecar), per-pod (median)",
-        median(&mixed),
-        "ms",
-    )
-    .baseline(
-        "runc: pause sandbox + two native containers",
-        median(&runc),
-    )])
+    Ok(vec![
+        Row::new(
+            "9 mixed pod",
+            "CRI pod start (sandbox + Wasm container + native sidecar), per-pod (median)",
+            median(&mixed),
+            "ms",
+        )
+        .baseline("runc: pause sandbox + two native containers", median(&runc)),
+        Row::new(
+            "9 mixed pod",
+            "PSS of the pod's shim and its processes, per-pod (median)",
+            median(&mixed_kib) / 1024.0,
+            "MiB",
+        )
+        .baseline(
+            "runc: shim, pause, two native containers",
+            median(&runc_kib) / 1024.0,
+        ),
+    ])
+}
+
+/// PSS in KiB of pod `pod_id`'s shim (its command line names the sandbox
+/// id) and every process below it.
+fn pod_pss_kib(pod_id: &str) -> u64 {
+    let id = format!("-id {pod_id}");
+    let mut level: Vec<i32> = processes()
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline.contains("containerd-shim") && cmdline.contains(&id))
+        .map(|(pid, _)| pid)
+        .collect();
+    let mut total = 0;
+    while !level.is_empty() {
+        total += level.iter().map(|pid| pss_kib(*pid)).sum::<u64>();
+        level = children_of(&level);
+    }
+    total
 }

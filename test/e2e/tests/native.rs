@@ -576,11 +576,12 @@ fn pod_namespaces(cd: &PrivateContainerd, cri: &Client) {
         "a Wasm container started a pod init: {:?}",
         pod_inits(&pod.id)
     );
-    cri.run_container(
-        &pod,
-        cri::with_args(cri.container_config("waiter", &image), &["wait"]),
-    )
-    .unwrap();
+    let waiter = cri
+        .run_container(
+            &pod,
+            cri::with_args(cri.container_config("waiter", &image), &["wait"]),
+        )
+        .unwrap();
     let lines = cri::wait_log_line(&pod.log_dir().join("waiter.log"), "waiting", LIMIT).unwrap();
     assert_ne!(
         lines.first().map(String::as_str),
@@ -593,7 +594,24 @@ fn pod_namespaces(cd: &PrivateContainerd, cri: &Client) {
         seen.iter().any(|l| l.ends_with("/probe wait")),
         "the other container is not visible: {seen:?}"
     );
-    assert_eq!(pod_inits(&pod.id).len(), 1, "{:?}", pod_inits(&pod.id));
+    let inits = pod_inits(&pod.id);
+    assert_eq!(inits.len(), 1, "{inits:?}");
+
+    // The init killed from outside: the kernel ends the namespace's
+    // processes (the waiter: 137), a new container is refused with what to
+    // do, and the shim goes on serving the pod's removal.
+    kill(Pid::from_raw(inits[0].0), Signal::SIGKILL).unwrap();
+    let status = cri.wait_exited(&waiter, LIMIT).unwrap();
+    assert_eq!(status.exit_code, 137, "{status:?}");
+    let err = cri.refused(
+        &pod,
+        cri::with_args(cri.container_config("late", &image), &["ns"]),
+    );
+    assert!(
+        err.contains("shared PID namespace of pod")
+            && err.contains("remove the pod and create it again"),
+        "{err}"
+    );
     cri.remove_pod(&pod.id).unwrap();
 }
 
