@@ -21,6 +21,7 @@ mod exec;
 #[doc(hidden)]
 pub mod fuzzing;
 mod hosting;
+mod image_events;
 mod keys;
 mod launch;
 mod lifecycle;
@@ -31,6 +32,7 @@ mod native_records;
 mod negotiation;
 mod os;
 mod pod_network;
+pub mod precompile;
 mod process;
 mod reaper;
 mod rootfs;
