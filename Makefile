@@ -154,7 +154,7 @@ test-e2e: fixtures build
 BENCH_CONTAINERD ?= 1.6.20
 BENCH_ARGS ?=
 bench: deps fixtures $(OUT)/native/fib build
-	$(CARGO) build --release $(addprefix -p ,$(SHIMS)) -p wasishim-engine -p wasishim-shim --bins --example http_floor --example metrics_scrape
+	$(CARGO) build --release $(addprefix -p ,$(SHIMS)) -p wasishim -p wasishim-engine -p wasishim-shim --bins --example http_floor --example metrics_scrape
 	WASISHIM_SHIM_DIR=$(CURDIR)/target/release WASISHIM_BENCH_CONTAINERD=$(BENCH_CONTAINERD) \
 		target/debug/wasishim-bench $(if $(filter --quick,$(BENCH_ARGS)),,--benchmarks BENCHMARKS.md) $(BENCH_ARGS)
 	@echo "metrics scrape at 500 pods (crates/shim/examples/metrics_scrape.rs):"

@@ -6,13 +6,14 @@ use anyhow::{bail, Context, Result};
 
 use crate::flavor::Host;
 use crate::restart::How;
-use crate::{install, record, status};
+use crate::{install, precompile, record, status};
 
 /// The usage text.
 pub const USAGE: &str = "\
 usage: wasishim install   [--prefix DIR] [--config FILE] [--from DIR] [restart options]
        wasishim uninstall [restart options]
        wasishim status    [--prefix DIR] [--config FILE] [--address SOCKET]
+       wasishim precompile IMAGE [--namespace NS] [--address SOCKET]
 
 install    copies containerd-shim-wasmtime-v1 and containerd-shim-wasmtimed-v1 to
            PREFIX/bin, declares the runtimes `wasmtime` and `wasmtimed` in
@@ -20,6 +21,9 @@ install    copies containerd-shim-wasmtime-v1 and containerd-shim-wasmtimed-v1 t
 uninstall  undoes what install did, as recorded in the install record
 status     shows the shims, the config's runtimes, and what the running containerd loaded;
            exits with 3 when something is missing or not loaded
+precompile compiles the Wasm of IMAGE (pulled or imported into containerd) into the
+           shims' compiled-code cache, so that its first container starts from it;
+           reads WASISHIM_CACHE_DIR and the compile limits as the shims do
 
   --prefix DIR       shims go to DIR/bin (default /usr/local)
   --config FILE      containerd's config (default: the first of /etc/containerd/config.toml,
@@ -27,6 +31,9 @@ status     shows the shims, the config's runtimes, and what the running containe
   --from DIR         where the shims to copy are (default: this binary's directory)
   --state FILE       the install record (default /var/lib/wasishim/install.json)
   --address SOCKET   containerd's socket, for status (default: the config flavor's)
+                     and precompile (default /run/containerd/containerd.sock)
+  --namespace NS     containerd namespace of IMAGE (default: $CONTAINERD_NAMESPACE,
+                     else `default`; Kubernetes pulls into `k8s.io`)
   --host-root DIR    the host's / is mounted at DIR (in a container); all paths
                      above are host paths
 restart options (containerd reads its config only at start; SIGHUP does not reload it):
@@ -46,6 +53,8 @@ pub enum Command {
     Uninstall(install::Options),
     /// `status`.
     Status(status::Options),
+    /// `precompile`.
+    Precompile(precompile::Options),
     /// `-h`, `--help`, or no arguments.
     Help,
 }
@@ -55,6 +64,9 @@ pub fn parse(args: &[String]) -> Result<Command> {
     let Some((verb, rest)) = args.split_first() else {
         return Ok(Command::Help);
     };
+    if verb == "precompile" {
+        return parse_precompile(rest);
+    }
     let mut prefix = PathBuf::from("/usr/local");
     let mut config = None;
     let mut from = None;
@@ -122,8 +134,46 @@ pub fn parse(args: &[String]) -> Result<Command> {
             address,
             state,
         })),
-        other => bail!("unknown command {other:?}; the commands are install, uninstall, status"),
+        other => bail!(
+            "unknown command {other:?}; the commands are install, uninstall, status, precompile"
+        ),
     }
+}
+
+/// `precompile IMAGE [--namespace NS] [--address SOCKET]`.
+fn parse_precompile(args: &[String]) -> Result<Command> {
+    let mut image = None;
+    let mut namespace = std::env::var("CONTAINERD_NAMESPACE")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".to_string());
+    let mut address = "/run/containerd/containerd.sock".to_string();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{arg} needs a value; see `wasishim --help`"))
+        };
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--namespace" | "-n" => namespace = value()?,
+            "--address" | "-a" => address = value()?,
+            flag if flag.starts_with('-') => {
+                bail!("unknown option {flag} for `wasishim precompile`; see `wasishim --help`")
+            }
+            name if image.is_none() => image = Some(name.to_string()),
+            extra => bail!("`wasishim precompile` takes one image, not also {extra:?}"),
+        }
+    }
+    let image = image.context(
+        "`wasishim precompile` needs an image name, e.g. `wasishim precompile docker.io/library/app:v1`",
+    )?;
+    Ok(Command::Precompile(precompile::Options {
+        image,
+        namespace,
+        address,
+    }))
 }
 
 #[cfg(test)]
@@ -150,5 +200,21 @@ mod tests {
             .to_string()
             .contains("--bogus"));
         assert!(parse(&args("frobnicate")).is_err());
+    }
+
+    #[test]
+    fn parses_precompile() {
+        let Command::Precompile(o) = parse(&args(
+            "precompile example.com/app:v1 -n k8s.io --address /run/c.sock",
+        ))
+        .unwrap() else {
+            panic!("not precompile");
+        };
+        assert_eq!(o.image, "example.com/app:v1");
+        assert_eq!(o.namespace, "k8s.io");
+        assert_eq!(o.address, "/run/c.sock");
+        assert!(parse(&args("precompile")).is_err());
+        assert!(parse(&args("precompile a b")).is_err());
+        assert!(parse(&args("precompile a --bogus")).is_err());
     }
 }

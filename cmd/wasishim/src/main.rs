@@ -1,11 +1,12 @@
-//! `wasishim`: installs the wasishim shims on a node (see `wasishim --help`
-//! and README.md, "Install on a node").
+//! `wasishim`: installs the wasishim shims on a node and precompiles images
+//! (see `wasishim --help` and README.md, "Install on a node").
 
 mod cli;
 mod containerd_config;
 mod files;
 mod flavor;
 mod install;
+mod precompile;
 mod record;
 mod restart;
 mod status;
@@ -13,6 +14,11 @@ mod status;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // The compile worker of `precompile`: this binary, run by itself with
+    // its own limits and filter, before anything else.
+    if std::env::args_os().nth(1).as_deref() == Some(wasishim_engine::COMPILE_WORKER_ARG.as_ref()) {
+        std::process::exit(wasishim_engine::run_compile_worker());
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = cli::parse(&args).and_then(|command| match command {
         cli::Command::Help => {
@@ -22,6 +28,7 @@ fn main() -> ExitCode {
         cli::Command::Install(o) => install::install(&o).map(|()| true),
         cli::Command::Uninstall(o) => install::uninstall(&o).map(|()| true),
         cli::Command::Status(o) => status::status(&o),
+        cli::Command::Precompile(o) => precompile::precompile(&o).map(|()| true),
     });
     match result {
         Ok(true) => ExitCode::SUCCESS,

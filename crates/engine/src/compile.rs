@@ -139,7 +139,7 @@ pub(crate) fn compile(engine: &Engine, binary: &[u8], kind: Kind, shown: &str) -
 
 /// Describes what `bytes` (which do not start with the wasm magic number)
 /// are if they are not WAT either; `None` if they look like WAT.
-fn not_wasm(bytes: &[u8]) -> Option<&'static str> {
+pub(crate) fn not_wasm(bytes: &[u8]) -> Option<&'static str> {
     if bytes.is_empty() {
         return Some("an empty file");
     }

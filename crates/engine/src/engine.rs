@@ -624,6 +624,69 @@ impl WasmEngine {
     }
 }
 
+impl WasmEngine {
+    /// Compiles the guest in the rootfs file `file` (found with
+    /// [`find_entrypoint_in`](crate::find_entrypoint_in)) into the cache, in
+    /// memory and in the cache directory, without a container: a later
+    /// [`Self::prepare`] of the same bytes, in this process or in any shim
+    /// of the node sharing the cache directory, finds it compiled. The
+    /// compilation runs in the compile worker, taking a compile slot in the
+    /// turn of `tenant`.
+    ///
+    /// Costs what a first prepare's compilation costs (milliseconds to
+    /// seconds), or, when the code is already in the cache, reading and
+    /// hashing the file. Blocking.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::prepare`]'s compilation: not WebAssembly (naming what the
+    /// file is), too large, the compiler's limits; and a Spin manifest,
+    /// whose components are compiled at create only.
+    pub fn precompile_file(&self, file: EntrypointFile, tenant: &str) -> Result<Precompiled> {
+        let before = self.cache.stats().compiled;
+        prepare::precompile_file(&self.engine, &self.cache, file, tenant)?;
+        Ok(self.precompiled(before))
+    }
+
+    /// Like [`Self::precompile_file`] for the wasm of an image layer, cached
+    /// under its digest as [`Self::prepare_layer`] finds it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::precompile_file`].
+    pub fn precompile_layer(&self, layer: &WasmLayer, tenant: &str) -> Result<Precompiled> {
+        let before = self.cache.stats().compiled;
+        prepare::precompile_layer(
+            &self.engine,
+            &self.cache,
+            layer.bytes(),
+            layer.digest(),
+            layer.name(),
+            tenant,
+        )?;
+        Ok(self.precompiled(before))
+    }
+
+    /// Whether this process compiled since `before` compilations (other
+    /// prepares running meanwhile may count too: for messages only).
+    fn precompiled(&self, before: u64) -> Precompiled {
+        if self.cache.stats().compiled > before {
+            Precompiled::Compiled
+        } else {
+            Precompiled::AlreadyCached
+        }
+    }
+}
+
+/// What a precompile did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precompiled {
+    /// The code was compiled and stored.
+    Compiled,
+    /// The code was in the cache already (in memory or on disk).
+    AlreadyCached,
+}
+
 /// The number in environment variable `name`, if set.
 fn env_number(name: &str, example: &str) -> Result<Option<u64>> {
     let Some(value) = std::env::var_os(name) else {

@@ -80,8 +80,8 @@ pub use bundle::{
 pub use cache::CacheStats;
 pub use confine::{Applied, CapabilitySets, Confinement, Credentials, CONFINE_LAYERS_ENV};
 pub use engine::{
-    WasmEngine, WasmEngineBuilder, CACHE_DIR_ENV, CACHE_MAX_BYTES_ENV, DEFAULT_MEMORY_LIMIT_ENV,
-    NODE_DEFAULT_MEMORY_LIMIT, POOLING_BY_DEFAULT,
+    Precompiled, WasmEngine, WasmEngineBuilder, CACHE_DIR_ENV, CACHE_MAX_BYTES_ENV,
+    DEFAULT_MEMORY_LIMIT_ENV, NODE_DEFAULT_MEMORY_LIMIT, POOLING_BY_DEFAULT,
 };
 pub use entrypoint::Entrypoint;
 pub use http_limits::{
@@ -101,7 +101,7 @@ pub use pool::{
     DEFAULT_POOL_CAPACITY, DEFAULT_POOL_CONTAINERS, POOL_CAPACITY_ENV, POOL_CONTAINERS_ENV,
 };
 pub use run::{ExitStatus, Workload, WorkloadHandle};
-pub use source::{linux_executable, EntrypointFile, RootfsEntrypoint};
+pub use source::{find_entrypoint_in, linux_executable, EntrypointFile, RootfsEntrypoint};
 pub use spec::WorkloadSpec;
 pub use spin::{DEFAULT_SPIN_ADDRESS, SPIN_LISTEN_ENV};
 pub use stdio::Stdio;

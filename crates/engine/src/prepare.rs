@@ -73,8 +73,25 @@ pub(crate) fn prepare_file(
     if let Some(compiled) = cache.get_known_file(&identity) {
         return prepare_compiled(engine, share, spec, compiled, &shown, stdio);
     }
+    let bytes = read_entrypoint(cache, &mut file, &identity, &shown)?;
+    drop(file);
+    let origin = CodeOrigin::File {
+        identity,
+        read_at: opened_at,
+    };
+    prepare_code(engine, cache, share, spec, &bytes, origin, &shown, stdio)
+}
+
+/// The bytes of the entrypoint `file`, refused unread when larger than the
+/// engine compiles.
+fn read_entrypoint(
+    cache: &CodeCache,
+    file: &mut std::fs::File,
+    identity: &FileIdentity,
+    shown: &str,
+) -> Result<Vec<u8>> {
     let max = cache.limits().max_module_bytes;
-    check_size(identity.size(), max, &shown)?;
+    check_size(identity.size(), max, shown)?;
     let mut bytes = Vec::with_capacity(usize::try_from(identity.size()).unwrap_or(0));
     // One byte more than allowed: a file that grew since is refused too.
     file.by_ref()
@@ -84,12 +101,54 @@ pub(crate) fn prepare_file(
         )
         .read_to_end(&mut bytes)
         .with_context(|| format!("cannot read entrypoint {shown}"))?;
-    drop(file);
-    let origin = CodeOrigin::File {
+    Ok(bytes)
+}
+
+/// Compiles the guest in the rootfs file `entrypoint` into the cache (memory
+/// and disk) without preparing a container, so that a later prepare of the
+/// same bytes finds it compiled. `tenant` takes the compile slot's turn.
+pub(crate) fn precompile_file(
+    engine: &Engine,
+    cache: &CodeCache,
+    entrypoint: EntrypointFile,
+    tenant: &str,
+) -> Result<()> {
+    let EntrypointFile {
+        mut file,
         identity,
-        read_at: opened_at,
-    };
-    prepare_code(engine, cache, share, spec, &bytes, origin, &shown, stdio)
+        shown,
+        opened_at,
+    } = entrypoint;
+    if crate::spin::is_manifest(&shown) {
+        anyhow::bail!(
+            "entrypoint {shown} is a Spin manifest: a Spin app's components are compiled when its container is created, not before"
+        );
+    }
+    if cache.get_known_file(&identity).is_some() {
+        return Ok(());
+    }
+    let bytes = read_entrypoint(cache, &mut file, &identity, &shown)?;
+    drop(file);
+    check_size(bytes.len() as u64, cache.limits().max_module_bytes, &shown)?;
+    compile::check_source(&bytes, &shown)?;
+    cache.get_file(engine, identity, opened_at, &bytes, &shown, tenant)?;
+    Ok(())
+}
+
+/// Compiles the wasm `bytes` of the image layer `digest` into the cache, as
+/// [`precompile_file`] does for a file.
+pub(crate) fn precompile_layer(
+    engine: &Engine,
+    cache: &CodeCache,
+    bytes: &[u8],
+    digest: &str,
+    shown: &str,
+    tenant: &str,
+) -> Result<()> {
+    check_size(bytes.len() as u64, cache.limits().max_module_bytes, shown)?;
+    compile::check_source(bytes, shown)?;
+    cache.get_by_digest(engine, digest, bytes, shown, tenant)?;
+    Ok(())
 }
 
 /// A prepare once the guest's `bytes` are read, from `origin`, which

@@ -42,6 +42,49 @@ pub struct EntrypointFile {
     pub(crate) opened_at: SystemTime,
 }
 
+impl EntrypointFile {
+    /// What the file is when it is not WebAssembly (binary or text), e.g.
+    /// `Some("an ELF executable")`; `None` for WebAssembly. Reads its first
+    /// bytes, without moving the file's position.
+    pub fn not_webassembly(&self) -> Option<&'static str> {
+        use std::os::unix::fs::FileExt;
+        let mut head = [0u8; 256];
+        let read = match self.file.read_at(&mut head, 0) {
+            Ok(read) => read,
+            Err(_) => return Some("a file that cannot be read"),
+        };
+        let head = &head[..read];
+        if head.starts_with(b"\0asm") {
+            return None;
+        }
+        // The head may end inside a UTF-8 character.
+        let text = match std::str::from_utf8(head) {
+            Ok(_) => head,
+            Err(e) if e.error_len().is_none() => &head[..e.valid_up_to()],
+            Err(_) => head,
+        };
+        crate::compile::not_wasm(text)
+    }
+}
+
+/// Looks up the entrypoint an image declares, `arg0` (its config's first
+/// `Entrypoint` or `Cmd` word, `path[#export]`) relative to `cwd` (its
+/// `WorkingDir`), in `rootfs` (the image's filesystem, mounted), as
+/// [`WorkloadSpec::find_entrypoint`](crate::WorkloadSpec::find_entrypoint)
+/// does for a container's `process.args[0]`: for a caller with an image and
+/// no container, such as a precompile
+/// ([`WasmEngine::precompile_file`](crate::WasmEngine::precompile_file)).
+///
+/// # Errors
+///
+/// An `arg0` that is no entrypoint (empty, an empty export name), or a file
+/// that is there but cannot be opened; a missing one is
+/// [`RootfsEntrypoint::Missing`].
+pub fn find_entrypoint_in(rootfs: &Path, arg0: &str, cwd: &str) -> Result<RootfsEntrypoint> {
+    let entrypoint = crate::Entrypoint::parse(arg0, cwd)?;
+    open_entrypoint(rootfs, &entrypoint.path)
+}
+
 /// Looks up the entrypoint `shown` (an absolute path inside the guest) in
 /// `rootfs`, following symlinks as a chroot would and refusing any path that
 /// leaves the rootfs, and opens it if it is a regular file.

@@ -164,6 +164,21 @@ impl fmt::Display for ArtifactError {
 
 impl std::error::Error for ArtifactError {}
 
+/// Every wasm layer of `manifest`: a precompile compiles them all when
+/// only a container's command would say which one runs.
+pub fn wasm_layers(manifest: &Value) -> Vec<Blob> {
+    manifest["layers"]
+        .as_array()
+        .map(|layers| {
+            layers
+                .iter()
+                .filter_map(Blob::from_json)
+                .filter(|l| is_wasm_layer(&l.media_type))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn is_wasm_layer(media_type: &str) -> bool {
     WASM_LAYERS.contains(&media_type)
 }

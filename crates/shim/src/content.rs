@@ -30,7 +30,7 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest index, manifest or config read (they are JSON of a few KiB).
 const MAX_JSON_BYTES: i64 = 4 << 20;
 /// Largest wasm layer read into memory.
-const MAX_LAYER_BYTES: i64 = 1 << 30;
+pub(crate) const MAX_LAYER_BYTES: i64 = 1 << 30;
 
 /// Which container, in which namespace of which containerd.
 #[derive(Debug, Clone)]
@@ -100,11 +100,19 @@ pub fn prepare_guest(
 }
 
 /// Why no layer was found.
-enum Lookup {
+pub(crate) enum Lookup {
     /// The image is a Wasm OCI artifact that cannot be run.
     Artifact(anyhow::Error),
     /// containerd could not be asked, or did not know the container.
     Containerd(anyhow::Error),
+}
+
+impl Lookup {
+    pub(crate) fn into_error(self) -> anyhow::Error {
+        match self {
+            Lookup::Artifact(e) | Lookup::Containerd(e) => e,
+        }
+    }
 }
 
 /// The entrypoint layer of the image of container `id` if that image is a
@@ -138,13 +146,26 @@ fn wasm_layer(
 }
 
 /// A client of one namespace of containerd's API.
-struct Api {
-    channel: Channel,
+pub(crate) struct Api {
+    pub(crate) channel: Channel,
     namespace: String,
 }
 
 impl Api {
-    fn request<T>(&self, message: T) -> Result<tonic::Request<T>> {
+    /// Connects to containerd's gRPC socket `address` (a path, or
+    /// `unix://` and a path) for requests in `namespace`.
+    pub(crate) async fn connect(address: &str, namespace: &str) -> Result<Api> {
+        let path = address.strip_prefix("unix://").unwrap_or(address);
+        let channel = containerd_client::connect(path)
+            .await
+            .with_context(|| format!("cannot connect to containerd at {path}"))?;
+        Ok(Api {
+            channel,
+            namespace: namespace.to_string(),
+        })
+    }
+
+    pub(crate) fn request<T>(&self, message: T) -> Result<tonic::Request<T>> {
         let mut request = tonic::Request::new(message);
         let value = self.namespace.parse().with_context(|| {
             format!(
@@ -172,43 +193,45 @@ impl Api {
 
     /// The blob an image name points to (a manifest or an index).
     async fn image_target(&self, name: &str) -> Result<Blob, Lookup> {
+        match self.find_image(name).await {
+            Ok(Some(blob)) => Ok(blob),
+            Ok(None) => Err(Lookup::Artifact(anyhow::anyhow!(
+                "image {name} of the container is no longer in containerd: pull it again"
+            ))),
+            Err(e) => Err(Lookup::Containerd(e)),
+        }
+    }
+
+    /// The blob image `name` points to (a manifest or an index), `None` if
+    /// containerd has no image of that name in this namespace.
+    pub(crate) async fn find_image(&self, name: &str) -> Result<Option<Blob>> {
         let reply = ImagesClient::new(self.channel.clone())
-            .get(
-                self.request(GetImageRequest {
-                    name: name.to_string(),
-                })
-                .map_err(Lookup::Containerd)?,
-            )
+            .get(self.request(GetImageRequest {
+                name: name.to_string(),
+            })?)
             .await;
         let target = match reply {
             Ok(reply) => reply.into_inner().image.and_then(|i| i.target),
-            Err(s) if s.code() == Code::NotFound => {
-                return Err(Lookup::Artifact(anyhow::anyhow!(
-                    "image {name} of the container is no longer in containerd: pull it again"
-                )))
-            }
-            Err(s) => {
-                return Err(Lookup::Containerd(anyhow::anyhow!(
-                    "cannot look up image {name}: {} ({:?})",
-                    s.message(),
-                    s.code()
-                )))
-            }
+            Err(s) if s.code() == Code::NotFound => return Ok(None),
+            Err(s) => bail!(
+                "cannot look up image {name}: {} ({:?})",
+                s.message(),
+                s.code()
+            ),
         };
-        let target = target
-            .with_context(|| format!("containerd has no target for image {name}"))
-            .map_err(Lookup::Containerd)?;
-        Ok(Blob {
+        let target =
+            target.with_context(|| format!("containerd has no target for image {name}"))?;
+        Ok(Some(Blob {
             media_type: target.media_type,
             digest: target.digest,
             size: target.size,
             title: None,
-        })
+        }))
     }
 
     /// The whole blob `digest`, which the manifest says is `size` bytes, of
     /// at most `max` bytes. `Ok(None)` if the content store does not have it.
-    async fn read(&self, digest: &str, size: i64, max: i64) -> Result<Option<Vec<u8>>> {
+    pub(crate) async fn read(&self, digest: &str, size: i64, max: i64) -> Result<Option<Vec<u8>>> {
         if size > max {
             bail!("blob {digest} is {size} bytes, more than the {max} bytes read");
         }
@@ -270,7 +293,12 @@ impl Api {
     }
 
     /// A JSON blob (index, manifest, config).
-    async fn read_json(&self, blob: &Blob, what: &str, image: &str) -> Result<Value, Lookup> {
+    pub(crate) async fn read_json(
+        &self,
+        blob: &Blob,
+        what: &str,
+        image: &str,
+    ) -> Result<Value, Lookup> {
         let bytes = self
             .read(&blob.digest, blob.size, MAX_JSON_BYTES)
             .await
@@ -294,14 +322,9 @@ async fn lookup(
     file: &str,
     max_module: u64,
 ) -> Result<Option<WasmLayer>, Lookup> {
-    let channel = containerd_client::connect(path)
+    let api = Api::connect(path, namespace)
         .await
-        .with_context(|| format!("cannot connect to containerd at {path}"))
         .map_err(Lookup::Containerd)?;
-    let api = Api {
-        channel,
-        namespace: namespace.to_string(),
-    };
     let image = api.container_image(id).await.map_err(Lookup::Containerd)?;
     if image.is_empty() {
         return Ok(None);

@@ -140,6 +140,13 @@ impl Hosting {
         self == Hosting::PerNode
     }
 
+    /// Whether the server precompiles images as containerd records them
+    /// (`image_events.rs`): the per-node server lives on between pods and
+    /// shares its engine with them; a per-pod shim lives for its pod only.
+    pub fn precompiles_pulled_images(self) -> bool {
+        self == Hosting::PerNode
+    }
+
     /// Whether a pod sandbox moves the server process into the pod's cgroup.
     /// Only a per-pod server belongs to one pod; the node server hosts many,
     /// so a pod cgroup gets no process there.

@@ -21,6 +21,7 @@ mod exec;
 #[doc(hidden)]
 pub mod fuzzing;
 mod hosting;
+mod image_events;
 mod keys;
 mod launch;
 mod lifecycle;
@@ -32,6 +33,7 @@ mod negotiation;
 mod os;
 mod pod_namespaces;
 mod pod_network;
+pub mod precompile;
 mod process;
 mod reaper;
 mod rootfs;

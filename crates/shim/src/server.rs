@@ -74,6 +74,7 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
     let metrics = engine
         .metrics()
         .map(|engine| Arc::new(ShimMetrics::new(engine.clone())));
+    let precompiling = hosting.precompiles_pulled_images().then(|| engine.clone());
     let guests = EngineGuests::new(engine, &options.containerd_address);
     // Native containers' inits are re-parented here; their exits are ours.
     crate::reaper::start()?;
@@ -107,6 +108,10 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
         options.runtime.name,
         options.socket_address
     );
+
+    if let Some(engine) = precompiling {
+        crate::image_events::start(engine, options.containerd_address.clone());
+    }
 
     let socket = Arc::new(OwnSocket::new(&options.socket_address));
     tokio::spawn(drain_on_signals(
