@@ -21,6 +21,7 @@ mod api;
 mod bigwasm;
 mod cases;
 mod http;
+mod key_value;
 mod lab;
 mod overhead;
 mod report;
@@ -57,7 +58,7 @@ pub struct Config {
 }
 
 /// Every case, in the order they run.
-const CASES: [&str; 9] = ["1", "2", "3", "3b", "4", "5", "6", "7", "8"];
+const CASES: [&str; 10] = ["1", "2", "3", "3b", "4", "5", "6", "7", "9", "8"];
 
 impl Config {
     fn full() -> Config {
@@ -326,6 +327,9 @@ fn run() -> Result<()> {
     }
     if want("7") {
         record("7", http::http(&lab, &cfg, &api));
+    }
+    if want("9") {
+        record("9", key_value::key_value(&lab, &cfg, &api));
     }
     // Case 8 restarts containerd, whose graceful stop waits for open gRPC
     // connections such as this one.
