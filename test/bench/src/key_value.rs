@@ -141,7 +141,9 @@ impl Redis {
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
-            .context("starting redis-server (apt-get install redis-server; make deps installs it)")?;
+            .context(
+                "starting redis-server (apt-get install redis-server; make deps installs it)",
+            )?;
         let redis = Redis { child, address };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
