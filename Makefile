@@ -8,7 +8,7 @@ WAT_SRCS := $(wildcard $(FIXTURES)/wat/*.wat)
 WASIP1 := $(RUST_FIXTURES:%=$(OUT)/wasip1/%.wasm)
 WASIP2 := $(RUST_FIXTURES:%=$(OUT)/wasip2/%.wasm)
 # wasi:http components (wasm32-wasip2 only): one package each under rust/<name>/.
-HTTP_FIXTURES := http cloud
+HTTP_FIXTURES := http cloud cloudcmd
 WASIP2_HTTP := $(HTTP_FIXTURES:%=$(OUT)/wasip2/%.wasm)
 # Spin HTTP components (Spin's Rust SDK, wasm32-wasip2): rust/spin/<name>/,
 # to out/spin/<name>.wasm; test/fixtures/spin/spin.toml is their app.

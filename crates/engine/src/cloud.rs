@@ -8,7 +8,7 @@
 //!
 //! Key-value: a container's buckets live in one store: in memory, scoped
 //! to the container (shared by its requests, gone with it, at most 16 MiB
-//! of keys and values), or in Redis when the container's env sets
+//! of keys and values, counted against the container's memory limit), or in Redis when the container's env sets
 //! [`KEYVALUE_REDIS_URL_ENV`] (`redis://host:port[/db]`). In Redis, keys are
 //! `wasishim/<scope>/<bucket>/<key>`, the scope being the Kubernetes
 //! namespace of the container's pod, or `-` for a container without a
@@ -28,6 +28,7 @@ use anyhow::{Context, Result};
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 
 use crate::key_value::{Backend, MemoryStore, RedisStore, Scoped};
+use crate::limits::MemoryMeter;
 use crate::wasi::WasiTemplate;
 use crate::WorkloadSpec;
 
@@ -64,6 +65,8 @@ pub struct Bucket {
 pub(crate) struct Cloud {
     config: Arc<BTreeMap<String, String>>,
     store: Arc<dyn Backend>,
+    /// The store when it is in memory, to charge to the container.
+    memory: Option<Arc<MemoryStore>>,
 }
 
 impl Cloud {
@@ -81,8 +84,13 @@ impl Cloud {
             .rev()
             .find(|(k, _)| k == KEYVALUE_REDIS_URL_ENV)
             .map(|(_, v)| v.trim());
+        let mut memory = None;
         let store: Arc<dyn Backend> = match url {
-            None | Some("") => Arc::new(MemoryStore::default()),
+            None | Some("") => {
+                let store = Arc::new(MemoryStore::default());
+                memory = Some(store.clone());
+                store
+            }
             Some(url) => {
                 let redis = RedisStore::open(url).with_context(|| {
                     format!("{KEYVALUE_REDIS_URL_ENV}={url} is not a Redis URL: give redis://host:port or redis://host:port/db")
@@ -97,7 +105,16 @@ impl Cloud {
         Ok(Cloud {
             config: Arc::new(config),
             store,
+            memory,
         })
+    }
+
+    /// Counts the in-memory store's bytes against the container's memory
+    /// sum and limit (`meter`), once the container starts.
+    pub(crate) fn charge_to(&self, meter: MemoryMeter) {
+        if let Some(memory) = &self.memory {
+            memory.charge_to(meter);
+        }
     }
 
     /// A store's (one request's) state of the interfaces.

@@ -151,6 +151,13 @@ impl<H: Handlers> HttpGuest<H> {
     }
 }
 
+impl HttpGuest<Single> {
+    /// The container's `wasi:config` and `wasi:keyvalue` state.
+    pub(crate) fn cloud(&self) -> &Cloud {
+        &self.handlers.cloud
+    }
+}
+
 /// Everything a request needs, shared by the connection tasks.
 struct Server<H> {
     engine: Engine,

@@ -124,6 +124,47 @@ impl GuestLimiter {
     }
 }
 
+/// A charge against a container's memory sum (the one its stores' limiters
+/// keep) from outside its stores: the bytes of its in-memory key-value
+/// store (key_value/memory.rs), so that they count against the memory limit
+/// and show in its stats.
+#[derive(Clone)]
+pub(crate) struct MemoryMeter {
+    total: Arc<AtomicU64>,
+    limit: Option<u64>,
+}
+
+impl MemoryMeter {
+    pub(crate) fn new(total: Arc<AtomicU64>, limit: Option<u64>) -> MemoryMeter {
+        MemoryMeter { total, limit }
+    }
+
+    /// Adds `bytes` if the sum stays within the limit; false if not.
+    pub(crate) fn charge(&self, bytes: u64) -> bool {
+        let limit = self.limit;
+        self.total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
+                let after = total.saturating_add(bytes);
+                limit.is_none_or(|limit| after <= limit).then_some(after)
+            })
+            .is_ok()
+    }
+
+    /// Takes `bytes` charged before back out.
+    pub(crate) fn release(&self, bytes: u64) {
+        let _ = self
+            .total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
+                Some(total.saturating_sub(bytes))
+            });
+    }
+
+    /// The limit, for errors.
+    pub(crate) fn limit(&self) -> Option<u64> {
+        self.limit
+    }
+}
+
 impl Drop for GuestLimiter {
     fn drop(&mut self) {
         if self.release_on_drop {

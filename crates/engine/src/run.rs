@@ -28,7 +28,7 @@ use crate::compile::ModuleEntry;
 use crate::confine::Confinement;
 use crate::control::{ended_by, yield_on_epoch, Control, Ended};
 use crate::http::HttpGuest;
-use crate::limits::{GuestLimiter, GuestLimits};
+use crate::limits::{GuestLimiter, GuestLimits, MemoryMeter};
 use crate::metrics::HttpMetrics;
 use crate::signal::{self, SignalAction};
 use crate::spin::SpinApp;
@@ -222,6 +222,14 @@ impl Workload {
             confinement,
         } = self;
         let control = Arc::new(Control::new(stdin));
+        // The in-memory key-value store counts into the same sum as the
+        // stores' memories, against the same limit.
+        let meter = MemoryMeter::new(control.memory.clone(), limits.memory);
+        match &guest {
+            Guest::Component { cloud, .. } => cloud.charge_to(meter),
+            Guest::Http(http) => http.cloud().charge_to(meter),
+            Guest::Module { .. } | Guest::Spin(_) => {}
+        }
         if let Some(file) = stdin_file {
             control
                 .stdin

@@ -347,10 +347,20 @@ pub fn print_measured(name: &str, m: &Measured) {
 /// A warm-up run, then the measured run, with the server's CPU time
 /// (`cpu_ns`, a counter in nanoseconds) around the measured one.
 pub fn measure(cfg: &Config, address: SocketAddr, cpu_ns: impl Fn() -> u64) -> Result<Measured> {
-    wrk(address, cfg.http_warmup_seconds)?;
+    measure_path(cfg, address, "/", cpu_ns)
+}
+
+/// [`measure`] of requests for `path`.
+pub fn measure_path(
+    cfg: &Config,
+    address: SocketAddr,
+    path: &str,
+    cpu_ns: impl Fn() -> u64,
+) -> Result<Measured> {
+    wrk(address, path, cfg.http_warmup_seconds)?;
     let before = cpu_ns();
     let started = Instant::now();
-    let (w, text) = wrk(address, cfg.http_seconds)?;
+    let (w, text) = wrk(address, path, cfg.http_seconds)?;
     let wall = started.elapsed();
     let used = cpu_ns().saturating_sub(before) as f64;
     show_wrk(&text);
@@ -364,11 +374,11 @@ pub fn measure(cfg: &Config, address: SocketAddr, cpu_ns: impl Fn() -> u64) -> R
     })
 }
 
-fn wrk(address: SocketAddr, seconds: u32) -> Result<(Wrk, String)> {
+fn wrk(address: SocketAddr, path: &str, seconds: u32) -> Result<(Wrk, String)> {
     let out = Command::new("wrk")
         .args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{seconds}s")])
         .args(["--latency", "--timeout", "5s"])
-        .arg(format!("http://{address}/"))
+        .arg(format!("http://{address}{path}"))
         .stdin(Stdio::null())
         .output()
         .context("running wrk")?;

@@ -21,6 +21,7 @@ mod api;
 mod bigwasm;
 mod cases;
 mod http;
+mod key_value;
 mod lab;
 mod mixed_pod;
 mod overhead;
@@ -58,7 +59,7 @@ pub struct Config {
 }
 
 /// Every case, in the order they run.
-const CASES: [&str; 10] = ["1", "2", "3", "3b", "4", "5", "6", "7", "8", "9"];
+const CASES: [&str; 11] = ["1", "2", "3", "3b", "4", "5", "6", "7", "10", "8", "9"];
 
 impl Config {
     fn full() -> Config {
@@ -327,6 +328,9 @@ fn run() -> Result<()> {
     }
     if want("7") {
         record("7", http::http(&lab, &cfg, &api));
+    }
+    if want("10") {
+        record("10", key_value::key_value(&lab, &cfg, &api));
     }
     // Case 8 restarts containerd, whose graceful stop waits for open gRPC
     // connections such as this one.

@@ -1,6 +1,6 @@
 //! The WASI cloud interfaces of a plain component end to end: the fixture
 //! test/fixtures/rust/cloud (a `wasi:http` server built with wit-bindgen on
-//! the host's WIT) reads `wasi:config/store` from `WASI_CONFIG_*` variables
+//! the host's WIT; test/fixtures/rust/cloudcmd is a command doing the same) reads `wasi:config/store` from `WASI_CONFIG_*` variables
 //! and a mounted directory laid out as a Kubernetes ConfigMap volume, and
 //! keeps `wasi:keyvalue` state in memory or in a Redis server (Debian's
 //! `redis-server`, started by the test on a free port of 127.0.0.1).
@@ -369,6 +369,36 @@ fn ctr_redis_and_refusals(cd: &PrivateContainerd) {
     drop(redis);
 }
 
+/// A `wasi:cli` command gets the interfaces too (test/fixtures/rust/cloudcmd):
+/// config from the env, a counter in memory that starts over with each
+/// container, and one in Redis that goes on from the previous container.
+fn ctr_command(cd: &PrivateContainerd) {
+    let redis = Redis::start();
+    let image = cd
+        .import(&fixture_image("cloudcmd", "wasip2/cloudcmd.wasm").unwrap())
+        .unwrap();
+    let url = format!("WASISHIM_KEYVALUE_REDIS_URL={}", redis.url());
+    let run = |id: &str, env: &[&str]| {
+        let mut flags = Vec::new();
+        for e in env {
+            flags.extend(["--env", e]);
+        }
+        let out = cd.run_rm(&flags, &image, id, &[]);
+        let text = output_text(&out);
+        assert!(out.status.success(), "{text}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(
+        run("cmd-1", &["WASI_CONFIG_greeting=hello"]),
+        "config greeting=hello\ncount 1 2\n"
+    );
+    assert_eq!(run("cmd-2", &[]), "config greeting unset\ncount 1 2\n");
+    assert_eq!(run("cmd-3", &[&url]), "config greeting unset\ncount 1 2\n");
+    assert_eq!(run("cmd-4", &[&url]), "config greeting unset\ncount 3 4\n");
+    assert_eq!(redis.get("wasishim/-/runs/count").as_deref(), Some("4"));
+    drop(redis);
+}
+
 // ---------------------------------------------------------------- CRI
 
 fn pod_in(cri: &Client, name: &str, namespace: &str) -> Pod {
@@ -503,6 +533,6 @@ fn cri_pods_share_by_namespace(cd: &PrivateContainerd, cri: &Client) {
 // ---------------------------------------------------------------- tests
 
 wasishim_e2e::ctr_and_cri_scenarios!(
-    ctr: [ctr_config_and_memory, ctr_redis_and_refusals],
+    ctr: [ctr_config_and_memory, ctr_redis_and_refusals, ctr_command],
     cri: [cri_pods_share_by_namespace],
 );

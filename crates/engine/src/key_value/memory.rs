@@ -5,13 +5,17 @@
 //! Bounded: the bytes of its keys and values, counted as
 //! `key.len() + value.len()` per entry, may not exceed
 //! [`MEMORY_STORE_MAX_BYTES`]; a `set` that would go over fails with an
-//! error the component sees, naming the limit.
+//! error the component sees, naming the limit. A container's store for
+//! `wasi:keyvalue` is also given the container's [`MemoryMeter`] when it
+//! starts: its bytes then count against the container's memory limit (and
+//! show in its stats), and a `set` past the limit fails the same way.
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use async_trait::async_trait;
 
 use super::{too_many_keys, Backend, MAX_KEYS};
+use crate::limits::MemoryMeter;
 
 /// The most bytes (keys plus values) one in-memory store holds: 16 MiB.
 pub(crate) const MEMORY_STORE_MAX_BYTES: usize = 16 << 20;
@@ -20,6 +24,8 @@ pub(crate) const MEMORY_STORE_MAX_BYTES: usize = 16 << 20;
 #[derive(Default)]
 pub(crate) struct MemoryStore {
     inner: Mutex<Memory>,
+    /// The container's memory sum, once it runs.
+    meter: OnceLock<MemoryMeter>,
 }
 
 #[derive(Default)]
@@ -36,6 +42,12 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Counts the store's bytes, from now on, against `meter` (set once; a
+    /// store that is not charged holds nothing yet).
+    pub(crate) fn charge_to(&self, meter: MemoryMeter) {
+        let _ = self.meter.set(meter);
+    }
+
     /// The bytes held now (keys plus values).
     #[cfg(test)]
     pub(crate) fn bytes(&self) -> usize {
@@ -44,7 +56,12 @@ impl MemoryStore {
 }
 
 impl Memory {
-    fn put(&mut self, key: &str, value: Vec<u8>) -> Result<(), String> {
+    fn put(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        meter: Option<&MemoryMeter>,
+    ) -> Result<(), String> {
         let old = self.entries.get(key).map_or(0, |v| key.len() + v.len());
         let new = key.len() + value.len();
         let after = self.bytes - old + new;
@@ -52,6 +69,18 @@ impl Memory {
             return Err(format!(
                 "the in-memory store is full: this set would make it {after} bytes (keys plus values), more than its {MEMORY_STORE_MAX_BYTES}; delete keys, or configure a Redis store"
             ));
+        }
+        if let Some(meter) = meter {
+            if new > old {
+                if !meter.charge((new - old) as u64) {
+                    return Err(format!(
+                        "the container's memory limit ({} bytes) has no room for this set of {new} bytes (key plus value), which the in-memory store counts against it; delete keys, raise the limit, or configure a Redis store",
+                        meter.limit().unwrap_or(0)
+                    ));
+                }
+            } else {
+                meter.release((old - new) as u64);
+            }
         }
         self.entries.insert(key.to_string(), value);
         self.bytes = after;
@@ -66,13 +95,17 @@ impl Backend for MemoryStore {
     }
 
     async fn set(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
-        self.lock().put(key, value)
+        self.lock().put(key, value, self.meter.get())
     }
 
     async fn delete(&self, key: &str) -> Result<(), String> {
         let mut memory = self.lock();
         if let Some(value) = memory.entries.remove(key) {
-            memory.bytes -= key.len() + value.len();
+            let freed = key.len() + value.len();
+            memory.bytes -= freed;
+            if let Some(meter) = self.meter.get() {
+                meter.release(freed as u64);
+            }
         }
         Ok(())
     }
@@ -110,7 +143,7 @@ impl Backend for MemoryStore {
         let after = now
             .checked_add(delta)
             .ok_or_else(|| format!("incrementing '{key}' by {delta} overflows"))?;
-        memory.put(key, after.to_string().into_bytes())?;
+        memory.put(key, after.to_string().into_bytes(), self.meter.get())?;
         Ok(after)
     }
 }
@@ -153,6 +186,25 @@ mod tests {
             // Replacing a value counts the old one out.
             assert_eq!(store.set("k", vec![0]).await, Ok(()));
             assert_eq!(store.set("l", vec![0]).await, Ok(()));
+        });
+    }
+
+    #[test]
+    fn a_charged_store_counts_against_the_memory_limit() {
+        let total = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(50));
+        let used = || total.load(std::sync::atomic::Ordering::Relaxed);
+        let store = MemoryStore::default();
+        store.charge_to(MemoryMeter::new(total.clone(), Some(100)));
+        block(async {
+            assert_eq!(store.set("a", vec![0; 39]).await, Ok(()));
+            assert_eq!(used(), 90);
+            let e = store.set("b", vec![0; 10]).await.err().unwrap_or_default();
+            assert!(e.contains("memory limit (100 bytes)"), "{e}");
+            assert_eq!(used(), 90);
+            assert_eq!(store.set("a", vec![0; 9]).await, Ok(()));
+            assert_eq!(used(), 60);
+            assert_eq!(store.delete("a").await, Ok(()));
+            assert_eq!(used(), 50);
         });
     }
 
