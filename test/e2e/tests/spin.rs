@@ -168,6 +168,20 @@ impl Drop for Redis {
     }
 }
 
+/// Waits until CRI knows `image`: an image `ctr images import` just
+/// wrote reaches CRI's image store through an event, a moment later (a
+/// create right after the import was refused with "not found" on 2.1.9).
+fn wait_cri_image(cri: &Client, image: &str) {
+    let start = Instant::now();
+    while !cri.has_image(image).unwrap_or(false) {
+        assert!(
+            start.elapsed() < LISTEN_LIMIT,
+            "CRI does not know image {image} {LISTEN_LIMIT:?} after its import"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 // ---------------------------------------------------------------- ctr
 
 /// Routing, Spin's headers, variables with and without an override,
@@ -392,6 +406,7 @@ fn cri_spin_in_pod(cd: &PrivateContainerd, cri: &Client) {
     // A refused app in the same pod says why; the first keeps serving.
     let manifest = "spin_manifest_version = 2\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"db\"\n[component.db]\nsource = \"sqlite.wasm\"\n";
     let bad = cri::import(cd, &app_image("spin-sqlite", manifest, &[])).unwrap();
+    wait_cri_image(cri, &bad);
     let error = cri.refused(&pod, cri.container_config("spin-sqlite", &bad));
     assert!(error.contains("fermyon:spin/sqlite@2.0.0"), "{error}");
     let answer = cri::in_netns(&netns, move || get(address, "/hello").status).unwrap();
