@@ -142,6 +142,8 @@ images: fixtures
 	$(CARGO) run -q -p wasishim-image -- --name docker.io/library/wasishim-spin-app:test \
 		--file $(FIXTURES)/spin/spin.toml:/spin.toml $(SPIN_FIXTURES:%=--file $(OUT)/spin/%.wasm:/%.wasm) \
 		--entrypoint /spin.toml --out $(OUT)/images/spin-app.tar
+	$(CARGO) run -q -p wasishim-image -- --artifact spin --name docker.io/library/wasishim-spin-artifact:test \
+		--spin-manifest $(FIXTURES)/spin/spin.toml --spin-dir $(OUT)/spin --out $(OUT)/images/spin-artifact.tar
 
 test-e2e: fixtures build
 	$(CARGO) test -p wasishim-e2e -- --test-threads=1

@@ -42,6 +42,16 @@ fuzz_target!(|data: &[u8]| {
                 "{layer:?}: {layer_check}"
             );
         }
+        Image::SpinApp {
+            locked,
+            config_check,
+        } => {
+            assert_eq!(
+                locked.media_type, "application/vnd.fermyon.spin.application.v1+config",
+                "{locked:?}"
+            );
+            assert!(!config_check.is_empty());
+        }
         Image::Refused(why) => assert!(!why.is_empty()),
     }
 });

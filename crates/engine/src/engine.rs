@@ -19,6 +19,7 @@ use crate::prepare::{self, CodeOrigin};
 use crate::run::Workload;
 use crate::source::{EntrypointFile, RootfsEntrypoint};
 use crate::spec::WorkloadSpec;
+use crate::spin::SpinLockedApp;
 use crate::stdio::Stdio;
 use crate::worker::{
     CompileLimits, Spawner, COMPILE_CONCURRENCY_ENV, COMPILE_MEMORY_ENV, COMPILE_TIMEOUT_ENV,
@@ -619,6 +620,38 @@ impl WasmEngine {
             layer.bytes(),
             origin,
             layer.name(),
+            stdio,
+        )
+    }
+
+    /// Like [`WasmEngine::prepare`] for a Spin app packaged as Spin's OCI
+    /// artifact (`spin registry push`): its locked `app` (from the image's
+    /// locked-app layer or config) and the wasm `layers` its components name
+    /// ([`SpinLockedApp::layer_digests`], digests checked by [`WasmLayer::new`]).
+    /// `process.args[0]` is then only a name. The app is served as a Spin
+    /// app from `spin.toml` is (see the README, "Spin applications").
+    ///
+    /// Costs as `prepare` per component; each layer's digest keys the cache.
+    ///
+    /// # Errors
+    ///
+    /// As for a `spin.toml` app: a component that is not a component, imports
+    /// what wasishim does not provide, a variable without a value, a store
+    /// without runtime config; and a component whose layer is not in `layers`.
+    pub fn prepare_spin_artifact(
+        &self,
+        spec: WorkloadSpec,
+        app: &SpinLockedApp,
+        layers: &[WasmLayer],
+        stdio: Stdio,
+    ) -> Result<Workload> {
+        prepare::prepare_spin_locked(
+            &self.engine,
+            &self.cache,
+            self.share,
+            self.limited(spec),
+            app,
+            layers,
             stdio,
         )
     }

@@ -103,7 +103,7 @@ pub use pool::{
 pub use run::{ExitStatus, Workload, WorkloadHandle};
 pub use source::{find_entrypoint_in, linux_executable, EntrypointFile, RootfsEntrypoint};
 pub use spec::WorkloadSpec;
-pub use spin::{DEFAULT_SPIN_ADDRESS, SPIN_LISTEN_ENV};
+pub use spin::{SpinLockedApp, DEFAULT_SPIN_ADDRESS, MAX_LOCKED_APP_BYTES, SPIN_LISTEN_ENV};
 pub use stdio::Stdio;
 pub use worker::{
     is_compile_worker, run_compile_worker, COMPILE_CONCURRENCY_ENV, COMPILE_MEMORY_ENV,

@@ -151,6 +151,30 @@ pub(crate) fn precompile_layer(
     Ok(())
 }
 
+/// Prepares the Spin app of Spin's OCI artifact: its locked `app`, its
+/// components' code in `layers`.
+pub(crate) fn prepare_spin_locked(
+    engine: &Engine,
+    cache: &CodeCache,
+    share: PoolShare,
+    spec: WorkloadSpec,
+    app: &crate::SpinLockedApp,
+    layers: &[crate::WasmLayer],
+    stdio: Stdio,
+) -> Result<Workload> {
+    let loaded = crate::spin::load_locked(engine, cache, share, &spec, app, layers)?;
+    let instance_state = loaded.instance_state;
+    finish(
+        engine,
+        share,
+        instance_state,
+        spec,
+        Ready::Spin(loaded),
+        "spin",
+        stdio,
+    )
+}
+
 /// A prepare once the guest's `bytes` are read, from `origin`, which
 /// decides how the cache finds them again. `shown` names the code in errors.
 #[allow(

@@ -14,7 +14,14 @@
 //! - wasm-to-oci: config `application/vnd.wasm.config.v1+json`, layers
 //!   `application/vnd.wasm.content.layer.v1+wasm`.
 //!
-//! An image with any tar layer is an ordinary image, whose entrypoint is a
+//! - Spin's OCI artifact (`spin registry push`): a locked app of media type
+//!   `application/vnd.fermyon.spin.application.v1+config`, as a layer (Spin
+//!   3, beside an OCI config with `architecture: wasm`) or as the config
+//!   itself (older Spin), wasm layers named from it by digest, and static
+//!   files as data layers or a gzip'd tar "bundle" layer. The whole app runs;
+//!   no layer is the entrypoint.
+//!
+//! An image with any tar layer (but Spin's bundle) is an ordinary image, whose entrypoint is a
 //! file in its rootfs, whatever else it carries.
 //!
 //! Entrypoint rule for the forms without a "first layer" rule: the only wasm
@@ -36,6 +43,11 @@ pub const WASM_LAYERS: [&str; 3] = [
     "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
     "application/vnd.wasm.content.layer.v1+wasm",
 ];
+/// Media type of Spin's locked app (a layer, or the config of older Spin).
+pub const SPIN_LOCKED_APP: &str = "application/vnd.fermyon.spin.application.v1+config";
+/// Media type of Spin's static-file bundle, a layer that is a tar but no
+/// file system change.
+pub const SPIN_ARCHIVE_LAYER: &str = "application/vnd.wasm.content.bundle.v1.tar+gzip";
 /// Annotation naming a layer's file.
 pub const TITLE_ANNOTATION: &str = "org.opencontainers.image.title";
 
@@ -116,6 +128,9 @@ pub enum Classified {
     Rootfs,
     /// A Wasm OCI artifact whose entrypoint is this layer.
     Entrypoint(Blob),
+    /// Spin's OCI artifact: its locked app, and every layer of the manifest
+    /// (where the locked app's digests are looked up).
+    SpinApp { locked: Blob, layers: Vec<Blob> },
 }
 
 /// Why a Wasm OCI artifact cannot be run. Each says what the image has and
@@ -130,6 +145,8 @@ pub enum ArtifactError {
     FirstLayerNotWasm { media_type: String },
     /// Several wasm layers, and nothing says which one to run.
     Ambiguous { candidates: Vec<String> },
+    /// A Spin artifact with more than one locked app.
+    SeveralLockedApps { count: usize },
 }
 
 impl fmt::Display for ArtifactError {
@@ -157,6 +174,10 @@ impl fmt::Display for ArtifactError {
                 "it has {} wasm layers and nothing says which one to run ({}): give the container the file name of one of them (its {TITLE_ANNOTATION} annotation) as its command, or push a {WASM_CONFIG_V0} artifact, whose first layer is the entrypoint",
                 candidates.len(),
                 candidates.join(", ")
+            ),
+            ArtifactError::SeveralLockedApps { count } => write!(
+                f,
+                "it is a Spin app with {count} locked apps ({SPIN_LOCKED_APP} layers), and nothing says which one to run: push it again with `spin registry push`"
             ),
         }
     }
@@ -207,7 +228,35 @@ pub fn classify(
         return Err(ArtifactError::BadManifest("no layers list".to_string()));
     };
     let layers: Vec<Blob> = layers.iter().filter_map(Blob::from_json).collect();
-    if layers.iter().any(|l| is_tar_layer(&l.media_type)) {
+    // Spin's artifact first: its bundle layer is a tar, of static files.
+    let locked: Vec<&Blob> = layers
+        .iter()
+        .filter(|l| l.media_type == SPIN_LOCKED_APP)
+        .collect();
+    match locked.as_slice() {
+        [] if config_media_type == SPIN_LOCKED_APP => {
+            return Ok(Classified::SpinApp {
+                locked: config_blob(manifest),
+                layers,
+            })
+        }
+        [] => {}
+        [one] => {
+            return Ok(Classified::SpinApp {
+                locked: (*one).clone(),
+                layers: layers.clone(),
+            })
+        }
+        several => {
+            return Err(ArtifactError::SeveralLockedApps {
+                count: several.len(),
+            })
+        }
+    }
+    if layers
+        .iter()
+        .any(|l| is_tar_layer(&l.media_type) && l.media_type != SPIN_ARCHIVE_LAYER)
+    {
         return Ok(Classified::Rootfs);
     }
     let v0 = config_media_type == WASM_CONFIG_V0;
@@ -396,6 +445,42 @@ mod tests {
             e.to_string(),
             format!("it has 2 wasm layers and nothing says which one to run (a.wasm ({D1}), b.wasm ({D2})): give the container the file name of one of them (its org.opencontainers.image.title annotation) as its command, or push a application/vnd.wasm.config.v0+json artifact, whose first layer is the entrypoint")
         );
+    }
+
+    #[test]
+    fn spin_artifacts_run_their_locked_app() {
+        const D3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+        let config = json!({"architecture": "wasm", "os": "wasip1"});
+        // Spin 3: the locked app is a layer beside the components.
+        let m = manifest(vec![
+            layer("application/vnd.wasm.content.layer.v1+wasm", D1, None),
+            layer("application/vnd.wasm.content.layer.v1+data", D2, None),
+            layer(SPIN_LOCKED_APP, D3, None),
+        ]);
+        match classify(&m, OCI_CONFIG, &config, "/") {
+            Ok(Classified::SpinApp { locked, layers }) => {
+                assert_eq!(locked.digest, D3);
+                assert_eq!(layers.len(), 3);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Older Spin: the locked app is the config; a bundle layer is no
+        // ordinary image's tar.
+        let mut m = manifest(vec![
+            layer("application/vnd.wasm.content.layer.v1+wasm", D1, None),
+            layer(SPIN_ARCHIVE_LAYER, D2, None),
+        ]);
+        m["config"] = json!({"mediaType": SPIN_LOCKED_APP, "digest": D3, "size": 9});
+        match classify(&m, SPIN_LOCKED_APP, &Value::Null, "/") {
+            Ok(Classified::SpinApp { locked, .. }) => assert_eq!(locked.digest, D3),
+            other => panic!("{other:?}"),
+        }
+        let m = manifest(vec![
+            layer(SPIN_LOCKED_APP, D1, None),
+            layer(SPIN_LOCKED_APP, D2, None),
+        ]);
+        let e = classify(&m, OCI_CONFIG, &config, "/").unwrap_err();
+        assert!(e.to_string().contains("with 2 locked apps"), "{e}");
     }
 
     #[test]

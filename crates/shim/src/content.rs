@@ -19,7 +19,10 @@ use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::{GetContainerRequest, GetImageRequest, ReadContentRequest};
 use containerd_client::tonic::{self, transport::Channel, Code};
 use serde_json::Value;
-use wasishim_engine::{RootfsEntrypoint, Stdio, WasmEngine, WasmLayer, Workload, WorkloadSpec};
+use wasishim_engine::{
+    RootfsEntrypoint, SpinLockedApp, Stdio, WasmEngine, WasmLayer, Workload, WorkloadSpec,
+    MAX_LOCKED_APP_BYTES,
+};
 
 use crate::artifact::{self, Blob, Classified};
 
@@ -31,6 +34,8 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_JSON_BYTES: i64 = 4 << 20;
 /// Largest wasm layer read into memory.
 pub(crate) const MAX_LAYER_BYTES: i64 = 1 << 30;
+/// Largest sum of the wasm layers of one Spin app read into memory.
+const MAX_SPIN_APP_BYTES: u64 = 256 << 20;
 
 /// Which container, in which namespace of which containerd.
 #[derive(Debug, Clone)]
@@ -75,13 +80,21 @@ pub fn prepare_guest(
         &spec.entrypoint.path,
         engine.max_module_bytes(),
     ) {
-        Ok(Some(layer)) => {
+        Ok(Some(Found::Layer(layer))) => {
             log::info!(
                 "container {}: running {} (Wasm OCI artifact)",
                 container.id,
                 layer.name()
             );
             engine.prepare_layer(spec, layer, stdio)
+        }
+        Ok(Some(Found::Spin(app, layers))) => {
+            log::info!(
+                "container {}: running the Spin app of {} layers (Spin OCI artifact)",
+                container.id,
+                layers.len()
+            );
+            engine.prepare_spin_artifact(spec, &app, &layers, stdio)
         }
         // An ordinary image: the rootfs says what is wrong.
         Ok(None) => Err(missing),
@@ -97,6 +110,14 @@ pub fn prepare_guest(
             ))
         }
     }
+}
+
+/// The code an artifact gives.
+enum Found {
+    /// The entrypoint layer of a Wasm OCI artifact.
+    Layer(WasmLayer),
+    /// Spin's OCI artifact: its locked app, and the layers it names.
+    Spin(SpinLockedApp, Vec<WasmLayer>),
 }
 
 /// Why no layer was found.
@@ -123,7 +144,7 @@ fn wasm_layer(
     id: &str,
     file: &str,
     max_module: u64,
-) -> Result<Option<WasmLayer>, Lookup> {
+) -> Result<Option<Found>, Lookup> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -321,7 +342,7 @@ async fn lookup(
     id: &str,
     file: &str,
     max_module: u64,
-) -> Result<Option<WasmLayer>, Lookup> {
+) -> Result<Option<Found>, Lookup> {
     let api = Api::connect(path, namespace)
         .await
         .map_err(Lookup::Containerd)?;
@@ -351,6 +372,12 @@ async fn lookup(
     let layer = match artifact::classify(&manifest, &config_blob.media_type, &config, file) {
         Ok(Classified::Rootfs) => return Ok(None),
         Ok(Classified::Entrypoint(layer)) => layer,
+        Ok(Classified::SpinApp { locked, layers }) => {
+            return spin_app(&api, &image, &locked, &layers, max_module)
+                .await
+                .map(|(app, layers)| Some(Found::Spin(app, layers)))
+                .map_err(Lookup::Artifact)
+        }
         Err(e) => {
             return Err(Lookup::Artifact(anyhow::anyhow!(
                 "cannot run image {image}: {e}"
@@ -383,6 +410,69 @@ async fn lookup(
             ))
         })?;
     WasmLayer::new(bytes, &layer.digest, &name)
-        .map(Some)
+        .map(|l| Some(Found::Layer(l)))
         .map_err(Lookup::Artifact)
+}
+
+/// The locked app of Spin's OCI artifact `image` and the wasm layers it
+/// names, each read once, size-capped alone and together.
+async fn spin_app(
+    api: &Api,
+    image: &str,
+    locked: &Blob,
+    layers: &[Blob],
+    max_module: u64,
+) -> Result<(SpinLockedApp, Vec<WasmLayer>)> {
+    let shown = format!("locked app {} of image {image}", locked.digest);
+    let max = i64::try_from(MAX_LOCKED_APP_BYTES).unwrap_or(i64::MAX);
+    if locked.size > max {
+        bail!(
+            "the Spin {shown} is {} bytes, more than the {MAX_LOCKED_APP_BYTES} bytes of a locked app wasishim reads",
+            locked.size
+        );
+    }
+    let json = api
+        .read(&locked.digest, locked.size, max)
+        .await
+        .with_context(|| format!("cannot read the Spin {shown}"))?
+        .with_context(|| {
+            format!("the Spin {shown} is not in containerd's content store: pull the image again")
+        })?;
+    // The digest holds for the locked app as for a layer: a damaged store
+    // is told apart from a malformed app.
+    WasmLayer::new(json.clone(), &locked.digest, &format!("the Spin {shown}"))?;
+    let app = SpinLockedApp::parse(&json, &shown)?;
+    let mut read = Vec::new();
+    let mut total: u64 = 0;
+    for digest in app.layer_digests() {
+        let Some(blob) = layers.iter().find(|l| l.digest == digest) else {
+            bail!(
+                "the Spin {shown} names component layer {digest}, which is not a layer of the image: push the app again with `spin registry push`"
+            );
+        };
+        let name = format!("layer {digest} of image {image}");
+        let size = u64::try_from(blob.size).unwrap_or(u64::MAX);
+        if size > max_module {
+            bail!(
+                "the Spin component {name} is {size} bytes, more than the {max_module} bytes of WebAssembly this shim compiles ({}): build a smaller component, or raise the limit in containerd's environment",
+                wasishim_engine::MAX_MODULE_BYTES_ENV
+            );
+        }
+        total = total.saturating_add(size);
+        if total > MAX_SPIN_APP_BYTES {
+            bail!(
+                "the Spin app of image {image} has more than {} MiB of components, more than wasishim reads for one app",
+                MAX_SPIN_APP_BYTES >> 20
+            );
+        }
+        let bytes = api
+            .read(&digest, blob.size, i64::try_from(max_module).unwrap_or(i64::MAX))
+            .await
+            .with_context(|| format!("cannot read the Spin component {name}"))?
+            .with_context(|| {
+                format!("the Spin component {name} is not in containerd's content store: pull the image again")
+            })?;
+        read.push(WasmLayer::new(bytes, &digest, &name)?);
+    }
+    Ok((app, read))
 }

@@ -30,6 +30,10 @@ pub enum Image {
     /// is what [`WasmLayer::new`] says of the layer's digest for an empty
     /// body (the content read from containerd is checked against it).
     Entrypoint { layer: Blob, layer_check: String },
+    /// Spin's OCI artifact: its locked app's blob, and what
+    /// [`wasishim_engine::SpinLockedApp::parse`] says of the `config` bytes
+    /// (which are the locked app in older Spin artifacts).
+    SpinApp { locked: Blob, config_check: String },
     /// Why the image cannot be run, as the container's create error says.
     Refused(String),
 }
@@ -51,6 +55,7 @@ pub fn image(index: Option<&[u8]>, manifest: &[u8], config: &[u8], arg0: &str) -
         return Image::Refused("the manifest is not JSON".to_string());
     };
     let config_blob = artifact::config_blob(&manifest);
+    let config_bytes = config;
     let config = serde_json::from_slice::<Value>(config).unwrap_or(Value::Null);
     match artifact::classify(&manifest, &config_blob.media_type, &config, arg0) {
         Ok(Classified::Rootfs) => Image::Rootfs,
@@ -60,6 +65,17 @@ pub fn image(index: Option<&[u8]>, manifest: &[u8], config: &[u8], arg0: &str) -
                 Err(e) => format!("{e:#}"),
             };
             Image::Entrypoint { layer, layer_check }
+        }
+        Ok(Classified::SpinApp { locked, .. }) => {
+            let config_check =
+                match wasishim_engine::SpinLockedApp::parse(config_bytes, "locked app") {
+                    Ok(app) => format!("{} layers", app.layer_digests().len()),
+                    Err(e) => format!("{e:#}"),
+                };
+            Image::SpinApp {
+                locked,
+                config_check,
+            }
         }
         Err(e) => Image::Refused(e.to_string()),
     }

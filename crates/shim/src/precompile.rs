@@ -198,7 +198,10 @@ async fn find_code(api: &Api, image: &ImageRef, max_module: u64) -> Result<Code,
     let layers = match artifact::classify(&manifest, &config_blob.media_type, &config, "") {
         Ok(Classified::Rootfs) => return rootfs_code(api, name, &config_blob, &config).await,
         Ok(Classified::Entrypoint(layer)) => vec![layer],
-        Err(ArtifactError::Ambiguous { .. }) => artifact::wasm_layers(&manifest),
+        // A Spin app's components are its wasm layers.
+        Ok(Classified::SpinApp { .. }) | Err(ArtifactError::Ambiguous { .. }) => {
+            artifact::wasm_layers(&manifest)
+        }
         Err(e) => {
             return Err(PrecompileError::Failed(anyhow::anyhow!(
                 "cannot precompile image {name}: {e}"

@@ -35,6 +35,12 @@ pub const MEDIA_COMPONENT_LAYER: &str =
 /// A raw wasm layer of wasm-to-oci (and Spin's registry push).
 pub const MEDIA_WASM_CONTENT_LAYER: &str = "application/vnd.wasm.content.layer.v1+wasm";
 
+/// Spin's locked app, a layer of a Spin artifact (`spin registry push`).
+pub const MEDIA_SPIN_LOCKED_APP: &str = "application/vnd.fermyon.spin.application.v1+config";
+/// The label of a Spin artifact's OCI config naming its locked app's digest
+/// (which makes the configs of two apps differ, as image IDs must).
+pub const SPIN_LOCKED_APP_LABEL: &str = "com.fermyon.spin.lockedAppDigest";
+
 /// Which kind of manifest and config an [`Artifact`] gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArtifactForm {
@@ -51,6 +57,14 @@ pub enum ArtifactForm {
     /// `wasm-to-oci`: config `application/vnd.wasm.config.v1+json`, layers
     /// `application/vnd.wasm.content.layer.v1+wasm`.
     WasmToOci,
+    /// Spin's OCI artifact as Spin 3's `spin registry push` writes it: an
+    /// OCI config (`architecture: wasm`, a label with the locked app's
+    /// digest), wasm layers `application/vnd.wasm.content.layer.v1+wasm`
+    /// and the locked app as a layer of
+    /// `application/vnd.fermyon.spin.application.v1+config` (see
+    /// `crate::spin_artifact`). Not in [`ArtifactForm::ALL`]: it is not a
+    /// single program.
+    Spin,
 }
 
 impl ArtifactForm {
@@ -70,15 +84,17 @@ impl ArtifactForm {
             ArtifactForm::OciComponent => "oci-component",
             ArtifactForm::OciWasm => "oci-wasm",
             ArtifactForm::WasmToOci => "wasm-to-oci",
+            ArtifactForm::Spin => "spin",
         }
     }
 
     /// The form named `name` (see [`ArtifactForm::name`]).
     pub fn parse(name: &str) -> Result<ArtifactForm> {
-        match ArtifactForm::ALL.into_iter().find(|f| f.name() == name) {
+        let all = ArtifactForm::ALL.into_iter().chain([ArtifactForm::Spin]);
+        match all.clone().find(|f| f.name() == name) {
             Some(form) => Ok(form),
             None => {
-                let names: Vec<&str> = ArtifactForm::ALL.iter().map(|f| f.name()).collect();
+                let names: Vec<&str> = all.map(|f| f.name()).collect();
                 bail!(
                     "unknown artifact form '{name}': use one of {}",
                     names.join(", ")
@@ -91,7 +107,9 @@ impl ArtifactForm {
     pub fn config_media_type(self) -> &'static str {
         match self {
             ArtifactForm::WasmConfigV0 => MEDIA_WASM_CONFIG_V0,
-            ArtifactForm::OciComponent | ArtifactForm::OciWasm => MEDIA_OCI_CONFIG,
+            ArtifactForm::OciComponent | ArtifactForm::OciWasm | ArtifactForm::Spin => {
+                MEDIA_OCI_CONFIG
+            }
             ArtifactForm::WasmToOci => MEDIA_WASM_CONFIG_V1,
         }
     }
@@ -101,7 +119,7 @@ impl ArtifactForm {
         match self {
             ArtifactForm::WasmConfigV0 | ArtifactForm::OciWasm => MEDIA_WASM,
             ArtifactForm::OciComponent => MEDIA_COMPONENT_LAYER,
-            ArtifactForm::WasmToOci => MEDIA_WASM_CONTENT_LAYER,
+            ArtifactForm::WasmToOci | ArtifactForm::Spin => MEDIA_WASM_CONTENT_LAYER,
         }
     }
 }
@@ -265,6 +283,19 @@ impl Artifact {
                 })
             }
             ArtifactForm::WasmToOci => json!({}),
+            ArtifactForm::Spin => {
+                let locked = layers
+                    .iter()
+                    .find(|l| l.0 == MEDIA_SPIN_LOCKED_APP)
+                    .map(|l| l.2.clone())
+                    .unwrap_or_default();
+                json!({
+                    "architecture": "wasm",
+                    "os": "wasip1",
+                    "config": { "Labels": { SPIN_LOCKED_APP_LABEL: locked } },
+                    "rootfs": { "type": "layers", "diff_ids": [] },
+                })
+            }
         };
         let config = serde_json::to_vec(&config)?;
         let config_digest = digest(&config);

@@ -30,10 +30,13 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 mod artifact;
+mod spin;
 pub use artifact::{
     Artifact, ArtifactBlobs, ArtifactForm, ArtifactLayer, MEDIA_COMPONENT_LAYER, MEDIA_OCI_CONFIG,
-    MEDIA_WASM, MEDIA_WASM_CONFIG_V0, MEDIA_WASM_CONFIG_V1, MEDIA_WASM_CONTENT_LAYER,
+    MEDIA_SPIN_LOCKED_APP, MEDIA_WASM, MEDIA_WASM_CONFIG_V0, MEDIA_WASM_CONFIG_V1,
+    MEDIA_WASM_CONTENT_LAYER, SPIN_LOCKED_APP_LABEL,
 };
+pub use spin::spin_artifact;
 
 /// Where the wasm goes in the image unless [`Image::wasm_path`] says otherwise.
 pub const DEFAULT_WASM_PATH: &str = "/app.wasm";

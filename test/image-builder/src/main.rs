@@ -38,8 +38,13 @@ Wasm OCI artifacts (raw wasm layers instead of a tar layer):
                            oci-wasm        OCI config, architecture wasm, layers application/wasm
                            wasm-to-oci     config application/vnd.wasm.config.v1+json,
                                            layers application/vnd.wasm.content.layer.v1+wasm
+                           spin            Spin's OCI artifact (spin registry push) of
+                                           the app --spin-manifest, components from
+                                           the manifest's directory or --spin-dir
                          --wasm is the first layer; --entrypoint, --cmd and --env
                          go into the config of oci-component and oci-wasm only
+  --spin-manifest FILE   spin.toml of the app (--artifact spin)
+  --spin-dir DIR         where its components' sources are (default: its directory)
   --layer TYPE:FILE      add FILE as a further layer of media type TYPE; repeatable
 ";
 
@@ -66,6 +71,8 @@ fn run(args: Vec<String>) -> Result<()> {
     let mut workdir = None;
     let mut artifact = None;
     let mut layers = Vec::new();
+    let mut spin_manifest: Option<PathBuf> = None;
+    let mut spin_dir: Option<PathBuf> = None;
 
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
@@ -89,6 +96,8 @@ fn run(args: Vec<String>) -> Result<()> {
             "--workdir" => workdir = Some(value),
             "--artifact" => artifact = Some(ArtifactForm::parse(&value)?),
             "--layer" => layers.push(value),
+            "--spin-manifest" => spin_manifest = Some(PathBuf::from(value)),
+            "--spin-dir" => spin_dir = Some(PathBuf::from(value)),
             other => bail!("unknown option {other}\n\n{USAGE}"),
         }
     }
@@ -99,7 +108,21 @@ fn run(args: Vec<String>) -> Result<()> {
         if !files.is_empty() || !dirs.is_empty() || wasm_path.is_some() || workdir.is_some() {
             bail!("--file, --dir, --wasm-path and --workdir describe a file system, which an artifact has not: leave them out with --artifact");
         }
-        let mut artifact = Artifact::new(&name, form);
+        let mut artifact = match (form, &spin_manifest) {
+            (ArtifactForm::Spin, Some(manifest)) => {
+                let text = std::fs::read_to_string(manifest)
+                    .with_context(|| format!("reading --spin-manifest {}", manifest.display()))?;
+                let dir = match (&spin_dir, manifest.parent()) {
+                    (Some(dir), _) => dir.clone(),
+                    (None, Some(parent)) => parent.to_path_buf(),
+                    (None, None) => PathBuf::from("."),
+                };
+                wasishim_image::spin_artifact(&name, &text, &dir)?
+            }
+            (ArtifactForm::Spin, None) => bail!("--artifact spin needs --spin-manifest"),
+            (_, Some(_)) => bail!("--spin-manifest needs --artifact spin"),
+            _ => Artifact::new(&name, form),
+        };
         if let Some(w) = wasm {
             let bytes =
                 std::fs::read(&w).with_context(|| format!("reading --wasm {}", w.display()))?;

@@ -19,7 +19,8 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::host::{self, SpinHost};
 use super::key_value::{MemoryStore, Stores};
-use super::manifest::{self, Manifest, MAX_MANIFEST_BYTES};
+use super::locked::SpinLockedApp;
+use super::manifest::{self, Manifest, Source, MAX_MANIFEST_BYTES};
 use super::outbound::AllowedHosts;
 use super::routes::Router;
 use super::runtime_config;
@@ -31,6 +32,7 @@ use crate::http::{Handlers, Picked};
 use crate::http_body::plain;
 use crate::http_state::{HttpState, Outgoing};
 use crate::instance_state::InstanceState;
+use crate::layer::WasmLayer;
 use crate::pool::PoolShare;
 use crate::rootfs;
 use crate::spec::WorkloadSpec;
@@ -95,24 +97,95 @@ pub(crate) fn load(
         );
     }
     let manifest = manifest::parse(&text, shown)?;
-    let router = Router::new(&manifest.routes).with_context(|| format!("Spin manifest {shown}"))?;
-    let mut variables = variables::resolve(&manifest, &spec.env)
-        .with_context(|| format!("Spin manifest {shown}"))?;
-    let config = runtime_config::load(&spec.rootfs)?;
-    let all_stores = stores(&manifest, &config, shown)?;
     let dir = match shown.rsplit_once('/') {
         Some((dir, _)) => dir.to_string(),
         None => String::new(),
     };
+    load_app(
+        engine,
+        cache,
+        share,
+        spec,
+        &manifest,
+        &format!("Spin manifest {shown}"),
+        &CodeFrom::Rootfs { dir },
+    )
+}
+
+/// Loads the app of a locked app from Spin's OCI artifact, its components'
+/// Wasm from `layers` (read by the caller, digests checked).
+///
+/// # Errors
+///
+/// As [`load`], and a component whose layer is not among `layers`.
+pub(crate) fn load_locked(
+    engine: &Engine,
+    cache: &CodeCache,
+    share: PoolShare,
+    spec: &WorkloadSpec,
+    app: &SpinLockedApp,
+    layers: &[WasmLayer],
+) -> Result<SpinApp> {
+    let layers: HashMap<&str, &WasmLayer> = layers.iter().map(|l| (l.digest(), l)).collect();
+    load_app(
+        engine,
+        cache,
+        share,
+        spec,
+        &app.manifest,
+        &format!("Spin {}", app.shown),
+        &CodeFrom::Layers(layers),
+    )
+}
+
+/// Where the components' Wasm is.
+enum CodeFrom<'a> {
+    /// Files in the rootfs, relative to the manifest's directory `dir`.
+    Rootfs { dir: String },
+    /// Layers of Spin's OCI artifact, by digest.
+    Layers(HashMap<&'a str, &'a WasmLayer>),
+}
+
+/// Loads the app `manifest` (`shown` in messages), its components' code
+/// from `code`.
+fn load_app(
+    engine: &Engine,
+    cache: &CodeCache,
+    share: PoolShare,
+    spec: &WorkloadSpec,
+    manifest: &Manifest,
+    shown: &str,
+    code_from: &CodeFrom<'_>,
+) -> Result<SpinApp> {
+    let router = Router::new(&manifest.routes).with_context(|| shown.to_string())?;
+    let mut variables =
+        variables::resolve(manifest, &spec.env).with_context(|| shown.to_string())?;
+    let config = runtime_config::load(&spec.rootfs)?;
+    let all_stores = stores(manifest, &config, shown)?;
     let mut components = HashMap::new();
     let mut instance_state = InstanceState {
         core_instances: 1,
         bytes: 0,
     };
     for (id, component) in &manifest.components {
-        let source = format!("{dir}/{}", component.source.trim_start_matches("./"));
+        let (source, code) = match (&component.source, code_from) {
+            (Source::File(file), CodeFrom::Rootfs { dir }) => {
+                let source = format!("{dir}/{}", file.trim_start_matches("./"));
+                let what = format!("Spin component '{id}' ({source})");
+                let code = compile(engine, cache, spec, &source, &what)?;
+                (source, code)
+            }
+            (Source::Layer(digest), CodeFrom::Layers(layers)) => {
+                let what = format!("Spin component '{id}' (layer {digest})");
+                let Some(layer) = layers.get(digest.as_str()) else {
+                    bail!("{what}: {shown} names this layer, but the image has no such layer: push the app again with `spin registry push`");
+                };
+                let code = compile_layer(engine, cache, spec, layer)?;
+                (digest.clone(), code)
+            }
+            _ => bail!("{shown}: component '{id}' has a source of the other packaging form"),
+        };
         let what = format!("Spin component '{id}' ({source})");
-        let code = compile(engine, cache, spec, &source, &what)?;
         let Code::Component(c) = &code.code else {
             bail!("{what} is a core module, not a component: build it for wasm32-wasip2 (or with componentize tooling), as Spin 3 runs");
         };
@@ -162,6 +235,7 @@ fn stores(
     config: &runtime_config::RuntimeConfig,
     shown: &str,
 ) -> Result<Stores> {
+    // `shown` is "Spin manifest /spin.toml" or "Spin locked app ...".
     let mut stores = Stores::new();
     for (id, component) in &manifest.components {
         for label in &component.key_value_stores {
@@ -172,7 +246,7 @@ fn stores(
                 Some(store) => store,
                 None if label == "default" => Arc::new(MemoryStore::default()),
                 None => bail!(
-                    "Spin manifest {shown}: component '{id}' uses key-value store '{label}', which is not defined: add [key_value_store.{label}] to {} in the image",
+                    "{shown}: component '{id}' uses key-value store '{label}', which is not defined: add [key_value_store.{label}] to {} in the image",
                     runtime_config::PATH
                 ),
             };
@@ -216,6 +290,27 @@ fn compile(
     }
     crate::compile::check_source(&bytes, source)?;
     cache.get_file(engine, identity, read_at, &bytes, source, &spec.tenant)
+}
+
+/// Compiles (or takes from the cache, by digest) the component of `layer`.
+fn compile_layer(
+    engine: &Engine,
+    cache: &CodeCache,
+    spec: &WorkloadSpec,
+    layer: &WasmLayer,
+) -> Result<Arc<crate::cache::Compiled>> {
+    let max = cache.limits().max_module_bytes;
+    let bytes = layer.bytes();
+    if bytes.len() as u64 > max {
+        bail!(
+            "Spin component {} is {} bytes, more than the {max} bytes of WebAssembly this shim compiles ({})",
+            layer.name(),
+            bytes.len(),
+            crate::worker::MAX_MODULE_BYTES_ENV
+        );
+    }
+    crate::compile::check_source(bytes, layer.name())?;
+    cache.get_by_digest(engine, layer.digest(), bytes, layer.name(), &spec.tenant)
 }
 
 /// Refuses a component importing an interface wasishim does not provide,

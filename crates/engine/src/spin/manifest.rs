@@ -50,11 +50,20 @@ pub(crate) struct Variable {
     pub(crate) description: Option<String>,
 }
 
+/// Where a component's Wasm comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A file in the rootfs, relative to the manifest's directory
+    /// (`spin.toml`).
+    File(String),
+    /// A wasm layer of Spin's OCI artifact, by its digest (a locked app).
+    Layer(String),
+}
+
 /// A component of the app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Component {
-    /// Path of its Wasm file, relative to the manifest's directory.
-    pub(crate) source: String,
+    pub(crate) source: Source,
     /// Component variable name -> template (`"{{ app_var }}"`, text).
     pub(crate) variables: BTreeMap<String, String>,
     pub(crate) allowed_outbound_hosts: Vec<String>,
@@ -237,7 +246,7 @@ pub(crate) fn parse(text: &str, shown: &str) -> Result<Manifest> {
         components.insert(
             id,
             Component {
-                source,
+                source: Source::File(source),
                 variables: c.variables,
                 allowed_outbound_hosts: c.allowed_outbound_hosts,
                 key_value_stores: c.key_value_stores,

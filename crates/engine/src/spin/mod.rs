@@ -14,11 +14,16 @@
 //! each request goes to the component its route names (app.rs), in a fresh
 //! instance, with the `spin-*` headers Spin sets.
 //!
+//! Spin's OCI artifact (`spin registry push`) carries a locked app instead
+//! of `spin.toml` (locked.rs), its components in wasm layers that the
+//! caller reads from the image; it becomes the same app model.
+//!
 //! It listens on `SPIN_HTTP_LISTEN_ADDR` of the container's environment (as
 //! containerd-shim-spin), else `WASISHIM_HTTP_ADDRESS`, else `0.0.0.0:80`.
 mod app;
 mod host;
 mod key_value;
+mod locked;
 mod manifest;
 mod outbound;
 mod routes;
@@ -29,7 +34,8 @@ use std::net::SocketAddr;
 
 use anyhow::{bail, Result};
 
-pub(crate) use app::{load, SpinApp};
+pub(crate) use app::{load, load_locked, SpinApp};
+pub use locked::{SpinLockedApp, MAX_LOCKED_APP_BYTES};
 
 use crate::http_settings::{HttpSettings, HTTP_ADDRESS_ENV};
 
