@@ -71,6 +71,9 @@ pub struct Bundle {
     pub network_path: Option<PathBuf>,
     /// `annotations` (empty when absent).
     pub annotations: BTreeMap<String, String>,
+    /// `hostname`; `None` when absent or empty (a pod sandbox's is the
+    /// pod's hostname).
+    pub hostname: Option<String>,
 }
 
 /// `process.user`: who the process runs as.
@@ -286,6 +289,7 @@ impl Bundle {
                 .flatten()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            hostname: spec.hostname().clone().filter(|h| !h.is_empty()),
         })
     }
 

@@ -8,6 +8,8 @@
 //! - `--wasishim-compile-worker` (first, never from containerd): compile one
 //!   guest for the server that started this process (see the engine's
 //!   `run_compile_worker`).
+//! - `--wasishim-pod-init` (first, never from containerd): hold a pod's
+//!   shared PID namespace as its init (see [`crate::pod_namespaces`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,7 +20,7 @@ use containerd_shim_protos::types::introspection::RuntimeInfo;
 
 use crate::hosting::Runtime;
 use crate::server::{serve_inherited, ServeOptions};
-use crate::{cleanup, launch};
+use crate::{cleanup, launch, pod_namespaces};
 
 /// Runs the shim binary for `runtime` and returns the process exit code.
 pub fn main(runtime: Runtime) -> i32 {
@@ -26,6 +28,10 @@ pub fn main(runtime: Runtime) -> i32 {
     // own limits and filter, and needs no logging or flags.
     if std::env::args_os().nth(1).as_deref() == Some(wasishim_engine::COMPILE_WORKER_ARG.as_ref()) {
         return wasishim_engine::run_compile_worker();
+    }
+    // Likewise first, with one thread: it forks.
+    if std::env::args_os().nth(1).as_deref() == Some(pod_namespaces::POD_INIT_ARG.as_ref()) {
+        return pod_namespaces::run_pod_init();
     }
     match run(runtime) {
         Ok(()) => 0,

@@ -109,6 +109,8 @@ pub fn build(dir: &Path, mounts: &[Mount], stdio: Stdio, cx: &BuildContext) -> R
             cx.pod_networks
                 .insert(&cx.key.namespace, &sandbox_id, netns.clone());
         }
+        cx.natives
+            .sandbox_created(&cx.key.namespace, &sandbox_id, bundle.hostname.clone());
         // The pod sandbox runs nothing, so its rootfs is not even mounted.
         return Ok(Built {
             prepared: Prepared::Sandbox,

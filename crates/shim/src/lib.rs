@@ -30,6 +30,7 @@ mod native;
 mod native_records;
 mod negotiation;
 mod os;
+mod pod_namespaces;
 mod pod_network;
 mod process;
 mod reaper;

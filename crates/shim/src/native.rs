@@ -8,9 +8,12 @@
 //! `root.path` is made absolute, and the namespaces. A CRI container names
 //! its sandbox's namespaces by the sandbox's pid, which in this shim is the
 //! shim itself: joining them would put the container in the host's PID, IPC,
-//! UTS or mount namespace. Every such entry naming a namespace the shim is in
-//! becomes a new namespace; the network entry is pointed at the pod's pinned
-//! network namespace, the one Wasm guests join.
+//! UTS or mount namespace. The network entry is pointed at the pod's pinned
+//! network namespace, the one Wasm guests join; IPC, UTS and (when CRI asks
+//! for a shared one) PID entries at the pod's own, which
+//! [`crate::pod_namespaces`] makes at the first native container that names
+//! them; any other entry naming a namespace the shim is in becomes a new
+//! namespace.
 //!
 //! The container then goes through the same lifecycle as a Wasm guest (it
 //! is a [`Guest`]); its init's exit comes from [`crate::reaper`].
@@ -27,6 +30,7 @@ use wasishim_engine::ExitStatus;
 
 use crate::cgroups::Hierarchies;
 use crate::native_records::{self, Record};
+use crate::pod_namespaces::PodNamespaces;
 use crate::process::{Guest, GuestRequest, OnExit, RunningGuest};
 use crate::reaper;
 use crate::runc::Runc;
@@ -61,6 +65,11 @@ pub trait Natives: Send + Sync {
     /// `None` when the request's entrypoint is not a Linux executable (the
     /// engine takes it); otherwise the container, created. Blocking.
     fn prepare(&self, request: &GuestRequest<'_>) -> Result<Option<NativePrepared>>;
+    /// Pod sandbox `sandbox_id` was created, with `hostname` (its spec's):
+    /// its native containers will share its namespaces.
+    fn sandbox_created(&self, _namespace: &str, _sandbox_id: &str, _hostname: Option<String>) {}
+    /// Pod sandbox `sandbox_id` was deleted: what its containers shared goes.
+    fn sandbox_deleted(&self, _namespace: &str, _sandbox_id: &str) {}
 }
 
 /// No native containers: every entrypoint goes to the engine.
@@ -73,9 +82,20 @@ impl Natives for NoNatives {
 }
 
 /// Native containers run by runc.
-pub struct RuncNatives;
+#[derive(Default)]
+pub struct RuncNatives {
+    pods: PodNamespaces,
+}
 
 impl Natives for RuncNatives {
+    fn sandbox_created(&self, namespace: &str, sandbox_id: &str, hostname: Option<String>) {
+        self.pods.sandbox_created(namespace, sandbox_id, hostname);
+    }
+
+    fn sandbox_deleted(&self, namespace: &str, sandbox_id: &str) {
+        self.pods.sandbox_deleted(namespace, sandbox_id);
+    }
+
     fn prepare(&self, request: &GuestRequest<'_>) -> Result<Option<NativePrepared>> {
         let bundle = request.bundle;
         let Some(kind) = wasishim_engine::linux_executable(bundle) else {
@@ -89,11 +109,16 @@ impl Natives for RuncNatives {
             .context("cannot read the bundle's config.json")?;
         let config: Value =
             serde_json::from_slice(&config).context("invalid config.json in the bundle")?;
+        let shared = |kind: &str| match bundle.sandbox_id() {
+            Some(sandbox_id) => self.pods.shared(&request.key.namespace, sandbox_id, kind),
+            None => Ok(None),
+        };
         let config = runc_spec(
             config,
             &bundle.rootfs,
             request.network.as_deref(),
             &names_own_namespace,
+            &shared,
         )?;
         std::fs::write(dir.join("config.json"), serde_json::to_vec(&config)?)
             .context("cannot write runc's config.json")?;
@@ -319,12 +344,14 @@ fn names_own_namespace(kind: &str, path: &Path) -> Result<bool> {
 
 /// The spec runc runs: `config` with an absolute `root.path`, the network
 /// namespace at `network` when the pod has one, and no entry joining a
-/// namespace `is_own` says the shim itself is in.
+/// namespace `is_own` says the shim itself is in: such an entry joins the
+/// pod's namespace of its kind that `shared` gives, else a new one.
 fn runc_spec(
     mut config: Value,
     rootfs: &Path,
     network: Option<&Path>,
     is_own: &dyn Fn(&str, &Path) -> Result<bool>,
+    shared: &dyn Fn(&str) -> Result<Option<PathBuf>>,
 ) -> Result<Value> {
     config["root"]["path"] = Value::String(rootfs.display().to_string());
     let Some(namespaces) = config
@@ -348,9 +375,15 @@ fn runc_spec(
             if kind == "network" {
                 bail!("the container would join the host's network namespace {}: it belongs to no pod network this shim hosts", path.display());
             }
-            // A new namespace instead of the host's (see the module doc).
-            if let Some(entry) = entry.as_object_mut() {
-                entry.remove("path");
+            // The pod's, or a new one, instead of the host's (see the
+            // module doc).
+            match shared(&kind)? {
+                Some(pod) => entry["path"] = Value::String(pod.display().to_string()),
+                None => {
+                    if let Some(entry) = entry.as_object_mut() {
+                        entry.remove("path");
+                    }
+                }
             }
         }
     }
@@ -417,6 +450,10 @@ mod tests {
         })
     }
 
+    fn no_pod(_: &str) -> Result<Option<PathBuf>> {
+        Ok(None)
+    }
+
     #[test]
     fn never_joins_the_shims_own_namespaces() {
         let own = |_: &str, path: &Path| Ok(path.starts_with("/proc/42"));
@@ -425,6 +462,7 @@ mod tests {
             Path::new("/b/rootfs"),
             Some(Path::new("/var/run/netns/cni-1")),
             &own,
+            &no_pod,
         )
         .unwrap();
         assert_eq!(out["root"]["path"], "/b/rootfs");
@@ -441,12 +479,58 @@ mod tests {
     }
 
     #[test]
+    fn joins_the_pods_shared_namespaces() {
+        let own = |_: &str, path: &Path| Ok(path.starts_with("/proc/42"));
+        let asked = std::sync::Mutex::new(Vec::new());
+        let pod = |kind: &str| {
+            asked.lock().unwrap().push(kind.to_string());
+            Ok((kind != "pid").then(|| PathBuf::from(format!("/proc/7/fd/{kind}"))))
+        };
+        let mut config = spec();
+        // PID mode CONTAINER: no path, and the pod is not asked for one.
+        config["linux"]["namespaces"][0] = json!({"type": "pid"});
+        let out = runc_spec(
+            config,
+            Path::new("/r"),
+            Some(Path::new("/var/run/netns/cni-1")),
+            &own,
+            &pod,
+        )
+        .unwrap();
+        assert_eq!(
+            out["linux"]["namespaces"],
+            json!([
+                {"type": "pid"},
+                {"type": "ipc", "path": "/proc/7/fd/ipc"},
+                {"type": "uts", "path": "/proc/7/fd/uts"},
+                {"type": "mount"},
+                {"type": "network", "path": "/var/run/netns/cni-1"},
+            ])
+        );
+        assert_eq!(*asked.lock().unwrap(), ["ipc", "uts"]);
+        // PID mode POD: the pod's PID namespace.
+        let shared_pid = |kind: &str| Ok(Some(PathBuf::from(format!("/proc/9/ns/{kind}"))));
+        let out = runc_spec(
+            spec(),
+            Path::new("/r"),
+            Some(Path::new("/var/run/netns/cni-1")),
+            &own,
+            &shared_pid,
+        )
+        .unwrap();
+        assert_eq!(
+            out["linux"]["namespaces"][0],
+            json!({"type": "pid", "path": "/proc/9/ns/pid"})
+        );
+    }
+
+    #[test]
     fn keeps_other_namespaces_and_refuses_the_hosts_network() {
         let none = |_: &str, _: &Path| Ok(false);
-        let out = runc_spec(spec(), Path::new("/r"), None, &none).unwrap();
+        let out = runc_spec(spec(), Path::new("/r"), None, &none, &no_pod).unwrap();
         assert_eq!(out["linux"]["namespaces"][0]["path"], "/proc/42/ns/pid");
         let all = |_: &str, _: &Path| Ok(true);
-        let err = runc_spec(spec(), Path::new("/r"), None, &all).unwrap_err();
+        let err = runc_spec(spec(), Path::new("/r"), None, &all, &no_pod).unwrap_err();
         assert!(err.to_string().contains("host's network"), "{err}");
     }
 }

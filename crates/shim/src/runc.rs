@@ -7,6 +7,7 @@
 //! taken by the wrong waiter.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -75,27 +76,15 @@ impl Runc {
         stdio: [Stdio; 3],
         log: &Path,
     ) -> Result<()> {
-        let mut command = self.command(Some(log));
-        let [stdin, stdout, stderr] = stdio;
-        command
-            .arg("create")
-            .arg("--bundle")
-            .arg(bundle)
-            .arg("--pid-file")
-            .arg(pid_file)
-            .arg(id)
-            .stdin(stdin)
-            .stdout(stdout)
-            .stderr(stderr);
-        let output = self.spawn(&mut command, false)?;
-        if output.code != 0 {
-            bail!(
-                "runc create failed (exit {}): {}",
-                output.code,
-                last_log_error(log)
-            );
-        }
-        Ok(())
+        let args = [
+            "create".as_ref(),
+            "--bundle".as_ref(),
+            bundle.as_os_str(),
+            "--pid-file".as_ref(),
+            pid_file.as_os_str(),
+            id.as_ref(),
+        ];
+        self.with_stdio(&args, stdio, log)
     }
 
     /// `runc exec --detach`: starts `process` (an OCI process JSON file) in
@@ -108,21 +97,36 @@ impl Runc {
         stdio: [Stdio; 3],
         log: &Path,
     ) -> Result<()> {
+        let args = [
+            "exec".as_ref(),
+            "--detach".as_ref(),
+            "--process".as_ref(),
+            process.as_os_str(),
+            "--pid-file".as_ref(),
+            pid_file.as_os_str(),
+            id.as_ref(),
+        ];
+        self.with_stdio(&args, stdio, log)
+    }
+
+    /// Runs runc with `args` (the first is the command), `stdio` handed to
+    /// the process it starts, and its errors logged to `log`, the last of
+    /// which a failure names.
+    fn with_stdio(&self, args: &[&OsStr], stdio: [Stdio; 3], log: &Path) -> Result<()> {
         let mut command = self.command(Some(log));
         let [stdin, stdout, stderr] = stdio;
         command
-            .args(["exec", "--detach", "--process"])
-            .arg(process)
-            .arg("--pid-file")
-            .arg(pid_file)
-            .arg(id)
+            .args(args)
             .stdin(stdin)
             .stdout(stdout)
             .stderr(stderr);
         let output = self.spawn(&mut command, false)?;
         if output.code != 0 {
             bail!(
-                "runc exec failed (exit {}): {}",
+                "runc {} failed (exit {}): {}",
+                args.first()
+                    .map(|verb| verb.to_string_lossy())
+                    .unwrap_or_default(),
                 output.code,
                 last_log_error(log)
             );

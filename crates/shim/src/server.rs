@@ -85,7 +85,7 @@ pub async fn serve_inherited(options: ServeOptions) -> Result<()> {
         events,
         shutdown.clone(),
     )
-    .with_natives(Arc::new(RuncNatives));
+    .with_natives(Arc::new(RuncNatives::default()));
     if let Some(metrics) = &metrics {
         service = service.with_metrics(metrics.clone());
     }

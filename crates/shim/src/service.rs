@@ -511,6 +511,7 @@ impl Task for TaskService {
         }
         if let Some(sandbox_id) = &sandbox_of {
             self.pod_networks.remove(&key.namespace, sandbox_id);
+            self.natives.sandbox_deleted(&key.namespace, sandbox_id);
         }
         containers.remove(&key);
         if let Some(metrics) = &self.metrics {

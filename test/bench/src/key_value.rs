@@ -1,4 +1,4 @@
-//! Case 9: the cost of one `wasi:keyvalue` get, on the container's
+//! Case 10: the cost of one `wasi:keyvalue` get, on the container's
 //! in-memory store and on Redis (Debian's `redis-server` on a free port of
 //! 127.0.0.1). The cloud fixture (test/fixtures/rust/cloud) is served by
 //! the per-pod shim; wrk asks for `GET /kv?bucket=b&key=k` (one bucket open
@@ -21,12 +21,12 @@ use crate::lab::{Lab, POD};
 use crate::report::Row;
 use crate::Config;
 
-const CASE: &str = "9 key-value";
+const CASE: &str = "10 key-value";
 /// The value the measured get reads: 64 bytes.
 const VALUE: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 pub fn key_value(lab: &Lab, cfg: &Config, api: &Api) -> Result<Vec<Row>> {
-    println!("== 9. key-value: GET /kv (one wasi:keyvalue get of 64 bytes) vs GET /config, in-memory and Redis store");
+    println!("== 10. key-value: GET /kv (one wasi:keyvalue get of 64 bytes) vs GET /config, in-memory and Redis store");
     let wasm = std::fs::read(fixture("wasip2/cloud.wasm"))
         .context("reading the cloud fixture (make fixtures)")?;
     let image =

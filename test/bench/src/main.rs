@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! wasishim-bench [--quick] [--explore] [--containerd 1.6.20]
-//!                [--cases 1,2,3,3b,4,5,6,7] [--out target/bench]
+//!                [--cases 1,2,3,3b,4,5,6,7,8,9] [--out target/bench]
 //!                [--benchmarks BENCHMARKS.md]
 //! ```
 //!
@@ -23,6 +23,7 @@ mod cases;
 mod http;
 mod key_value;
 mod lab;
+mod mixed_pod;
 mod overhead;
 mod report;
 
@@ -58,7 +59,7 @@ pub struct Config {
 }
 
 /// Every case, in the order they run.
-const CASES: [&str; 10] = ["1", "2", "3", "3b", "4", "5", "6", "7", "9", "8"];
+const CASES: [&str; 11] = ["1", "2", "3", "3b", "4", "5", "6", "7", "10", "8", "9"];
 
 impl Config {
     fn full() -> Config {
@@ -328,14 +329,22 @@ fn run() -> Result<()> {
     if want("7") {
         record("7", http::http(&lab, &cfg, &api));
     }
-    if want("9") {
-        record("9", key_value::key_value(&lab, &cfg, &api));
+    if want("10") {
+        record("10", key_value::key_value(&lab, &cfg, &api));
     }
     // Case 8 restarts containerd, whose graceful stop waits for open gRPC
     // connections such as this one.
     drop(api);
     if want("8") {
         record("8", overhead::overhead(&lab, &cfg, &img));
+    }
+    if want("9") {
+        let sleep = fs::read(root.join("test/fixtures/out/wasip1/sleep.wasm"))
+            .context("reading fixture wasip1/sleep.wasm (make fixtures)")?;
+        record(
+            "9",
+            mixed_pod::mixed_pod(&args.containerd, &cfg, &native, &sleep),
+        );
     }
     let elapsed = started.elapsed();
     drop(lab);

@@ -27,8 +27,8 @@ pub use crate::cri_client::{api, netns_from_info, Client, Pod, CALL_TIMEOUT};
 pub use crate::cri_config::{
     allow_plain_http_registry, cgroup_parent, cni_bin_dir, cni_conf_dir, cni_conflist,
     cni_plugin_path, cri_plugin_problems, import, loopback_plugin_path, pause_image, pod_log_root,
-    task_state_dir, with_args, with_env, with_resources, CNI_NETWORK, CNI_PLUGIN, HANDLER,
-    PAUSE_IMAGE, POD_ADDRESS,
+    task_state_dir, with_args, with_env, with_resources, with_shared_pid, CNI_NETWORK, CNI_PLUGIN,
+    HANDLER, PAUSE_IMAGE, POD_ADDRESS,
 };
 pub use crate::cri_log::{parse_log, wait_log_line, LogLine};
 pub use crate::probes::{in_netns, read_from, stream_probe, stream_stdin};

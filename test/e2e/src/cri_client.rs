@@ -189,6 +189,12 @@ impl<'a> Client<'a> {
     /// `RunPodSandbox` with runtime handler [`HANDLER`]. Notes the pod for
     /// the leak check and records its network namespace.
     pub fn run_pod(&self, config: PodSandboxConfig) -> Result<Pod> {
+        self.run_pod_with_handler(config, HANDLER)
+    }
+
+    /// `RunPodSandbox` with runtime handler `handler` (`runc` for the
+    /// benchmark's baseline), as [`run_pod`](Self::run_pod) does.
+    pub fn run_pod_with_handler(&self, config: PodSandboxConfig, handler: &str) -> Result<Pod> {
         fs::create_dir_all(&config.log_directory)?;
         let r = call!(
             self,
@@ -196,7 +202,7 @@ impl<'a> Client<'a> {
             run_pod_sandbox,
             RunPodSandboxRequest {
                 config: Some(config.clone()),
-                runtime_handler: HANDLER.to_string(),
+                runtime_handler: handler.to_string(),
             }
         )?;
         let id = r.pod_sandbox_id;
@@ -296,8 +302,21 @@ impl<'a> Client<'a> {
         }
     }
 
-    /// `CreateContainer` in `pod`; returns the container ID.
-    pub fn create_container(&self, pod: &Pod, config: ContainerConfig) -> Result<String> {
+    /// `CreateContainer` in `pod`; returns the container ID. As kubelet
+    /// does, the container gets the pod's namespace options (network, PID,
+    /// IPC) unless `config` sets its own.
+    pub fn create_container(&self, pod: &Pod, mut config: ContainerConfig) -> Result<String> {
+        let pod_options = pod
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone());
+        let linux = config.linux.get_or_insert_with(Default::default);
+        let security = linux.security_context.get_or_insert_with(Default::default);
+        if security.namespace_options.is_none() {
+            security.namespace_options = pod_options;
+        }
         Ok(call!(
             self,
             runtime,

@@ -17,7 +17,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use k8s_cri::v1::{ContainerConfig, KeyValue, LinuxContainerResources};
+use k8s_cri::v1::{ContainerConfig, KeyValue, LinuxContainerResources, PodSandboxConfig};
 use wasishim_image::Image;
 
 use crate::command::output_text;
@@ -312,6 +312,20 @@ pub fn with_env(mut config: ContainerConfig, env: &[(&str, &str)]) -> ContainerC
         key: k.to_string(),
         value: v.to_string(),
     }));
+    config
+}
+
+/// A pod config whose containers share one PID namespace, as kubelet asks
+/// for `shareProcessNamespace: true`.
+pub fn with_shared_pid(mut config: PodSandboxConfig) -> PodSandboxConfig {
+    let options = config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options
+        .get_or_insert_with(Default::default);
+    options.pid = k8s_cri::v1::NamespaceMode::Pod as i32;
     config
 }
 

@@ -202,7 +202,8 @@ impl PrivateContainerd {
 /// Everything CRI use of the instance left behind (part of
 /// [`PrivateContainerd::leaks`]): task bundles and shim sockets in
 /// [`CRI_NAMESPACE`], CRI sandbox and container directories, network
-/// namespaces, CNI result caches of the noted pods and cgroups under
+/// namespaces, CNI result caches and PID namespace inits of the noted pods
+/// and cgroups under
 /// [`cgroup_parent`].
 fn cri_leaks(cd: &PrivateContainerd) -> Vec<String> {
     let mut leaks = Vec::new();
@@ -214,10 +215,16 @@ fn cri_leaks(cd: &PrivateContainerd) -> Vec<String> {
         leaks.push(format!("task state dir {}", e.path().display()));
     }
     let pods = cd.noted_pods();
+    let running = processes();
     for pod in &pods {
         let sock = cd.shim_socket_in(CRI_NAMESPACE, pod);
         if sock.exists() {
             leaks.push(format!("shim socket {} of pod {pod}", sock.display()));
+        }
+        // The init holding a mixed pod's shared PID namespace names its pod.
+        let init = format!("--wasishim-pod-init {pod}");
+        for (pid, cmdline) in running.iter().filter(|(_, c)| c.contains(&init)) {
+            leaks.push(format!("pod init process {pid}: {cmdline}"));
         }
     }
     for base in [cd.root_dir(), cd.state_dir()] {

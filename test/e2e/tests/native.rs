@@ -8,6 +8,7 @@
 //! (state, cgroups, processes), besides the harness's own leak checks.
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -262,14 +263,7 @@ fn runc_missing(cd: &PrivateContainerd) {
 fn mixed_pod(cd: &PrivateContainerd, cri: &Client) {
     const LIMIT: Duration = Duration::from_secs(20);
     let http = cri::import(cd, &fixture_image("http", "wasip2/http.wasm").unwrap()).unwrap();
-    let probe = fs::read(fixture("native/probe")).expect("make fixtures builds native/probe");
-    let sidecar_image = cri::import(
-        cd,
-        &Image::new(&image_name("native-sidecar"))
-            .file("/probe", probe, 0o755)
-            .entrypoint(["/probe"]),
-    )
-    .unwrap();
+    let sidecar_image = cri_probe(cd);
     let pod = cri.run_pod(cri.pod_config("mixed")).unwrap();
     let started = Instant::now();
     let server = cri
@@ -419,14 +413,7 @@ fn assert_cri_runc_gone(cd: &PrivateContainerd, id: &str, pid: u32) {
 fn mixed_pod_shim_killed(cd: &PrivateContainerd, cri: &Client) {
     const LIMIT: Duration = Duration::from_secs(20);
     let http = cri::import(cd, &fixture_image("http", "wasip2/http.wasm").unwrap()).unwrap();
-    let probe = fs::read(fixture("native/probe")).expect("make fixtures builds native/probe");
-    let sidecar_image = cri::import(
-        cd,
-        &Image::new(&image_name("native-sidecar"))
-            .file("/probe", probe, 0o755)
-            .entrypoint(["/probe"]),
-    )
-    .unwrap();
+    let sidecar_image = cri_probe(cd);
     let pod = cri.run_pod(cri.pod_config("killed")).unwrap();
     cri.run_container(&pod, cri.container_config("server", &http))
         .unwrap();
@@ -471,6 +458,215 @@ fn mixed_pod_shim_killed(cd: &PrivateContainerd, cri: &Client) {
     cri.remove_pod(&pod.id).unwrap();
 }
 
+/// The probe image for CRI, entrypoint /probe.
+fn cri_probe(cd: &PrivateContainerd) -> String {
+    let probe = fs::read(fixture("native/probe")).expect("make fixtures builds native/probe");
+    cri::import(
+        cd,
+        &Image::new(&image_name("native-sidecar"))
+            .file("/probe", probe, 0o755)
+            .entrypoint(["/probe"]),
+    )
+    .unwrap()
+}
+
+/// Runs the probe as container `name` of `pod` with `args` to its end;
+/// returns its stdout lines, once its log has `last`.
+fn run_probe_to_end(
+    cri: &Client,
+    pod: &cri::Pod,
+    image: &str,
+    name: &str,
+    args: &[&str],
+    last: &str,
+) -> Vec<String> {
+    const LIMIT: Duration = Duration::from_secs(20);
+    let id = cri
+        .run_container(pod, cri::with_args(cri.container_config(name, image), args))
+        .unwrap();
+    let status = cri.wait_exited(&id, LIMIT).unwrap();
+    assert_eq!(status.exit_code, 0, "{name}: {status:?}");
+    cri::wait_log_line(&pod.log_dir().join(format!("{name}.log")), last, LIMIT).unwrap()
+}
+
+/// The (ipc, uts, pid) namespace inodes a probe printed in `ns` mode.
+fn probe_namespaces(lines: &[String]) -> [u64; 3] {
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with("ns "))
+        .unwrap_or_else(|| panic!("no ns line in {lines:?}"));
+    let mut inodes = [0; 3];
+    for (slot, kind) in inodes.iter_mut().zip(["ipc", "uts", "pid"]) {
+        *slot = line
+            .split(' ')
+            .find_map(|field| field.strip_prefix(&format!("{kind}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {kind} in {line:?}"));
+    }
+    inodes
+}
+
+/// Processes running the shim binary as pod `pod_id`'s PID namespace init.
+fn pod_inits(pod_id: &str) -> Vec<(i32, String)> {
+    let init = format!("--wasishim-pod-init {pod_id}");
+    wasishim_e2e::processes()
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline.contains(&init))
+        .collect()
+}
+
+/// The pod's IPC and UTS namespaces (with its hostname) are shared by its
+/// native containers, as runc pods share the pause container's; the PID
+/// namespace is each container's own unless the pod asks for one shared
+/// (`shareProcessNamespace`), when a container sees the others' processes.
+/// A pod without native containers gets no process for it.
+fn pod_namespaces(cd: &PrivateContainerd, cri: &Client) {
+    const LIMIT: Duration = Duration::from_secs(20);
+    let image = cri_probe(cd);
+    let hello = cri::import(cd, &fixture_image("hello", "wasip1/hello.wasm").unwrap()).unwrap();
+    let host = |kind: &str| fs::metadata(format!("/proc/self/ns/{kind}")).unwrap().ino();
+
+    let pod = cri.run_pod(cri.pod_config("nsshare")).unwrap();
+    let a = run_probe_to_end(cri, &pod, &image, "ns-a", &["ns"], "hostname=nsshare");
+    let b = run_probe_to_end(cri, &pod, &image, "ns-b", &["ns"], "hostname=nsshare");
+    // Each is the init of its own PID namespace (the inodes of two that
+    // did not exist at once may be the same number).
+    for lines in [&a, &b] {
+        assert_eq!(
+            lines.first().map(String::as_str),
+            Some("pid=1"),
+            "{lines:?}"
+        );
+    }
+    let (a, b) = (probe_namespaces(&a), probe_namespaces(&b));
+    assert_eq!(a[..2], b[..2], "IPC and UTS are the pod's: {a:?} {b:?}");
+    for (inode, kind) in a.iter().zip(["ipc", "uts", "pid"]) {
+        assert_ne!(
+            *inode,
+            host(kind),
+            "the container is in the host's {kind} namespace"
+        );
+    }
+    // Without a shared PID namespace a container sees only itself.
+    cri.run_container(
+        &pod,
+        cri::with_args(cri.container_config("waiter", &image), &["wait"]),
+    )
+    .unwrap();
+    cri::wait_log_line(&pod.log_dir().join("waiter.log"), "waiting", LIMIT).unwrap();
+    let seen = run_probe_to_end(cri, &pod, &image, "ps", &["ps"], "proc 1 /probe ps");
+    assert!(
+        !seen.iter().any(|l| l.ends_with("/probe wait")),
+        "the other container is visible: {seen:?}"
+    );
+    assert!(pod_inits(&pod.id).is_empty(), "{:?}", pod_inits(&pod.id));
+    cri.remove_pod(&pod.id).unwrap();
+
+    // shareProcessNamespace: one PID namespace, its init the shim's (in
+    // the pause process's place), made only once a native container asks.
+    let pod = cri
+        .run_pod(cri::with_shared_pid(cri.pod_config("pidshare")))
+        .unwrap();
+    let id = cri
+        .run_container(&pod, cri.container_config("hello", &hello))
+        .unwrap();
+    assert_eq!(cri.wait_exited(&id, LIMIT).unwrap().exit_code, 0);
+    assert!(
+        pod_inits(&pod.id).is_empty(),
+        "a Wasm container started a pod init: {:?}",
+        pod_inits(&pod.id)
+    );
+    cri.run_container(
+        &pod,
+        cri::with_args(cri.container_config("waiter", &image), &["wait"]),
+    )
+    .unwrap();
+    let lines = cri::wait_log_line(&pod.log_dir().join("waiter.log"), "waiting", LIMIT).unwrap();
+    assert_ne!(
+        lines.first().map(String::as_str),
+        Some("pid=1"),
+        "{lines:?}"
+    );
+    let init = format!("proc 1 /proc/self/exe --wasishim-pod-init {}", pod.id);
+    let seen = run_probe_to_end(cri, &pod, &image, "ps", &["ps"], &init);
+    assert!(
+        seen.iter().any(|l| l.ends_with("/probe wait")),
+        "the other container is not visible: {seen:?}"
+    );
+    assert_eq!(pod_inits(&pod.id).len(), 1, "{:?}", pod_inits(&pod.id));
+    cri.remove_pod(&pod.id).unwrap();
+}
+
+/// Init containers, run as kubelet runs them: one at a time to completion
+/// before the app containers. A native init container writes a file into
+/// a shared host directory (an `emptyDir` as kubelet mounts it); the Wasm
+/// container then reads it and prints it. A failing init container's exit
+/// is reported as with runc (its code, reason `Error`), which is what
+/// kubelet fails the pod on.
+fn init_containers(cd: &PrivateContainerd, cri: &Client) {
+    const LIMIT: Duration = Duration::from_secs(20);
+    let image = cri_probe(cd);
+    let files = cri::import(cd, &fixture_image("files", "wasip1/files.wasm").unwrap()).unwrap();
+    let empty_dir = tempfile::tempdir().unwrap();
+    let shared = |mut config: cri::api::ContainerConfig| {
+        config.mounts = vec![cri::api::Mount {
+            container_path: "/shared".to_string(),
+            host_path: empty_dir.path().display().to_string(),
+            ..Default::default()
+        }];
+        config
+    };
+
+    let pod = cri.run_pod(cri.pod_config("init")).unwrap();
+    let init = cri
+        .run_container(
+            &pod,
+            shared(cri::with_args(
+                cri.container_config("init", &image),
+                &["write", "/shared/greeting", "hello from the init container"],
+            )),
+        )
+        .unwrap();
+    let status = cri.wait_exited(&init, LIMIT).unwrap();
+    assert_eq!(
+        (status.exit_code, status.reason.as_str()),
+        (0, "Completed"),
+        "{status:?}"
+    );
+    let mut app = shared(cri.container_config("app", &files));
+    app.command = ["/app.wasm", "read", "/shared/greeting"]
+        .map(String::from)
+        .to_vec();
+    let app = cri.run_container(&pod, app).unwrap();
+    let status = cri.wait_exited(&app, LIMIT).unwrap();
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    cri::wait_log_line(
+        &pod.log_dir().join("app.log"),
+        "hello from the init container",
+        LIMIT,
+    )
+    .unwrap();
+    cri.remove_pod(&pod.id).unwrap();
+
+    // A failing init container: kubelet sees exit 3, reason Error, and
+    // starts nothing after it.
+    let pod = cri.run_pod(cri.pod_config("init-fails")).unwrap();
+    let init = cri
+        .run_container(
+            &pod,
+            cri::with_args(cri.container_config("init", &image), &["exit", "3"]),
+        )
+        .unwrap();
+    let status = cri.wait_exited(&init, LIMIT).unwrap();
+    assert_eq!(
+        (status.exit_code, status.reason.as_str()),
+        (3, "Error"),
+        "{status:?}"
+    );
+    cri::wait_log_line(&pod.log_dir().join("init.log"), "arg[2]=3", LIMIT).unwrap();
+    cri.remove_pod(&pod.id).unwrap();
+}
+
 /// Resident memory of this instance's shim processes, in KiB.
 fn shim_rss_kib(cd: &PrivateContainerd) -> u64 {
     cd.shim_pids()
@@ -510,6 +706,30 @@ mod cri_pods {
     #[test]
     fn v2_1_mixed_pod_shim_killed() {
         super::run_cri("2.1.9", super::mixed_pod_shim_killed)
+    }
+    #[test]
+    fn v1_6_init_containers() {
+        super::run_cri("1.6.20", super::init_containers)
+    }
+    #[test]
+    fn v1_7_init_containers() {
+        super::run_cri("1.7.24", super::init_containers)
+    }
+    #[test]
+    fn v2_1_init_containers() {
+        super::run_cri("2.1.9", super::init_containers)
+    }
+    #[test]
+    fn v1_6_pod_namespaces() {
+        super::run_cri("1.6.20", super::pod_namespaces)
+    }
+    #[test]
+    fn v1_7_pod_namespaces() {
+        super::run_cri("1.7.24", super::pod_namespaces)
+    }
+    #[test]
+    fn v2_1_pod_namespaces() {
+        super::run_cri("2.1.9", super::pod_namespaces)
     }
 }
 
