@@ -21,12 +21,12 @@ use crate::lab::{Lab, POD};
 use crate::report::Row;
 use crate::Config;
 
-const CASE: &str = "9 key-value";
+const CASE: &str = "10 key-value";
 /// The value the measured get reads: 64 bytes.
 const VALUE: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 pub fn key_value(lab: &Lab, cfg: &Config, api: &Api) -> Result<Vec<Row>> {
-    println!("== 9. key-value: GET /kv (one wasi:keyvalue get of 64 bytes) vs GET /config, in-memory and Redis store");
+    println!("== 10. key-value: GET /kv (one wasi:keyvalue get of 64 bytes) vs GET /config, in-memory and Redis store");
     let wasm = std::fs::read(fixture("wasip2/cloud.wasm"))
         .context("reading the cloud fixture (make fixtures)")?;
     let image =
