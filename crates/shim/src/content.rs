@@ -384,17 +384,30 @@ async fn lookup(
             )))
         }
     };
+    read_wasm_layer(&api, &image, &layer, max_module)
+        .await
+        .map(|l| Some(Found::Layer(l)))
+        .map_err(Lookup::Artifact)
+}
+
+/// Reads wasm `layer` of `image` from the content store: refused before it
+/// is read if it is larger than `max_module` (the engine would refuse it).
+pub(crate) async fn read_wasm_layer(
+    api: &Api,
+    image: &str,
+    layer: &Blob,
+    max_module: u64,
+) -> Result<WasmLayer> {
     let name = match &layer.title {
         Some(title) => format!("layer {} ({title}) of image {image}", layer.digest),
         None => format!("layer {} of image {image}", layer.digest),
     };
-    // Refused before it is read: the engine would refuse it anyway.
     if u64::try_from(layer.size).unwrap_or(u64::MAX) > max_module {
-        return Err(Lookup::Artifact(anyhow::anyhow!(
-            "the entrypoint {name} is {} bytes, more than the {max_module} bytes of WebAssembly this shim compiles ({}): build a smaller module, or raise the limit in containerd's environment",
+        bail!(
+            "the wasm {name} is {} bytes, more than the {max_module} bytes of WebAssembly this shim compiles ({}): build a smaller module, or raise the limit in containerd's environment",
             layer.size,
             wasishim_engine::MAX_MODULE_BYTES_ENV
-        )));
+        );
     }
     let max = i64::try_from(max_module)
         .unwrap_or(i64::MAX)
@@ -402,16 +415,13 @@ async fn lookup(
     let bytes = api
         .read(&layer.digest, layer.size, max)
         .await
-        .with_context(|| format!("cannot read the entrypoint {name}"))
-        .map_err(Lookup::Artifact)?
+        .with_context(|| format!("cannot read the wasm {name}"))?
         .ok_or_else(|| {
-            Lookup::Artifact(anyhow::anyhow!(
-                "the entrypoint {name} is not in containerd's content store: pull the image again (containerd 1.6 before 1.6.25 and 1.7 before 1.7.7 cannot pull Wasm OCI artifacts: use 1.6.25+, 1.7.7+ or 2.x)"
-            ))
+            anyhow::anyhow!(
+                "the wasm {name} is not in containerd's content store: pull the image again (containerd 1.6 before 1.6.25 and 1.7 before 1.7.7 cannot pull Wasm OCI artifacts: use 1.6.25+, 1.7.7+ or 2.x)"
+            )
         })?;
     WasmLayer::new(bytes, &layer.digest, &name)
-        .map(|l| Some(Found::Layer(l)))
-        .map_err(Lookup::Artifact)
 }
 
 /// The locked app of Spin's OCI artifact `image` and the wasm layers it

@@ -34,7 +34,7 @@ use serde_json::Value;
 use wasishim_engine::{find_entrypoint_in, Precompiled, RootfsEntrypoint, WasmEngine, WasmLayer};
 
 use crate::artifact::{self, ArtifactError, Blob, Classified};
-use crate::content::{Api, MAX_LAYER_BYTES};
+use crate::content::{read_wasm_layer, Api};
 
 /// The label containerd puts on an image's config blob when it unpacks the
 /// image for a snapshotter: `<prefix><snapshotter>` = the top chain id.
@@ -216,37 +216,9 @@ async fn find_code(api: &Api, image: &ImageRef, max_module: u64) -> Result<Code,
     }
     let mut read = Vec::new();
     for layer in layers {
-        read.push(read_layer(api, name, &layer, max_module).await?);
+        read.push(read_wasm_layer(api, name, &layer, max_module).await?);
     }
     Ok(Code::Layers(read))
-}
-
-async fn read_layer(api: &Api, image: &str, layer: &Blob, max_module: u64) -> Result<WasmLayer> {
-    let shown = match &layer.title {
-        Some(title) => format!("layer {} ({title}) of image {image}", layer.digest),
-        None => format!("layer {} of image {image}", layer.digest),
-    };
-    // Refused before it is read, as at create.
-    if u64::try_from(layer.size).unwrap_or(u64::MAX) > max_module {
-        anyhow::bail!(
-            "the {shown} is {} bytes, more than the {max_module} bytes of WebAssembly this shim compiles ({})",
-            layer.size,
-            wasishim_engine::MAX_MODULE_BYTES_ENV
-        );
-    }
-    let max = i64::try_from(max_module)
-        .unwrap_or(i64::MAX)
-        .min(MAX_LAYER_BYTES);
-    let bytes = api
-        .read(&layer.digest, layer.size, max)
-        .await
-        .with_context(|| format!("cannot read the {shown}"))?
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "the {shown} is not in containerd's content store: pull the image again"
-            )
-        })?;
-    WasmLayer::new(bytes, &layer.digest, &shown)
 }
 
 /// An ordinary image's entrypoint and a view of its unpacked filesystem.

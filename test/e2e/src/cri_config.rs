@@ -88,10 +88,24 @@ pub fn pause_image() -> Image {
 }
 
 /// Imports `image` into [`CRI_NAMESPACE`], where CRI finds it without a
-/// pull; returns its full name.
+/// pull; returns its full name once CRI knows it. CRI's image store learns
+/// of an import through an event, a moment later: a create right after the
+/// import was refused with "not found" on 2.1.9. An image CRI never takes
+/// (some artifacts on 1.6) is returned after [`CRI_IMAGE_WAIT`].
 pub fn import(cd: &PrivateContainerd, image: &Image) -> Result<String> {
-    cd.import_in(CRI_NAMESPACE, image)
+    let name = cd.import_in(CRI_NAMESPACE, image)?;
+    let Ok(cri) = crate::cri::Client::connect(cd) else {
+        return Ok(name);
+    };
+    let start = std::time::Instant::now();
+    while !cri.has_image(&name).unwrap_or(false) && start.elapsed() < CRI_IMAGE_WAIT {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(name)
 }
+
+/// How long [`import`] waits for CRI to see an imported image.
+const CRI_IMAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Directory of the CNI plugins (symlinks) of the instance.
 pub fn cni_bin_dir(cd: &PrivateContainerd) -> PathBuf {

@@ -4,13 +4,37 @@
 //! The engine's tests (`crates/engine/tests/http.rs`) include this file with
 //! `#[path]`, as they cannot depend on this crate; so it uses only `std`.
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
 
 /// How long a client waits for a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client waits for a response (a `/slow` one takes 1 s).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a server may take to listen after its container's start.
+pub const LISTEN_LIMIT: Duration = Duration::from_secs(20);
+
+/// A port of 127.0.0.1 free a moment ago, for a server the test starts.
+pub fn free_address() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    listener
+        .local_addr()
+        .expect("the address of a bound socket")
+}
+
+/// Waits until something accepts connections on `address`; panics after
+/// [`LISTEN_LIMIT`].
+pub fn wait_listening(address: SocketAddr) {
+    let start = Instant::now();
+    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+        assert!(
+            start.elapsed() < LISTEN_LIMIT,
+            "nothing listens on {address} after {LISTEN_LIMIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// One HTTP response: status and body.
 #[derive(Debug)]

@@ -53,6 +53,7 @@ mod leaks;
 mod lifecycle;
 mod paths;
 mod probes;
+pub mod redis;
 pub mod registry;
 mod tasks;
 

@@ -13,18 +13,16 @@
 //!
 //! Run one: `cargo test -p wasishim-e2e --test cloud -- v2_1::ctr_config_and_memory`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasishim_e2e::cri::{self, api, Client, Pod};
 use wasishim_e2e::http::{self, Answer};
+use wasishim_e2e::http::{free_address, wait_listening, LISTEN_LIMIT};
+use wasishim_e2e::redis::Redis;
 use wasishim_e2e::{fixture_image, output_text, PrivateContainerd};
 
-/// How long a server may take to accept connections after its start.
-const LISTEN_LIMIT: Duration = Duration::from_secs(20);
 /// Where the server listens in a pod (`WASISHIM_HTTP_ADDRESS`'s default).
 const POD_PORT: u16 = 8080;
 
@@ -47,22 +45,6 @@ fn send(address: SocketAddr, method: &str, path: &str, body: &str) -> Answer {
 
 fn pair(answer: Answer) -> (u16, String) {
     (answer.status, answer.body)
-}
-
-fn wait_listening(address: SocketAddr) {
-    let start = Instant::now();
-    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
-        assert!(
-            start.elapsed() < LISTEN_LIMIT,
-            "nothing listens on {address} after {LISTEN_LIMIT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn free_address() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
 }
 
 fn image() -> wasishim_e2e::Image {
@@ -120,71 +102,6 @@ fn kill_and_remove(cd: &PrivateContainerd, id: &str) -> i32 {
     let out = cd.ctr(["containers", "rm", id]);
     assert!(out.status.success(), "{}", output_text(&out));
     code
-}
-
-/// A redis-server on a free port of 127.0.0.1, nothing saved; killed on drop.
-struct Redis {
-    child: Child,
-    address: SocketAddr,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let address = free_address();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &address.port().to_string()])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("redis-server (test/install-deps.sh installs it): {e}"));
-        wait_listening(address);
-        Redis { child, address }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://{}", self.address)
-    }
-
-    /// `GET key` straight from the server: what the shim wrote where.
-    fn get(&self, key: &str) -> Option<String> {
-        let mut stream = TcpStream::connect(self.address).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let command = format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len());
-        stream.write_all(command.as_bytes()).unwrap();
-        let mut reply = Vec::new();
-        let mut buf = [0u8; 512];
-        loop {
-            let n = stream.read(&mut buf).unwrap();
-            reply.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&reply).to_string();
-            if text.starts_with("$-1\r\n") {
-                return None;
-            }
-            if let Some((len, rest)) = text.strip_prefix('$').and_then(|t| t.split_once("\r\n")) {
-                let len: usize = len.parse().unwrap();
-                if rest.len() >= len + 2 {
-                    return Some(rest[..len].to_string());
-                }
-            }
-            assert!(n > 0, "Redis closed: {text}");
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------- ctr

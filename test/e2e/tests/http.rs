@@ -16,17 +16,16 @@
 //! `cargo test -p wasishim-e2e --test http -- v1_6::ctr_serves`.
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use wasishim_e2e::cri::{self, api, Client, Pod};
 use wasishim_e2e::http::{self, Answer};
+use wasishim_e2e::http::{free_address, wait_listening, LISTEN_LIMIT};
 use wasishim_e2e::{exit_code, fixture_image, output_text, wait_with_timeout, PrivateContainerd};
 
 /// Where the server listens inside a pod (the default address).
 const POD_PORT: u16 = 8080;
-/// How long a server may take to accept connections after its start.
-const LISTEN_LIMIT: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------- client
 
@@ -40,25 +39,6 @@ fn get_with(address: SocketAddr, path: &str, headers: &str) -> std::io::Result<A
 fn get(address: SocketAddr, path: &str) -> Answer {
     assert!(address.ip().is_loopback(), "tests only connect to loopback");
     http::get(address, path)
-}
-
-/// Waits until something accepts connections on `address` (loopback).
-fn wait_listening(address: SocketAddr) {
-    assert!(address.ip().is_loopback(), "tests only connect to loopback");
-    let start = Instant::now();
-    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
-        assert!(
-            start.elapsed() < LISTEN_LIMIT,
-            "nothing listens on {address} after {LISTEN_LIMIT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A free port on 127.0.0.1 (free when asked).
-fn free_address() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
 }
 
 // ---------------------------------------------------------------- ctr

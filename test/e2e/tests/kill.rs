@@ -14,10 +14,11 @@
 //! `cargo test -p wasishim-e2e --test kill -- --test-threads=1 v2_1::`.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use wasishim_e2e::cri::{self, api, Client};
+use wasishim_e2e::http::{free_address, wait_listening};
 use wasishim_e2e::{fixture_image, output_text, PrivateContainerd};
 
 /// What a kill may take, seen through `ctr task ls` polling on a loaded
@@ -27,22 +28,6 @@ const STOP_LIMIT: Duration = Duration::from_secs(2);
 const REQUESTS: usize = 100_000;
 /// Keep-alive connections the load is spread over.
 const CONNECTIONS: usize = 8;
-
-fn free_address() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-fn wait_listening(address: SocketAddr) {
-    let start = Instant::now();
-    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "nothing listens on {address}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Removes a stopped task and its container; returns the task's exit code.
 fn remove(cd: &PrivateContainerd, id: &str) -> i32 {

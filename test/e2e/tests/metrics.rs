@@ -19,20 +19,14 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use wasishim_e2e::http::{free_address, wait_listening, LISTEN_LIMIT};
 use wasishim_e2e::{fixture_image, output_text, runtime, scenarios, PrivateContainerd};
 
 const ADDRESS_ENV: &str = "WASISHIM_METRICS_ADDRESS";
 const PER_NODE: &str = "io.containerd.wasmtimed.v1";
-const LISTEN_LIMIT: Duration = Duration::from_secs(20);
 
 fn per_node() -> bool {
     runtime() == PER_NODE
-}
-
-/// A free port on 127.0.0.1 (free when asked).
-fn free_address() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
 }
 
 /// Where a scrape goes.
@@ -99,19 +93,6 @@ fn assert_at_least(text: &str, series: &str, least: f64) {
         found.is_some_and(|v| v >= least),
         "{series} is {found:?}, want at least {least}, in:\n{text}"
     );
-}
-
-/// Waits until something accepts connections on `address` (loopback).
-fn wait_listening(address: SocketAddr) {
-    assert!(address.ip().is_loopback(), "tests only connect to loopback");
-    let start = Instant::now();
-    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
-        assert!(
-            start.elapsed() < LISTEN_LIMIT,
-            "nothing listens on {address} after {LISTEN_LIMIT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Starts the http fixture on the host's network at a free address; returns it.

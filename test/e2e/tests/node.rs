@@ -6,12 +6,13 @@
 //! shared process has.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use wasishim_e2e::http::free_address;
 use wasishim_e2e::{exit_code, fixture_image, output_text, PrivateContainerd};
 
 const NODE_RUNTIME: &str = "io.containerd.wasmtimed.v1";
@@ -325,14 +326,6 @@ fn upgrade(cd: &PrivateContainerd) {
     assert_eq!(cd.shim_pids(), [new]);
     assert_eq!(cd.task_status("new-1").unwrap().as_deref(), Some("RUNNING"));
     remove(cd, "new-1");
-}
-
-/// A free port on 127.0.0.1 (free when asked).
-fn free_address() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 /// SIGINT to the node server drains it: it passes the signal to each task

@@ -19,10 +19,11 @@
 //! Run: `cargo test -p wasishim-e2e --test precompile -- --test-threads=1`.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+use wasishim_e2e::http::free_address;
 
 use wasishim_e2e::{
     fixture_image, image_name, output_text, runtime, shim_dir, Image, PrivateContainerd, NAMESPACE,
@@ -168,12 +169,6 @@ fn precompile_errors(cd: &PrivateContainerd) {
     );
     fails_with(&[], "needs an image name");
     assert_eq!(artifacts(cache.path()), 0);
-}
-
-/// A free port on 127.0.0.1 (free when asked).
-fn free_address() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
 }
 
 /// The per-node server's metrics text ("" while it does not answer).

@@ -26,9 +26,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use wasishim_e2e::http::{free_address, wait_listening};
 
 use wasishim_e2e::{
     cgroup_children, exit_code, fixture_image, footprint, output_text, process_mounts_under,
@@ -275,24 +276,6 @@ impl Counts {
             numbers.join(", "),
             self.footprint.rss_kib
         );
-    }
-}
-
-fn free_address() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn wait_listening(address: SocketAddr) {
-    let start = Instant::now();
-    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "nothing listens on {address}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -17,12 +17,13 @@
 //! Run one: `cargo test -p wasishim-e2e --test spin -- v2_1::ctr_spin_app`.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use wasishim_e2e::cri::{self, api, Client};
 use wasishim_e2e::http::{self, Answer};
+use wasishim_e2e::http::{free_address, wait_listening, LISTEN_LIMIT};
+use wasishim_e2e::redis::Redis;
 use wasishim_e2e::registry::Registry;
 use wasishim_e2e::{
     fixture, image_name, output_text, Artifact, ArtifactForm, Image, PrivateContainerd,
@@ -30,7 +31,6 @@ use wasishim_e2e::{
 use wasishim_image::{MEDIA_SPIN_LOCKED_APP, MEDIA_WASM_CONTENT_LAYER};
 
 /// How long an app may take to accept connections after its start.
-const LISTEN_LIMIT: Duration = Duration::from_secs(20);
 /// Where an app listens in a pod unless told otherwise (as under SpinKube).
 const POD_PORT: u16 = 80;
 
@@ -54,22 +54,6 @@ fn send(address: SocketAddr, method: &str, path: &str, body: &str) -> Answer {
         body.len()
     );
     http::send(address, request.as_bytes()).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-}
-
-fn wait_listening(address: SocketAddr) {
-    let start = Instant::now();
-    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
-        assert!(
-            start.elapsed() < LISTEN_LIMIT,
-            "nothing listens on {address} after {LISTEN_LIMIT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn free_address() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
 }
 
 /// The fixture app as SpinKube packs it: spin.toml and the components at
@@ -132,40 +116,6 @@ fn upstream() -> SocketAddr {
         }
     });
     address
-}
-
-/// A redis-server on a free port of 127.0.0.1, nothing saved; killed on drop.
-struct Redis {
-    child: Child,
-    address: SocketAddr,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let address = free_address();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &address.port().to_string()])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("redis-server (test/install-deps.sh installs it): {e}"));
-        wait_listening(address);
-        Redis { child, address }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Waits until CRI knows `image`: an image `ctr images import` just

@@ -18,10 +18,11 @@
 mod bomb;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use wasishim_e2e::http::free_address;
 use wasishim_e2e::{fixture_image, image_name, output_text, processes, Image, PrivateContainerd};
 
 const PER_NODE: &str = "io.containerd.wasmtimed.v1";
@@ -253,14 +254,6 @@ fn kill_and_remove(cd: &PrivateContainerd, id: &str) {
     assert_eq!(cd.task_delete(id).unwrap(), 137);
     let out = cd.ctr(["containers", "rm", id]);
     assert!(out.status.success(), "{}", output_text(&out));
-}
-
-/// A free port on 127.0.0.1 (free when asked).
-fn free_address() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 /// Starts the wasi:http fixture as detached container `id` on the host's
