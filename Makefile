@@ -21,7 +21,7 @@ RUST_SRCS := $(FIXTURES)/rust/Cargo.toml $(wildcard $(FIXTURES)/rust/src/bin/*.r
 HTTP_SRCS := $(FIXTURES)/rust/Cargo.toml $(foreach f,$(HTTP_FIXTURES),$(FIXTURES)/rust/$(f)/Cargo.toml $(wildcard $(FIXTURES)/rust/$(f)/src/*.rs))
 FIXTURE_TARGET := $(FIXTURES)/rust/target
 
-.PHONY: help deps build install demo test test-unit lint fixtures images test-e2e clean-fixtures bench soak fuzz
+.PHONY: help deps build install demo test test-unit test-arm64 lint fixtures images test-e2e clean-fixtures bench soak fuzz
 
 help:
 	@echo "make demo       run a hello wasm image on a private containerd through the shim"
@@ -34,6 +34,7 @@ help:
 	@echo "make test-e2e   run the end-to-end tests against every containerd version"
 	@echo "make bench      benchmark the release shims against runc, write BENCHMARKS.md; fails on a missed goal (BENCH_ARGS=--quick, --explore)"
 	@echo "make soak       2,000 task cycles through containerd against the per-node server; counts and RSS must come back (SOAK_CYCLES=...)"
+	@echo "make test-arm64 cross-build the shims for aarch64 and run the engine's tests on qemu-user"
 	@echo "make fuzz       fuzz what wasishim parses from untrusted input, FUZZ_SECONDS (600) per target (nightly, cargo-fuzz)"
 
 PREFIX ?= /usr/local
@@ -62,6 +63,10 @@ demo: deps fixtures build
 test: deps fixtures build
 	$(CARGO) test --workspace -- --test-threads=1
 	WASISHIM_RUNTIME=io.containerd.wasmtimed.v1 $(CARGO) test -p wasishim-e2e --test ctr --test cri --test cgroups --test artifact --test http --test kill --test sandbox --test native --test metrics --test spin --test cloud -- --test-threads=1
+
+# Arm64 on an x86_64 machine (README "Arm64"); not part of `make test`.
+test-arm64:
+	test/arm64.sh
 
 test-unit: build
 	$(CARGO) test --workspace --exclude wasishim-e2e

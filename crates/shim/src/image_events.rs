@@ -7,8 +7,10 @@
 //! Bounded and never in a request's way: images wait in a queue of
 //! [`QUEUE_CAP`] (further ones are dropped with a log line: their first
 //! container compiles them), one is precompiled at a time, and its
-//! compilation takes a compile slot in the turn of its own tenant, like a
-//! pod's. Failures are logged, never fatal. An image containerd 1.x records
+//! compilation takes a compile slot in the turn of the image's namespace
+//! (the tenant of that namespace's containers without a pod): the images
+//! one namespace imports count as its own compiles, so another tenant's
+//! container still gets the next free slot. Failures are logged, never fatal. An image containerd 1.x records
 //! before unpacking it is retried until it is unpacked, for a while.
 
 use std::collections::HashSet;
@@ -25,8 +27,6 @@ use crate::precompile::{precompile_image, ImageRef, PrecompileError};
 
 /// Images waiting to be precompiled, at most.
 pub const QUEUE_CAP: usize = 64;
-/// The compile slots' tenant of background precompiles.
-const TENANT: &str = "wasishim/precompile";
 /// How long an image not yet unpacked is waited for, and how often it is
 /// looked at meanwhile.
 const UNPACK_WAIT: Duration = Duration::from_secs(60);
@@ -162,7 +162,7 @@ async fn precompile_one(engine: &WasmEngine, image: &ImageRef) {
     let started = tokio::time::Instant::now();
     let shown = format!("image {} (namespace {})", image.name, image.namespace);
     loop {
-        match precompile_image(engine, image, TENANT).await {
+        match precompile_image(engine, image, &image.namespace).await {
             Ok(report) => {
                 for (code, done) in report.code {
                     match done {
