@@ -62,7 +62,7 @@ demo: deps fixtures build
 # the per-node shim (and the Spin suite). One test at a time: each starts its own containerd.
 test: deps fixtures build
 	$(CARGO) test --workspace -- --test-threads=1
-	WASISHIM_RUNTIME=io.containerd.wasmtimed.v1 $(CARGO) test -p wasishim-e2e --test ctr --test cri --test cgroups --test artifact --test http --test kill --test sandbox --test native --test metrics --test spin --test cloud -- --test-threads=1
+	WASISHIM_RUNTIME=io.containerd.wasmtimed.v1 $(CARGO) test -p wasishim-e2e --test ctr --test cri --test cgroups --test artifact --test http --test kill --test sandbox --test native --test metrics --test spin --test cloud --test precompile -- --test-threads=1
 
 # Arm64 on an x86_64 machine (README "Arm64"); not part of `make test`.
 test-arm64:
