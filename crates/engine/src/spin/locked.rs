@@ -16,8 +16,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::manifest::{
-    check_variable_name, Component, Manifest, Source, Variable, MAX_COMPONENTS, MAX_ROUTES,
-    MAX_VARIABLES,
+    check_component_variables, check_variable_name, refuse_unsupported, Component, Manifest,
+    Source, Variable, MAX_COMPONENTS, MAX_ROUTES, MAX_VARIABLES,
 };
 
 /// The largest locked app read: 4 MiB (small files may be inlined in it,
@@ -238,33 +238,24 @@ pub(crate) fn parse(json: &[u8], shown: &str) -> Result<Manifest> {
         };
         let allowed_outbound_hosts = list("allowed_outbound_hosts")?;
         let key_value_stores = list("key_value_stores")?;
-        for (key, used) in [
-            ("files", !c.files.is_empty()),
-            (
-                "databases (sqlite_databases)",
-                !list("databases")?.is_empty(),
-            ),
-            ("ai_models", !list("ai_models")?.is_empty()),
-            ("env (environment)", !c.env.is_empty()),
-            ("dependencies", !c.dependencies.is_empty()),
-            (
-                "host_requirements",
-                !required(&c.host_requirements).is_empty(),
-            ),
-        ] {
-            if used {
-                bail!("{what} sets {key}, which wasishim does not provide yet: remove it, or run this app with Spin itself");
-            }
-        }
-        if c.config.len() > MAX_VARIABLES {
-            bail!(
-                "{what} has {} variables, more than {MAX_VARIABLES}",
-                c.config.len()
-            );
-        }
-        for name in c.config.keys() {
-            check_variable_name(name).with_context(|| what.clone())?;
-        }
+        refuse_unsupported(
+            &what,
+            &[
+                ("files", !c.files.is_empty()),
+                (
+                    "databases (sqlite_databases)",
+                    !list("databases")?.is_empty(),
+                ),
+                ("ai_models", !list("ai_models")?.is_empty()),
+                ("env (environment)", !c.env.is_empty()),
+                ("dependencies", !c.dependencies.is_empty()),
+                (
+                    "host_requirements",
+                    !required(&c.host_requirements).is_empty(),
+                ),
+            ],
+        )?;
+        check_component_variables(&what, &c.config)?;
         components.insert(
             c.id,
             Component {

@@ -220,29 +220,20 @@ pub(crate) fn parse(text: &str, shown: &str) -> Result<Manifest> {
                 "{what} has a source that is not a file path (a URL or registry package); wasishim runs components whose .wasm is in the image: download it into the image and give its path"
             ),
         };
-        for (key, used) in [
-            ("files", !c.files.is_empty()),
-            ("sqlite_databases", !c.sqlite_databases.is_empty()),
-            ("ai_models", !c.ai_models.is_empty()),
-            ("environment", !c.environment.is_empty()),
-            ("dependencies", !c.dependencies.is_empty()),
-        ] {
-            if used {
-                bail!("{what} sets {key}, which wasishim does not provide yet: remove it, or run this app with Spin itself");
-            }
-        }
+        refuse_unsupported(
+            &what,
+            &[
+                ("files", !c.files.is_empty()),
+                ("sqlite_databases", !c.sqlite_databases.is_empty()),
+                ("ai_models", !c.ai_models.is_empty()),
+                ("environment", !c.environment.is_empty()),
+                ("dependencies", !c.dependencies.is_empty()),
+            ],
+        )?;
         if !c.allowed_http_hosts.is_empty() {
             bail!("{what} sets allowed_http_hosts, which Spin 2 replaced: write allowed_outbound_hosts = [\"https://host\", ...]");
         }
-        if c.variables.len() > MAX_VARIABLES {
-            bail!(
-                "{what} has {} variables, more than {MAX_VARIABLES}",
-                c.variables.len()
-            );
-        }
-        for name in c.variables.keys() {
-            check_variable_name(name).with_context(|| what.clone())?;
-        }
+        check_component_variables(&what, &c.variables)?;
         components.insert(
             id,
             Component {
@@ -264,6 +255,34 @@ pub(crate) fn parse(text: &str, shown: &str) -> Result<Manifest> {
 /// Spin's rule for variable names: lowercase ASCII letters, digits and
 /// underscores, starting with a letter (so that `SPIN_VARIABLE_<NAME>` is an
 /// environment variable name).
+/// Fails naming the first `(key, used)` a component sets that wasishim
+/// does not provide, so the app fails at create, not at its first call.
+pub(crate) fn refuse_unsupported(what: &str, keys: &[(&str, bool)]) -> Result<()> {
+    for (key, used) in keys {
+        if *used {
+            bail!("{what} sets {key}, which wasishim does not provide yet: remove it, or run this app with Spin itself");
+        }
+    }
+    Ok(())
+}
+
+/// A component's variables: at most [`MAX_VARIABLES`], each name valid.
+pub(crate) fn check_component_variables(
+    what: &str,
+    variables: &BTreeMap<String, String>,
+) -> Result<()> {
+    if variables.len() > MAX_VARIABLES {
+        bail!(
+            "{what} has {} variables, more than {MAX_VARIABLES}",
+            variables.len()
+        );
+    }
+    for name in variables.keys() {
+        check_variable_name(name).with_context(|| what.to_string())?;
+    }
+    Ok(())
+}
+
 pub(crate) fn check_variable_name(name: &str) -> Result<()> {
     let ok = name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
