@@ -288,6 +288,22 @@ impl PrivateContainerd {
         }
     }
 
+    /// SIGKILLs task `id`, waits for it to stop, deletes it and its
+    /// container; returns the task's exit code. Panics (a test helper) on
+    /// any step's failure.
+    pub fn kill_and_remove(&self, id: &str) -> i32 {
+        let out = self.ctr(["task", "kill", "-s", "SIGKILL", id]);
+        assert!(out.status.success(), "{}", output_text(&out));
+        self.wait_task_status(id, "STOPPED", Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("task {id} did not stop: {e:#}"));
+        let code = self
+            .task_delete(id)
+            .unwrap_or_else(|e| panic!("deleting task {id}: {e:#}"));
+        let out = self.ctr(["containers", "rm", id]);
+        assert!(out.status.success(), "{}", output_text(&out));
+        code
+    }
+
     /// `ctr task delete ID`: removes a stopped task and returns its exit
     /// code. ctr itself exits 0 either way and only warns "task ID exit with
     /// non-zero exit code N" on stderr, so the code is read from there.

@@ -15,7 +15,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use wasishim_e2e::cri::{self, api, Client, Pod};
 use wasishim_e2e::http::{self, Answer};
@@ -91,17 +90,6 @@ fn run(
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     cd.run_detached(&flags, image, id, &[]).unwrap();
     wait_listening(address);
-}
-
-fn kill_and_remove(cd: &PrivateContainerd, id: &str) -> i32 {
-    let out = cd.ctr(["task", "kill", "-s", "SIGKILL", id]);
-    assert!(out.status.success(), "{}", output_text(&out));
-    cd.wait_task_status(id, "STOPPED", Duration::from_secs(10))
-        .unwrap();
-    let code = cd.task_delete(id).unwrap();
-    let out = cd.ctr(["containers", "rm", id]);
-    assert!(out.status.success(), "{}", output_text(&out));
-    code
 }
 
 // ---------------------------------------------------------------- ctr
@@ -183,9 +171,9 @@ fn ctr_config_and_memory(cd: &PrivateContainerd) {
         "memory stores are per container"
     );
     assert_eq!(pair(get(second, "/config-all")), (200, "".into()));
-    assert_eq!(kill_and_remove(cd, "cloud-b"), 137);
+    assert_eq!(cd.kill_and_remove("cloud-b"), 137);
     assert_eq!(pair(get(address, "/kv?bucket=b&key=n")), (200, "7".into()));
-    assert_eq!(kill_and_remove(cd, "cloud-a"), 137);
+    assert_eq!(cd.kill_and_remove("cloud-a"), 137);
 }
 
 /// Two containers given one Redis share their buckets (keys under
@@ -223,10 +211,10 @@ fn ctr_redis_and_refusals(cd: &PrivateContainerd) {
     );
     assert_eq!(send(b, "DELETE", "/kv?bucket=s&key=shared", "").status, 200);
     assert_eq!(get(a, "/kv?bucket=s&key=shared").status, 404);
-    assert_eq!(kill_and_remove(cd, "cloud-r1"), 137);
+    assert_eq!(cd.kill_and_remove("cloud-r1"), 137);
     // The other container's connection is the pooled one: still serving.
     assert_eq!(pair(get(b, "/kv?bucket=s&key=n")), (200, "4".into()));
-    assert_eq!(kill_and_remove(cd, "cloud-r2"), 137);
+    assert_eq!(cd.kill_and_remove("cloud-r2"), 137);
 
     let address = free_address();
     let listen = format!("WASISHIM_HTTP_ADDRESS={address}");
@@ -282,7 +270,7 @@ fn ctr_redis_and_refusals(cd: &PrivateContainerd) {
 
     run(cd, &image, "cloud-ok", address, &[], None);
     assert_eq!(send(address, "POST", "/kv?bucket=b&key=k", "v").status, 200);
-    assert_eq!(kill_and_remove(cd, "cloud-ok"), 137);
+    assert_eq!(cd.kill_and_remove("cloud-ok"), 137);
     drop(redis);
 }
 

@@ -49,17 +49,6 @@ fn import(cd: &PrivateContainerd) -> String {
 }
 
 /// Stops (SIGKILL) and removes a task and its container; returns the exit code.
-fn kill_and_remove(cd: &PrivateContainerd, id: &str) -> i32 {
-    let out = cd.ctr(["task", "kill", "-s", "SIGKILL", id]);
-    assert!(out.status.success(), "{}", output_text(&out));
-    cd.wait_task_status(id, "STOPPED", Duration::from_secs(10))
-        .unwrap();
-    let code = cd.task_delete(id).unwrap();
-    let out = cd.ctr(["containers", "rm", id]);
-    assert!(out.status.success(), "{}", output_text(&out));
-    code
-}
-
 /// `ctr run -d --net-host`: responses (keep-alive aside), a mounted file,
 /// 16 parallel requests, a trapping request (500) after which the server
 /// still answers, a fresh instance per request; SIGKILL ends it with 137.
@@ -135,7 +124,7 @@ fn ctr_serves(cd: &PrivateContainerd) {
         assert_eq!((answer.status, answer.body.as_str()), (200, "1\n"));
     }
 
-    assert_eq!(kill_and_remove(cd, "http"), 137);
+    assert_eq!(cd.kill_and_remove("http"), 137);
 }
 
 /// Foreground `ctr run`: SIGTERM with a request in flight lets it finish,

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use wasishim_e2e::http::{free_address, wait_listening, LISTEN_LIMIT};
-use wasishim_e2e::{fixture_image, output_text, runtime, scenarios, PrivateContainerd};
+use wasishim_e2e::{fixture_image, runtime, scenarios, PrivateContainerd};
 
 const ADDRESS_ENV: &str = "WASISHIM_METRICS_ADDRESS";
 const PER_NODE: &str = "io.containerd.wasmtimed.v1";
@@ -118,16 +118,6 @@ fn requests(address: SocketAddr) {
     assert_eq!(answer.status, 500, "{}", answer.body);
 }
 
-fn kill_and_remove(cd: &PrivateContainerd, id: &str) {
-    let out = cd.ctr(["task", "kill", "-s", "SIGKILL", id]);
-    assert!(out.status.success(), "{}", output_text(&out));
-    cd.wait_task_status(id, "STOPPED", Duration::from_secs(10))
-        .unwrap();
-    assert_eq!(cd.task_delete(id).unwrap(), 137);
-    let out = cd.ctr(["containers", "rm", id]);
-    assert!(out.status.success(), "{}", output_text(&out));
-}
-
 /// Runs `rel` to its end with `ctr run --rm`; returns its exit code.
 fn run_to_end(cd: &PrivateContainerd, name: &str, rel: &str) -> i32 {
     let image = cd.import(&fixture_image(name, rel).unwrap()).unwrap();
@@ -200,7 +190,7 @@ fn serves_metrics_per_node(cd: &PrivateContainerd) {
 
     // The same guest again: found compiled in the server's memory.
     assert_eq!(run_to_end(cd, "hello", "wasip1/hello.wasm"), 0);
-    kill_and_remove(cd, "web");
+    assert_eq!(cd.kill_and_remove("web"), 137);
     let text = scrape_ok(&target);
     assert_at_least(&text, "wasishim_cache_hits_total{place=\"memory\"}", 1.0);
     assert_value(&text, "wasishim_task_exits_total{code=\"137\"}", 1.0);
@@ -245,7 +235,7 @@ fn serves_metrics_per_pod(cd: &PrivateContainerd) {
         &format!("wasishim_http_requests_total{{{web},status=\"5xx\"}}"),
         1.0,
     );
-    kill_and_remove(cd, "web");
+    assert_eq!(cd.kill_and_remove("web"), 137);
     let start = Instant::now();
     while !sockets_in(dir.path()).is_empty() {
         assert!(
@@ -299,7 +289,7 @@ fn bad_address_is_logged(cd: &PrivateContainerd) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    kill_and_remove(cd, "sleeper");
+    assert_eq!(cd.kill_and_remove("sleeper"), 137);
     drop(taken);
 }
 

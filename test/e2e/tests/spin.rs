@@ -87,17 +87,6 @@ fn run_app(cd: &PrivateContainerd, image: &str, id: &str, address: SocketAddr, e
     wait_listening(address);
 }
 
-fn kill_and_remove(cd: &PrivateContainerd, id: &str) -> i32 {
-    let out = cd.ctr(["task", "kill", "-s", "SIGKILL", id]);
-    assert!(out.status.success(), "{}", output_text(&out));
-    cd.wait_task_status(id, "STOPPED", Duration::from_secs(10))
-        .unwrap();
-    let code = cd.task_delete(id).unwrap();
-    let out = cd.ctr(["containers", "rm", id]);
-    assert!(out.status.success(), "{}", output_text(&out));
-    code
-}
-
 /// An HTTP server on 127.0.0.1 answering every request with 200
 /// "upstream", for the outbound tests; ends with the test process.
 fn upstream() -> SocketAddr {
@@ -238,9 +227,9 @@ fn ctr_spin_app(cd: &PrivateContainerd) {
         "in-memory stores are per container"
     );
 
-    assert_eq!(kill_and_remove(cd, "spin-b"), 137);
+    assert_eq!(cd.kill_and_remove("spin-b"), 137);
     assert_eq!(get(address, "/hello").status, 200);
-    assert_eq!(kill_and_remove(cd, "spin-a"), 137);
+    assert_eq!(cd.kill_and_remove("spin-a"), 137);
 }
 
 /// An app whose component imports SQLite is refused at create, naming the
@@ -284,7 +273,7 @@ fn ctr_refuses_unsupported(cd: &PrivateContainerd) {
         .unwrap();
     run_app(cd, &image, "spin-ok", address, &[]);
     assert_eq!(get(address, "/hello").status, 200);
-    assert_eq!(kill_and_remove(cd, "spin-ok"), 137);
+    assert_eq!(cd.kill_and_remove("spin-ok"), 137);
 }
 
 /// Two containers whose runtime config puts the default store in one Redis
@@ -310,8 +299,8 @@ fn ctr_redis_shared(cd: &PrivateContainerd) {
     assert_eq!((answer.status, answer.body.as_str()), (200, "from a"));
     assert_eq!(send(b, "DELETE", "/kv/shared-key", "").status, 200);
     assert_eq!(get(a, "/kv/shared-key").status, 404);
-    assert_eq!(kill_and_remove(cd, "spin-r1"), 137);
-    assert_eq!(kill_and_remove(cd, "spin-r2"), 137);
+    assert_eq!(cd.kill_and_remove("spin-r1"), 137);
+    assert_eq!(cd.kill_and_remove("spin-r2"), 137);
     drop(redis);
 }
 
@@ -519,7 +508,7 @@ fn ctr_spin_artifact(cd: &PrivateContainerd) {
     );
     let _ = cd.ctr(["containers", "rm", "spin-partial"]);
     assert_eq!(get(address, "/hello").status, 200);
-    assert_eq!(kill_and_remove(cd, "spin-oci"), 137);
+    assert_eq!(cd.kill_and_remove("spin-oci"), 137);
 }
 
 /// A Spin artifact whose one component layer is in no other image (the

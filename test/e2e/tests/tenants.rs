@@ -246,16 +246,6 @@ fn compile_bomb(cd: &PrivateContainerd, runtime: &str) {
 }
 
 /// SIGKILLs detached container `id`, then deletes it (exit 137) and removes it.
-fn kill_and_remove(cd: &PrivateContainerd, id: &str) {
-    let out = cd.ctr(["task", "kill", "-s", "SIGKILL", id]);
-    assert!(out.status.success(), "{}", output_text(&out));
-    cd.wait_task_status(id, "STOPPED", Duration::from_secs(10))
-        .unwrap();
-    assert_eq!(cd.task_delete(id).unwrap(), 137);
-    let out = cd.ctr(["containers", "rm", id]);
-    assert!(out.status.success(), "{}", output_text(&out));
-}
-
 /// Starts the wasi:http fixture as detached container `id` on the host's
 /// network with extra `env`, and waits until it listens; its address.
 fn start_http_server(cd: &PrivateContainerd, runtime: &str, id: &str, env: &[&str]) -> SocketAddr {
@@ -316,7 +306,7 @@ fn request_deadline(cd: &PrivateContainerd, runtime: &str) {
     assert!(took < Duration::from_secs(6), "the 504s took {took:?}");
     assert_eq!(wasishim_e2e::http::get(address, "/").status, 200);
 
-    kill_and_remove(cd, "deadline");
+    assert_eq!(cd.kill_and_remove("deadline"), 137);
     remove_neighbour(cd);
 }
 
@@ -461,7 +451,7 @@ fn http_clients(cd: &PrivateContainerd, runtime: &str) {
     );
     assert_eq!(wasishim_e2e::http::get(address, "/").status, 200);
 
-    kill_and_remove(cd, "clients");
+    assert_eq!(cd.kill_and_remove("clients"), 137);
     remove_neighbour(cd);
 }
 
