@@ -27,7 +27,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 
-use crate::key_value::{Backend, MemoryStore, RedisStore, Scoped};
+use crate::key_value::{self, Backend, MemoryStore, RedisStore, Scoped};
 use crate::limits::MemoryMeter;
 use crate::wasi::WasiTemplate;
 use crate::WorkloadSpec;
@@ -51,8 +51,6 @@ pub const KEYVALUE_REDIS_URL_ENV: &str = "WASISHIM_KEYVALUE_REDIS_URL";
 pub(crate) const MAX_OPEN_BUCKETS: usize = 16;
 /// The longest bucket identifier, in bytes.
 pub(crate) const MAX_BUCKET_BYTES: usize = 64;
-/// The most keys one `list-keys` page holds.
-const KEYS_PER_PAGE: usize = 1000;
 
 /// An open bucket: a `wasi:keyvalue/store.bucket` resource.
 pub struct Bucket {
@@ -244,21 +242,15 @@ impl store::HostBucket for CloudHost {
         bucket: Resource<Bucket>,
         cursor: Option<u64>,
     ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
-        let mut keys = match self.bucket(&bucket)?.keys("").await {
+        let keys = match self.bucket(&bucket)?.keys("").await {
             Ok(keys) => keys,
             Err(e) => return Ok(Err(store::Error::Other(e))),
         };
-        // Pages by position in the sorted listing: the cursor is where the
-        // next page starts.
-        keys.sort_unstable();
-        let start = usize::try_from(cursor.unwrap_or(0))
-            .unwrap_or(usize::MAX)
-            .min(keys.len());
-        let end = start.saturating_add(KEYS_PER_PAGE).min(keys.len());
-        let cursor = (end < keys.len()).then_some(end as u64);
+        let start = usize::try_from(cursor.unwrap_or(0)).unwrap_or(usize::MAX);
+        let (keys, next) = key_value::page(keys, start);
         Ok(Ok(store::KeyResponse {
-            keys: keys.drain(start..end).collect(),
-            cursor,
+            keys,
+            cursor: next.map(|n| n as u64),
         }))
     }
 
@@ -296,15 +288,10 @@ impl batch::Host for CloudHost {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<Option<(String, Vec<u8>)>>, store::Error>> {
-        let backend = self.bucket(&bucket)?;
-        let mut values = Vec::with_capacity(keys.len());
-        for key in keys {
-            match backend.get(&key).await {
-                Ok(value) => values.push(value.map(|v| (key, v))),
-                Err(e) => return Ok(Err(store::Error::Other(e))),
-            }
-        }
-        Ok(Ok(values))
+        let values = self.bucket(&bucket)?.get_many(keys).await;
+        Ok(values
+            .map(|v| v.into_iter().map(|(k, v)| v.map(|v| (k, v))).collect())
+            .map_err(store::Error::Other))
     }
 
     async fn set_many(
@@ -313,12 +300,10 @@ impl batch::Host for CloudHost {
         key_values: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let backend = self.bucket(&bucket)?;
-        for (key, value) in key_values {
-            if let Err(e) = backend.set(&key, value).await {
-                return Ok(Err(store::Error::Other(e)));
-            }
-        }
-        Ok(Ok(()))
+        Ok(backend
+            .set_many(key_values)
+            .await
+            .map_err(store::Error::Other))
     }
 
     async fn delete_many(
@@ -327,11 +312,6 @@ impl batch::Host for CloudHost {
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let backend = self.bucket(&bucket)?;
-        for key in keys {
-            if let Err(e) = backend.delete(&key).await {
-                return Ok(Err(store::Error::Other(e)));
-            }
-        }
-        Ok(Ok(()))
+        Ok(backend.delete_many(keys).await.map_err(store::Error::Other))
     }
 }

@@ -158,6 +158,13 @@ impl HttpGuest<Single> {
     }
 }
 
+impl<H> HttpGuest<H> {
+    /// What serves its requests.
+    pub(crate) fn handlers(&self) -> &H {
+        &self.handlers
+    }
+}
+
 /// Everything a request needs, shared by the connection tasks.
 struct Server<H> {
     engine: Engine,

@@ -228,7 +228,8 @@ impl Workload {
         match &guest {
             Guest::Component { cloud, .. } => cloud.charge_to(meter),
             Guest::Http(http) => http.cloud().charge_to(meter),
-            Guest::Module { .. } | Guest::Spin(_) => {}
+            Guest::Spin(spin) => spin.handlers().charge_to(&meter),
+            Guest::Module { .. } => {}
         }
         if let Some(file) = stdin_file {
             control

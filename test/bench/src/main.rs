@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! wasishim-bench [--quick] [--explore] [--containerd 1.6.20]
-//!                [--cases 1,2,3,3b,4,5,6,7,8,9] [--out target/bench]
+//!                [--cases 1,2,3,3b,4,5,6,7,10,11,8,9] [--out target/bench]
 //!                [--benchmarks BENCHMARKS.md]
 //! ```
 //!
@@ -26,6 +26,7 @@ mod lab;
 mod mixed_pod;
 mod overhead;
 mod report;
+mod spin_app;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -59,7 +60,9 @@ pub struct Config {
 }
 
 /// Every case, in the order they run.
-const CASES: [&str; 11] = ["1", "2", "3", "3b", "4", "5", "6", "7", "10", "8", "9"];
+const CASES: [&str; 12] = [
+    "1", "2", "3", "3b", "4", "5", "6", "7", "10", "11", "8", "9",
+];
 
 impl Config {
     fn full() -> Config {
@@ -331,6 +334,9 @@ fn run() -> Result<()> {
     }
     if want("10") {
         record("10", key_value::key_value(&lab, &cfg, &api));
+    }
+    if want("11") {
+        record("11", spin_app::spin_app(&lab, &cfg, &api));
     }
     // Case 8 restarts containerd, whose graceful stop waits for open gRPC
     // connections such as this one.

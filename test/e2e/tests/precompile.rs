@@ -5,6 +5,8 @@
 //!   environment gives the shims a compile memory limit no compilation fits
 //!   in (`WASISHIM_COMPILE_MEMORY_BYTES=1`), so the container fails before
 //!   the precompile and runs after it (either binary);
+//! - the same for a Wasm OCI artifact pulled from a loopback registry
+//!   (containerd 2.1; 1.6.20 cannot pull one);
 //! - its errors: an image containerd does not have, an image whose
 //!   entrypoint is a Linux executable, an image without an entrypoint;
 //! - per-node (`WASISHIM_RUNTIME=io.containerd.wasmtimed.v1`): with the
@@ -25,9 +27,10 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use wasishim_e2e::http::free_address;
 
+use wasishim_e2e::registry::Registry;
 use wasishim_e2e::{
-    fixture_image, image_name, output_text, runtime, shim_dir, Image, PrivateContainerd, NAMESPACE,
-    NODE_LOG_DIR,
+    fixture, fixture_image, image_name, output_text, runtime, shim_dir, Artifact, ArtifactForm,
+    Image, PrivateContainerd, NAMESPACE, NODE_LOG_DIR,
 };
 
 const PER_NODE: &str = "io.containerd.wasmtimed.v1";
@@ -121,8 +124,53 @@ fn precompile_makes_a_cached_first_start(cd: &PrivateContainerd) {
         "{}",
         output_text(&out)
     );
+
+    if !cd.version().starts_with("1.6") {
+        // containerd 1.6.20 cannot pull a Wasm artifact (its layers are not
+        // file system changes; README, Wasm OCI artifacts).
+        precompile_pulled_artifact(cd, cache.path());
+    }
     cd.set_env("WASISHIM_COMPILE_MEMORY_BYTES", None);
     cd.set_env("WASISHIM_CACHE_DIR", None);
+}
+
+/// The same with a Wasm OCI artifact pulled from a registry (layer
+/// `application/wasm`, as `wkg oci push` writes): it fails before the
+/// precompile and runs after it.
+fn precompile_pulled_artifact(cd: &PrivateContainerd, cache: &Path) {
+    let registry = Registry::start().unwrap();
+    // A module of its own (a custom section), so that nothing of the test
+    // above is its cache entry.
+    let mut wasm = std::fs::read(fixture("wasip1/hello.wasm")).unwrap();
+    wasm.extend_from_slice(&[0, 7, 6, b'p', b'u', b'l', b'l', b'e', b'd']);
+    let artifact = Artifact::new(
+        &registry.name("precompiled-artifact"),
+        ArtifactForm::OciWasm,
+    )
+    .wasm(wasm);
+    let name = registry.push(&artifact).unwrap();
+    let out = cd.ctr(["images", "pull", "--plain-http", &name]);
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    let out = cd.run_rm(&[], &name, "pulled-before", &["hello"]);
+    assert!(
+        !out.status.success(),
+        "compiled despite the limit:\n{}",
+        output_text(&out)
+    );
+    let out = precompile(cd, cache, &[&name]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("compiled "),
+        "{}",
+        output_text(&out)
+    );
+    let out = cd.run_rm(&[], &name, "pulled-after", &["hello"]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("hello from wasm"),
+        "{}",
+        output_text(&out)
+    );
 }
 
 fn precompile_errors(cd: &PrivateContainerd) {

@@ -78,11 +78,24 @@ fn fixture_manifest() -> String {
 
 /// `ctr run -d --net-host` of `image` listening on `address`, with `env`.
 fn run_app(cd: &PrivateContainerd, image: &str, id: &str, address: SocketAddr, env: &[&str]) {
+    run_app_with(cd, image, id, address, env, &[]);
+}
+
+/// [`run_app`] with more `ctr run` flags.
+fn run_app_with(
+    cd: &PrivateContainerd,
+    image: &str,
+    id: &str,
+    address: SocketAddr,
+    env: &[&str],
+    more: &[&str],
+) {
     let listen = format!("SPIN_HTTP_LISTEN_ADDR={address}");
     let mut flags = vec!["--net-host", "--env", &listen];
     for e in env {
         flags.extend(["--env", e]);
     }
+    flags.extend(more);
     cd.run_detached(&flags, image, id, &[]).unwrap();
     wait_listening(address);
 }
@@ -200,6 +213,35 @@ fn ctr_spin_app(cd: &PrivateContainerd) {
     assert_eq!(send(address, "DELETE", "/kv/k1", "").status, 200);
     assert_eq!(get(address, "/kv/k1").status, 404);
 
+    // wasi:keyvalue (draft 2, as Spin 3 gives it): the same stores by label.
+    assert_eq!(send(address, "PUT", "/kv/both", "spin api").status, 200);
+    let answer = get(address, "/kv/both?api=wasi");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "spin api"));
+    let incr = |by: i64| {
+        let a = send(
+            address,
+            "POST",
+            &format!("/kv/n?api=wasi&op=incr&by={by}"),
+            "",
+        );
+        (a.status, a.body)
+    };
+    assert_eq!(incr(5), (200, "5\n".into()));
+    assert_eq!(incr(-2), (200, "3\n".into()));
+    let answer = get(address, "/kv/n");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "3"));
+    let answer = send(address, "PUT", "/kv/c?api=wasi&op=cas", "final");
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, "conflict, then swapped\n")
+    );
+    assert_eq!(get(address, "/kv/c?api=wasi").body, "final");
+    let answer = get(address, "/kv/k?api=wasi&store=other");
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (500, "cannot open bucket other: Error::AccessDenied\n")
+    );
+
     // Outbound: allowed to http://127.0.0.1:*, not to other hosts.
     let up = upstream();
     let answer = get(
@@ -213,9 +255,18 @@ fn ctr_spin_app(cd: &PrivateContainerd) {
     );
     assert_eq!(answer.status, 502, "not allowed, yet: {answer:?}");
 
-    // A second app without the override, and with its own store.
+    // A second app without the override, and with its own store, counted
+    // against its memory limit.
     let second = free_address();
-    run_app(cd, &image, "spin-b", second, &[]);
+    let limit = (16u64 << 20).to_string();
+    run_app_with(
+        cd,
+        &image,
+        "spin-b",
+        second,
+        &[],
+        &["--memory-limit", &limit],
+    );
     assert_eq!(
         variable(second, "message"),
         (200, "hello from the manifest, in blue\n".into())
@@ -226,6 +277,26 @@ fn ctr_spin_app(cd: &PrivateContainerd) {
         404,
         "in-memory stores are per container"
     );
+    // 1 MiB values: the 16 MiB store would take 15; the limit, with the
+    // request's instance beside them, fewer.
+    let mib = "m".repeat(1 << 20);
+    let full = (0..16)
+        .find(|i| send(second, "PUT", &format!("/kv/big{i}"), &mib).status != 200)
+        .unwrap_or(16);
+    assert!(
+        full < 15,
+        "the in-memory store took {full} MiB in a container limited to 16 MiB"
+    );
+    let answer = send(second, "PUT", "/kv/one-more", &mib);
+    assert_eq!(answer.status, 500, "{answer:?}");
+    assert!(!answer.body.contains("store is full"), "{answer:?}");
+    for i in 0..full {
+        assert_eq!(
+            send(second, "DELETE", &format!("/kv/big{i}"), "").status,
+            200
+        );
+    }
+    assert_eq!(send(second, "PUT", "/kv/one-more", &mib).status, 200);
 
     assert_eq!(cd.kill_and_remove("spin-b"), 137);
     assert_eq!(get(address, "/hello").status, 200);
@@ -299,6 +370,22 @@ fn ctr_redis_shared(cd: &PrivateContainerd) {
     assert_eq!((answer.status, answer.body.as_str()), (200, "from a"));
     assert_eq!(send(b, "DELETE", "/kv/shared-key", "").status, 200);
     assert_eq!(get(a, "/kv/shared-key").status, 404);
+    // wasi:keyvalue's atomics on Redis: the compare-and-swap script and
+    // INCRBY, seen by the other container.
+    let answer = send(a, "PUT", "/kv/swapped?api=wasi&op=cas", "by a");
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, "conflict, then swapped\n")
+    );
+    assert_eq!(get(b, "/kv/swapped?api=wasi").body, "by a");
+    assert_eq!(
+        send(a, "POST", "/kv/count?api=wasi&op=incr&by=2", "").body,
+        "2\n"
+    );
+    assert_eq!(
+        send(b, "POST", "/kv/count?api=wasi&op=incr&by=3", "").body,
+        "5\n"
+    );
     assert_eq!(cd.kill_and_remove("spin-r1"), 137);
     assert_eq!(cd.kill_and_remove("spin-r2"), 137);
     drop(redis);

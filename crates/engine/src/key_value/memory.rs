@@ -146,6 +146,21 @@ impl Backend for MemoryStore {
         memory.put(key, after.to_string().into_bytes(), self.meter.get())?;
         Ok(after)
     }
+
+    async fn swap_if(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Vec<u8>,
+    ) -> Result<Option<Option<Vec<u8>>>, String> {
+        let mut memory = self.lock();
+        let found = memory.entries.get(key);
+        if found.map(Vec::as_slice) != expected {
+            return Ok(Some(found.cloned()));
+        }
+        memory.put(key, value, self.meter.get())?;
+        Ok(None)
+    }
 }
 
 #[cfg(test)]
@@ -219,6 +234,24 @@ mod tests {
             assert!(store.increment("x", 1).await.is_err());
             assert_eq!(store.keys("n").await, Ok(vec!["n".to_string()]));
             assert_eq!(store.keys("").await.map(|k| k.len()), Ok(2));
+        });
+    }
+
+    #[test]
+    fn swaps_happen_only_over_the_value_expected() {
+        let store = MemoryStore::default();
+        block(async {
+            assert_eq!(store.swap_if("k", None, b"1".to_vec()).await, Ok(None));
+            let stale = store.swap_if("k", None, b"2".to_vec()).await;
+            assert_eq!(stale, Ok(Some(Some(b"1".to_vec()))));
+            assert_eq!(
+                store.swap_if("k", Some(b"1"), b"2".to_vec()).await,
+                Ok(None)
+            );
+            assert_eq!(store.get("k").await, Ok(Some(b"2".to_vec())));
+            assert_eq!(store.delete("k").await, Ok(()));
+            let gone = store.swap_if("k", Some(b"2"), b"3".to_vec()).await;
+            assert_eq!(gone, Ok(Some(None)));
         });
     }
 }

@@ -31,6 +31,56 @@ pub(crate) trait Backend: Send + Sync {
     /// Adds `delta` to the counter at `key` (a decimal number as text, as
     /// Redis's INCRBY keeps it; 0 if absent) and returns the new value.
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, String>;
+    /// Sets `key` to `value` if it still holds `expected` (`None`: absent),
+    /// atomically; otherwise changes nothing and returns `Some` of what it
+    /// holds (`Some(None)`: absent).
+    async fn swap_if(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Vec<u8>,
+    ) -> Result<Option<Option<Vec<u8>>>, String>;
+
+    /// The values of `keys`, in order, each with its key (`wasi:keyvalue`
+    /// batch); the first error ends it.
+    async fn get_many(&self, keys: Vec<String>) -> Result<Vec<(String, Option<Vec<u8>>)>, String> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            let value = self.get(&key).await?;
+            values.push((key, value));
+        }
+        Ok(values)
+    }
+
+    /// Sets each key, checked first; the first error ends it.
+    async fn set_many(&self, key_values: Vec<(String, Vec<u8>)>) -> Result<(), String> {
+        for (key, value) in key_values {
+            check_key(&key)?;
+            self.set(&key, value).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes each key; the first error ends it.
+    async fn delete_many(&self, keys: Vec<String>) -> Result<(), String> {
+        for key in keys {
+            self.delete(&key).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The most keys one `list-keys` page of `wasi:keyvalue` holds.
+pub(crate) const KEYS_PER_PAGE: usize = 1000;
+
+/// The page of `keys` (sorted here) starting at position `start`, and the
+/// position of the next page if there is one: `wasi:keyvalue`'s cursor.
+pub(crate) fn page(mut keys: Vec<String>, start: usize) -> (Vec<String>, Option<usize>) {
+    keys.sort_unstable();
+    let start = start.min(keys.len());
+    let end = start.saturating_add(KEYS_PER_PAGE).min(keys.len());
+    let next = (end < keys.len()).then_some(end);
+    (keys.drain(start..end).collect(), next)
 }
 
 /// Refuses a key longer than [`MAX_KEY_BYTES`]; the hosts check a

@@ -225,7 +225,52 @@ impl Backend for RedisStore {
         self.run(move |mut c| async move { c.incr(key, delta).await })
             .await
     }
+
+    async fn swap_if(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Vec<u8>,
+    ) -> Result<Option<Option<Vec<u8>>>, String> {
+        let key = key.to_string();
+        let expected = expected.map(<[u8]>::to_vec);
+        // One script, so that the compare and the set are one step for
+        // Redis: {1} when set, {0, value found} (nil if absent) when not.
+        let (swapped, found): (i64, Option<Vec<u8>>) = self
+            .run(move |mut c| async move {
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(SWAP_IF).arg(1).arg(key);
+                match expected {
+                    Some(expected) => eval.arg(1).arg(expected),
+                    None => eval.arg(0).arg(""),
+                };
+                eval.arg(value);
+                let reply: Vec<redis::Value> = eval.query_async(&mut c).await?;
+                let swapped = match reply.first() {
+                    Some(redis::Value::Int(n)) => *n,
+                    _ => 0,
+                };
+                let found = match reply.get(1) {
+                    Some(value) => redis::from_redis_value(value)?,
+                    None => None,
+                };
+                Ok((swapped, found))
+            })
+            .await?;
+        Ok((swapped != 1).then_some(found))
+    }
 }
+
+/// The compare-and-swap script: KEYS[1] the key, ARGV[1] 1 if a value is
+/// expected (ARGV[2]) or 0 if absence is, ARGV[3] the new value.
+const SWAP_IF: &str = r#"
+local found = redis.call('GET', KEYS[1])
+local expected = false
+if ARGV[1] == '1' then expected = ARGV[2] end
+if found ~= expected then return {0, found} end
+redis.call('SET', KEYS[1], ARGV[3])
+return {1}
+"#;
 
 #[cfg(test)]
 mod tests {

@@ -56,4 +56,13 @@ impl Backend for Scoped {
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, String> {
         self.inner.increment(&self.full(key)?, delta).await
     }
+
+    async fn swap_if(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Vec<u8>,
+    ) -> Result<Option<Option<Vec<u8>>>, String> {
+        self.inner.swap_if(&self.full(key)?, expected, value).await
+    }
 }

@@ -23,7 +23,7 @@ use super::locked::SpinLockedApp;
 use super::manifest::{self, Manifest, Source, MAX_MANIFEST_BYTES};
 use super::outbound::AllowedHosts;
 use super::routes::Router;
-use super::runtime_config;
+use super::runtime_config::{self, Configured};
 use super::variables;
 use crate::cache::CodeCache;
 use crate::cache_key::FileIdentity;
@@ -32,7 +32,9 @@ use crate::http::{Handlers, Picked};
 use crate::http_body::plain;
 use crate::http_state::{HttpState, Outgoing};
 use crate::instance_state::InstanceState;
+use crate::key_value::Backend;
 use crate::layer::WasmLayer;
+use crate::limits::MemoryMeter;
 use crate::pool::PoolShare;
 use crate::rootfs;
 use crate::spec::WorkloadSpec;
@@ -44,6 +46,19 @@ pub(crate) struct SpinApp {
     /// The largest instance state of its components: a request's store
     /// instantiates one of them.
     pub(crate) instance_state: InstanceState,
+    /// Its stores kept in memory, counted against the container's memory
+    /// limit once it starts.
+    in_memory: Vec<Arc<MemoryStore>>,
+}
+
+impl SpinApp {
+    /// Counts the in-memory stores' bytes against the container's memory
+    /// sum and limit (`meter`), as a component's `wasi:keyvalue` store is.
+    pub(crate) fn charge_to(&self, meter: &MemoryMeter) {
+        for store in &self.in_memory {
+            store.charge_to(meter.clone());
+        }
+    }
 }
 
 /// One component, ready for requests.
@@ -55,7 +70,7 @@ struct Ready {
 }
 
 /// The interfaces (by name prefix) a Spin component may import.
-const PROVIDED: [&str; 11] = [
+const PROVIDED: [&str; 14] = [
     "wasi:cli/",
     "wasi:io/",
     "wasi:clocks/",
@@ -67,6 +82,9 @@ const PROVIDED: [&str; 11] = [
     host::VARIABLES,
     host::KEY_VALUE,
     host::CONFIG,
+    host::WASI_KEYVALUE[0],
+    host::WASI_KEYVALUE[1],
+    host::WASI_KEYVALUE[2],
 ];
 
 /// Loads the app whose manifest is `file` (`shown`, its path in the image).
@@ -161,7 +179,7 @@ fn load_app(
     let mut variables =
         variables::resolve(manifest, &spec.env).with_context(|| shown.to_string())?;
     let config = runtime_config::load(&spec.rootfs)?;
-    let all_stores = stores(manifest, &config, shown)?;
+    let (all_stores, in_memory) = stores(manifest, &config, shown)?;
     let mut components = HashMap::new();
     let mut instance_state = InstanceState {
         core_instances: 1,
@@ -225,26 +243,30 @@ fn load_app(
         router,
         components,
         instance_state,
+        in_memory,
     })
 }
 
 /// The container's stores: each label a component lists, from runtime
-/// config, or `default` in memory.
+/// config, or `default` in memory; and those kept in memory, to charge to
+/// the container.
 fn stores(
     manifest: &Manifest,
     config: &runtime_config::RuntimeConfig,
     shown: &str,
-) -> Result<Stores> {
+) -> Result<(Stores, Vec<Arc<MemoryStore>>)> {
     // `shown` is "Spin manifest /spin.toml" or "Spin locked app ...".
     let mut stores = Stores::new();
+    let mut in_memory = Vec::new();
     for (id, component) in &manifest.components {
         for label in &component.key_value_stores {
             if stores.contains_key(label) {
                 continue;
             }
-            let store = match config.store(label)? {
-                Some(store) => store,
-                None if label == "default" => Arc::new(MemoryStore::default()),
+            let store: Arc<dyn Backend> = match config.store(label)? {
+                Some(Configured::Redis(redis)) => redis,
+                Some(Configured::Memory) => memory_store(&mut in_memory),
+                None if label == "default" => memory_store(&mut in_memory),
                 None => bail!(
                     "{shown}: component '{id}' uses key-value store '{label}', which is not defined: add [key_value_store.{label}] to {} in the image",
                     runtime_config::PATH
@@ -253,7 +275,14 @@ fn stores(
             stores.insert(label.clone(), store);
         }
     }
-    Ok(stores)
+    Ok((stores, in_memory))
+}
+
+/// A new in-memory store, kept in `in_memory` too.
+fn memory_store(in_memory: &mut Vec<Arc<MemoryStore>>) -> Arc<dyn Backend> {
+    let memory = Arc::new(MemoryStore::default());
+    in_memory.push(memory.clone());
+    memory
 }
 
 /// Reads and compiles (or takes from the cache) the component at `source`.
@@ -321,7 +350,7 @@ fn check_imports(engine: &Engine, component: &Component, what: &str) -> Result<(
         let provided = PROVIDED.iter().any(|p| name.starts_with(p));
         if !provided || !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
             bail!(
-                "{what} imports {name}, which wasishim does not provide to Spin apps (it provides WASI 0.2, wasi:http/outgoing-handler, {}, {} and {}): remove its use, or run this app with Spin itself",
+                "{what} imports {name}, which wasishim does not provide to Spin apps (it provides WASI 0.2, wasi:http/outgoing-handler, {}, {}, {} and wasi:keyvalue@0.2.0-draft2 store, atomics and batch): remove its use, or run this app with Spin itself",
                 host::VARIABLES,
                 host::KEY_VALUE,
                 host::CONFIG

@@ -1,8 +1,9 @@
 //! The Spin interfaces a Spin component is given beyond WASI 0.2 and
 //! `wasi:http`: `fermyon:spin/variables@2.0.0`, `wasi:config/store` (the
 //! same variables, as the WASI config proposal reads them) and
-//! `fermyon:spin/key-value@2.0.0`. Their WIT is in crates/engine/wit/spin,
-//! copied from the spin-sdk crate.
+//! `fermyon:spin/key-value@2.0.0`, and `wasi:keyvalue@0.2.0-draft2` over
+//! the same stores (wasi_keyvalue.rs). Their WIT is in
+//! crates/engine/wit/spin, copied from the spin-sdk crate.
 //!
 //! One [`SpinHost`] per request: the component's resolved variables and the
 //! container's stores the component may open, shared with every other
@@ -23,6 +24,8 @@ wasmtime::component::bindgen!({
     imports: { default: async | trappable },
     with: {
         "fermyon:spin/key-value.store": KvStore,
+        "wasi:keyvalue/store.bucket": KvStore,
+        "wasi:keyvalue/atomics.cas": super::wasi_keyvalue::Cas,
     },
 });
 
@@ -37,10 +40,17 @@ pub(crate) const MAX_OPEN_STORES: usize = 16;
 pub(crate) const VARIABLES: &str = "fermyon:spin/variables@2.0.0";
 pub(crate) const KEY_VALUE: &str = "fermyon:spin/key-value@2.0.0";
 pub(crate) const CONFIG: &str = "wasi:config/store@0.2.0-draft-2024-09-27";
+/// `wasi:keyvalue` as Spin 3 apps import it (draft 2).
+pub(crate) const WASI_KEYVALUE: [&str; 3] = [
+    "wasi:keyvalue/store@0.2.0-draft2",
+    "wasi:keyvalue/atomics@0.2.0-draft2",
+    "wasi:keyvalue/batch@0.2.0-draft2",
+];
 
-/// An open store of a request: a `fermyon:spin/key-value/store` resource.
+/// An open store of a request: a `fermyon:spin/key-value/store` or a
+/// `wasi:keyvalue/store/bucket` resource.
 pub struct KvStore {
-    backend: Arc<dyn Backend>,
+    pub(super) backend: Arc<dyn Backend>,
 }
 
 /// What one request's instance of a Spin component is given.
@@ -48,8 +58,11 @@ pub(crate) struct SpinHost {
     variables: Arc<BTreeMap<String, String>>,
     /// The stores the component's `key_value_stores` lists.
     stores: Arc<Stores>,
-    table: ResourceTable,
-    open: usize,
+    pub(super) table: ResourceTable,
+    /// Stores open through either interface, at most [`MAX_OPEN_STORES`].
+    pub(super) open: usize,
+    /// `wasi:keyvalue` compare-and-swap handles held (wasi_keyvalue.rs).
+    pub(super) cas: usize,
 }
 
 impl SpinHost {
@@ -59,6 +72,7 @@ impl SpinHost {
             stores,
             table: ResourceTable::new(),
             open: 0,
+            cas: 0,
         }
     }
 }
@@ -102,8 +116,24 @@ impl config::Host for SpinHost {
 impl kv::Host for SpinHost {}
 
 impl SpinHost {
-    fn backend(&self, store: &Resource<KvStore>) -> wasmtime::Result<Arc<dyn Backend>> {
+    pub(super) fn backend(&self, store: &Resource<KvStore>) -> wasmtime::Result<Arc<dyn Backend>> {
         Ok(self.table.get(store)?.backend.clone())
+    }
+
+    /// The store of `label` if the component may open it, counted as open;
+    /// `Err(true)` if the component's `key_value_stores` does not list it,
+    /// `Err(false)` if the request holds [`MAX_OPEN_STORES`] already.
+    pub(super) fn open_store(&mut self, label: &str) -> Result<KvStore, bool> {
+        let Some(backend) = self.stores.get(label) else {
+            return Err(true);
+        };
+        if self.open >= MAX_OPEN_STORES {
+            return Err(false);
+        }
+        self.open += 1;
+        Ok(KvStore {
+            backend: backend.clone(),
+        })
     }
 }
 
@@ -112,17 +142,11 @@ impl kv::HostStore for SpinHost {
         &mut self,
         label: String,
     ) -> wasmtime::Result<Result<Resource<KvStore>, kv::Error>> {
-        let Some(backend) = self.stores.get(&label) else {
-            return Ok(Err(kv::Error::AccessDenied));
-        };
-        if self.open >= MAX_OPEN_STORES {
-            return Ok(Err(kv::Error::StoreTableFull));
+        match self.open_store(&label) {
+            Ok(store) => Ok(Ok(self.table.push(store)?)),
+            Err(true) => Ok(Err(kv::Error::AccessDenied)),
+            Err(false) => Ok(Err(kv::Error::StoreTableFull)),
         }
-        let store = KvStore {
-            backend: backend.clone(),
-        };
-        self.open += 1;
-        Ok(Ok(self.table.push(store)?))
     }
 
     async fn get(

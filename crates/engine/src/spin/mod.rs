@@ -29,6 +29,7 @@ mod outbound;
 mod routes;
 mod runtime_config;
 mod variables;
+mod wasi_keyvalue;
 
 use std::net::SocketAddr;
 

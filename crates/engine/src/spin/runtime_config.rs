@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::key_value::{Backend, MemoryStore, RedisStore};
+use crate::key_value::RedisStore;
 
 /// Where runtime config is read from, in the rootfs.
 pub(crate) const PATH: &str = "/runtime-config.toml";
@@ -56,14 +56,21 @@ fn parse(text: &str) -> Result<RuntimeConfig> {
     toml::from_str(text).with_context(|| format!("Spin runtime config {PATH} is not valid"))
 }
 
+/// A store runtime config defines.
+pub(crate) enum Configured {
+    /// `type = "memory"`: the container's own, as the default store.
+    Memory,
+    Redis(Arc<RedisStore>),
+}
+
 impl RuntimeConfig {
     /// The store of `label`, if runtime config defines it.
-    pub(crate) fn store(&self, label: &str) -> Result<Option<Arc<dyn Backend>>> {
+    pub(crate) fn store(&self, label: &str) -> Result<Option<Configured>> {
         let Some(config) = self.key_value_store.get(label) else {
             return Ok(None);
         };
         match config.kind.as_str() {
-            "memory" => Ok(Some(Arc::new(MemoryStore::default()))),
+            "memory" => Ok(Some(Configured::Memory)),
             "redis" => {
                 let Some(url) = &config.url else {
                     bail!("Spin runtime config {PATH}: [key_value_store.{label}] of type redis needs url = \"redis://host:port\"");
@@ -71,7 +78,7 @@ impl RuntimeConfig {
                 let store = RedisStore::open(url).with_context(|| {
                     format!("Spin runtime config {PATH}: [key_value_store.{label}] has url '{url}', which is not a Redis URL such as redis://127.0.0.1:6379")
                 })?;
-                Ok(Some(Arc::new(store)))
+                Ok(Some(Configured::Redis(Arc::new(store))))
             }
             other => bail!(
                 "Spin runtime config {PATH}: [key_value_store.{label}] has type '{other}'; wasishim provides redis and memory"
