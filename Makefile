@@ -145,7 +145,7 @@ images: fixtures
 			--wasm $$f --out $(OUT)/images/$$kind-$$name.tar; \
 	done
 	$(CARGO) run -q -p wasishim-image -- --name docker.io/library/wasishim-spin-app:test \
-		--file $(FIXTURES)/spin/spin.toml:/spin.toml $(SPIN_FIXTURES:%=--file $(OUT)/spin/%.wasm:/%.wasm) \
+		--file $(FIXTURES)/spin/spin.toml:/spin.toml $(foreach f,$(SPIN_FIXTURES),--file $(OUT)/spin/$(f).wasm:/$(f).wasm) \
 		--entrypoint /spin.toml --out $(OUT)/images/spin-app.tar
 	$(CARGO) run -q -p wasishim-image -- --artifact spin --name docker.io/library/wasishim-spin-artifact:test \
 		--spin-manifest $(FIXTURES)/spin/spin.toml --spin-dir $(OUT)/spin --out $(OUT)/images/spin-artifact.tar
