@@ -482,8 +482,18 @@ fn machine(lab: &Lab) -> Result<String> {
     };
     let commit = git(&["rev-parse", "--short", "HEAD"]);
     let dirty = !git(&["status", "--porcelain", "--", "crates", "cmd", "Cargo.lock"]).is_empty();
+    // The shims' directory says which build they are: cargo's profile
+    // directory (`make bench` uses target/release).
+    let shims = std::env::var_os("WASISHIM_SHIM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let build = match shims.file_name().and_then(|n| n.to_str()) {
+        Some("release") => "release build".to_string(),
+        Some("debug") => "debug build (slower than release: not the product's figures)".to_string(),
+        _ => format!("build in {}", shims.display()),
+    };
     Ok(format!(
-        "Date: {}\nShims: release build of commit {commit}{}\nMachine: {nproc} CPUs ({model}), {:.1} GiB memory, kernel {}\ncontainerd {} ({}), {}",
+        "Date: {}\nShims: {build} of commit {commit}{}\nMachine: {nproc} CPUs ({model}), {:.1} GiB memory, kernel {}\ncontainerd {} ({}), {}",
         String::from_utf8_lossy(&date.stdout).trim(),
         if dirty { " with uncommitted changes in crates/, cmd/ or Cargo.lock" } else { "" },
         mem_kib as f64 / 1048576.0,
